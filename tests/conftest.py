@@ -1,0 +1,101 @@
+"""Shared fixtures: small synthetic datasets and tiny-model configs (fast, no weights needed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+POS = ["great", "excellent", "strong", "beat", "rally", "upgrade", "record", "gain"]
+NEG = ["terrible", "weak", "miss", "crash", "downgrade", "loss", "plunge", "cut"]
+NEU = ["meeting", "report", "schedule", "update", "announces", "conference", "filing", "notes"]
+FILL = ["the", "company", "shares", "today", "market", "quarter", "said", "on", "its", "stock"]
+
+
+def make_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Short texts whose label is given by one keyword: learnable by a tiny model in seconds."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = ["negative", "neutral", "positive"][i % 3]
+        word = rng.choice({"negative": NEG, "neutral": NEU, "positive": POS}[label])
+        words = [rng.choice(FILL) for _ in range(rng.randint(2, 14))]
+        words.insert(rng.randint(0, len(words)), word)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def tiny_config(tmp: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "name": "test",
+        "output_dir": str(tmp / "run"),
+        "data": {"max_length": 32},
+        "model": {"base": "tiny", "dropout": 0.0},
+        "task": {"type": "classification"},
+        "train": {
+            "epochs": 10,
+            "batch_size": 16,
+            "lr": 3e-3,
+            "seed": 0,
+            "threads": 1,
+            "log_every_steps": 5,
+        },
+    }
+    for key, val in sections.items():
+        if isinstance(val, dict):
+            cfg.setdefault(key, {}).update(val)
+        else:
+            cfg[key] = val
+    return cfg
+
+
+def write_config(tmp: Path, cfg: dict[str, Any], name: str = "cfg.yaml") -> Path:
+    import yaml
+
+    path = tmp / name
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def cls_data(tmp_path: Path) -> dict[str, Path]:
+    return {
+        "train": write_csv(tmp_path / "train.csv", make_rows(240, 0)),
+        "eval": write_csv(tmp_path / "eval.csv", make_rows(60, 1)),
+        "test": write_csv(tmp_path / "test.csv", make_rows(60, 2)),
+    }
+
+
+@pytest.fixture()
+def cls_config(tmp_path: Path, cls_data: dict[str, Path]) -> dict[str, Any]:
+    return tiny_config(
+        tmp_path,
+        data={
+            "train": str(cls_data["train"]),
+            "eval": str(cls_data["eval"]),
+            "test": str(cls_data["test"]),
+        },
+    )

@@ -1,0 +1,288 @@
+"""End-to-end fine-tuning with tiny models: the run-folder contract, every task, resume, signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tailorml.config.load import validate_mapping
+from tailorml.errors import ConfigError, DataError
+from tailorml.recipes.finetune import finetune
+
+from .conftest import REPO, make_rows, tiny_config, write_config, write_csv, write_jsonl
+
+CLI = [sys.executable, "-m", "tailorml.cli"]
+
+
+def cfg_of(raw: dict[str, Any]) -> Any:
+    cfg, problems = validate_mapping(raw)
+    assert cfg is not None, problems
+    return cfg
+
+
+def test_classification_run_folder_contract(cls_config: dict[str, Any]) -> None:
+    cfg = cfg_of(cls_config)
+    results = finetune(cfg)
+    out = Path(cfg.output_dir)
+    for name in ("config.yaml", "metrics.jsonl", "eval.json", "report.md", "data_summary.json"):
+        assert (out / name).is_file(), name
+    for name in ("config.json", "model.safetensors", "task.json", "tokenizer.json"):
+        assert (out / "model" / name).is_file(), name
+    assert list((out / "tb").iterdir()), "TensorBoard events written"
+    for plot in ("loss.png", "eval_metrics.png", "confusion_matrix.png", "per_class.png"):
+        assert (out / "plots" / plot).stat().st_size > 1000, plot
+    saved = json.loads((out / "eval.json").read_text())
+    assert set(saved) >= {"eval", "test"}
+    test = saved["test"]
+    assert {"accuracy", "macro_f1", "per_class", "confusion_matrix"} <= set(test)
+    assert set(test["per_class"]) == {"negative", "neutral", "positive"}
+    assert sum(map(sum, test["confusion_matrix"])) == 60
+    # The keyword task is easy: a tiny model trained for a few epochs must clearly beat chance.
+    assert results["test"]["accuracy"] > 0.8, results["test"]["accuracy"]
+    task = json.loads((out / "model" / "task.json").read_text())
+    assert (
+        task["labels"] == ["negative", "neutral", "positive"] and task["task"] == "classification"
+    )
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["split"] == "train" and "samples_per_s" in r for r in rows)
+    assert any(r["split"] == "eval" and "macro_f1" in r for r in rows)
+
+    # The model loads with plain transformers and agrees with the saved labels.
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(out / "model"))
+    assert model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+
+    # An existing run folder is not silently overwritten.
+    with pytest.raises(ConfigError, match="--resume"):
+        finetune(cfg)
+
+
+def test_multilabel_and_regression_and_pair(tmp_path: Path) -> None:
+    rows = make_rows(150)
+    ml = [
+        {"text": r["text"], "label": r["label"] + (";any" if i % 2 else "")}
+        for i, r in enumerate(rows)
+    ]
+    reg = [
+        {
+            "text": r["text"],
+            "label": {"negative": -1.0, "neutral": 0.0, "positive": 1.0}[r["label"]],
+        }
+        for r in rows
+    ]
+    pair = [
+        {"q": r["text"], "a": r["label"], "label": "yes" if i % 2 else "no"}
+        for i, r in enumerate(rows)
+    ]
+    base = {"train": {"epochs": 2, "batch_size": 16, "lr": 3e-3, "seed": 0, "threads": 1}}
+    cases = [
+        ("multilabel", write_csv(tmp_path / "ml.csv", ml), {}, "micro_f1"),
+        ("regression", write_jsonl(tmp_path / "reg.jsonl", reg), {}, "mse"),
+        (
+            "pair-classification",
+            write_csv(tmp_path / "pair.csv", pair),
+            {"text_column": "q", "text_pair_column": "a"},
+            "accuracy",
+        ),
+    ]
+    for task, path, extra, metric in cases:
+        raw = tiny_config(
+            tmp_path / task, data={"train": str(path), **extra}, task={"type": task}, **base
+        )
+        res = finetune(cfg_of(raw))
+        assert metric in res["test"] and metric in res["eval"], task
+        info = json.loads((tmp_path / task / "run" / "model" / "task.json").read_text())
+        assert info["task"] == task
+        if task == "regression":
+            assert {"mse", "mae", "r2", "pearson"} <= set(res["test"])
+            assert info["labels"] is None
+        if task == "multilabel":
+            assert info["labels"] == ["any", "negative", "neutral", "positive"]
+            assert {"micro_f1", "macro_f1"} <= set(res["test"])
+
+
+def test_early_stopping_and_best_checkpoint(cls_config: dict[str, Any]) -> None:
+    # lr 0 can never improve after the first eval: patience 2 stops at the third evaluation.
+    cls_config["train"].update(
+        lr=1e-12, epochs=10, eval_every_steps=5, early_stopping_patience=2, metric_for_best="loss"
+    )
+    res = finetune(cfg_of(cls_config))
+    assert res["train"]["stopped_by"] == "early stopping"
+    assert res["train"]["steps"] < 10 * 15
+    assert res["train"]["best_step"] is not None
+
+
+def test_resume_is_exact(tmp_path: Path, cls_data: dict[str, Path]) -> None:
+    """An interrupted + resumed run ends with the same weights as an uninterrupted one."""
+
+    def raw(name: str) -> dict[str, Any]:
+        r = tiny_config(
+            tmp_path / name,
+            data={
+                "train": str(cls_data["train"]),
+                "eval": str(cls_data["eval"]),
+                "test": str(cls_data["test"]),
+            },
+            model={"base": "tiny", "dropout": 0.1},  # dropout on: RNG state must be restored too
+        )
+        r["train"].update(epochs=2, eval_every_steps=7, save_every_steps=7)
+        return r
+
+    full = cfg_of(raw("full"))
+    finetune(full)
+    part = cfg_of(raw("part"))
+    with pytest.raises(KeyboardInterrupt):
+        finetune(part, stop_after_steps=11)  # mid-epoch (15 steps per epoch), off the save grid
+    ckpts = sorted(p.name for p in (Path(part.output_dir) / "checkpoints").iterdir())
+    assert "step-11" in ckpts and not (Path(part.output_dir) / "eval.json").exists()
+    finetune(part, resume=True)
+    a = load_file(str(Path(full.output_dir) / "model" / "model.safetensors"))
+    b = load_file(str(Path(part.output_dir) / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [
+        json.loads(x)["step"]
+        for x in (Path(part.output_dir) / "metrics.jsonl").read_text().splitlines()
+        if json.loads(x)["split"] == "train"
+    ]
+    assert steps == sorted(set(steps)), "no step is logged twice after resume"
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(
+    tmp_path: Path, cls_data: dict[str, Path]
+) -> None:
+    big = write_csv(tmp_path / "big.csv", make_rows(3000))
+    raw = tiny_config(
+        tmp_path,
+        data={"train": str(big), "eval": str(cls_data["eval"]), "test": str(cls_data["test"])},
+    )
+    raw["train"].update(epochs=3, log_every_steps=1)
+    path = write_config(tmp_path, raw)
+    proc = subprocess.Popen(
+        [*CLI, "finetune", str(path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        metrics.exists() and metrics.read_text().count("\n") >= 3
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "checkpoint saved" in out
+    ckpts = list((tmp_path / "run" / "checkpoints").glob("step-*"))
+    assert ckpts and not (tmp_path / "run" / "eval.json").exists()
+    res = subprocess.run(
+        [*CLI, "finetune", str(path), "--resume", "train.max_steps=40"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Resumed from" in res.stderr
+    assert (tmp_path / "run" / "eval.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "breakage,expect",
+    [
+        (lambda d: d["data"].update(train="missing.csv"), "file not found"),
+        (lambda d: d["data"].update(text_column="txt"), "Did you mean 'text'"),
+        (lambda d: d["model"].update(base="/no/such/folder"), "neither a known name"),
+        (lambda d: d["train"].update(metric_for_best="bleu"), "metric_for_best"),
+    ],
+)
+def test_bad_input_leaves_no_run(cls_config: dict[str, Any], breakage: Any, expect: str) -> None:
+    breakage(cls_config)
+    with pytest.raises((ConfigError, DataError), match=expect):
+        finetune(cfg_of(cls_config))
+    assert not Path(cls_config["output_dir"]).exists()
+
+
+def test_empty_data_and_cli_exit_code(tmp_path: Path) -> None:
+    (tmp_path / "e.csv").write_text("text,label\n")
+    raw = tiny_config(tmp_path, data={"train": str(tmp_path / "e.csv")})
+    path = write_config(tmp_path, raw)
+    res = subprocess.run([*CLI, "finetune", str(path)], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "no data rows" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "bad.yaml").write_text("train: {lr: [1,\n")
+    res = subprocess.run(
+        [*CLI, "finetune", str(tmp_path / "bad.yaml")], cwd=REPO, capture_output=True, text=True
+    )
+    assert res.returncode == 2 and "not valid YAML" in res.stderr and "Traceback" not in res.stderr
+    res = subprocess.run(
+        [*CLI, "finetune", str(path), "train.lrr=1"], cwd=REPO, capture_output=True, text=True
+    )
+    assert res.returncode == 2 and "Did you mean `train.lr`" in res.stderr
+
+
+def test_evaluate_and_predict_cli(
+    cls_config: dict[str, Any], cls_data: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = cfg_of(cls_config)
+    finetune(cfg)
+    run = str(cfg.output_dir)
+    res = subprocess.run(
+        [
+            *CLI,
+            "evaluate",
+            run,
+            "--data",
+            str(cls_data["test"]),
+            "--output",
+            str(tmp_path / "m.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    saved = json.loads((Path(run) / "eval.json").read_text())["test"]
+    assert m["accuracy"] == pytest.approx(saved["accuracy"]) and m["n"] == 60
+    res = subprocess.run(
+        [*CLI, "predict", run, "--input", "-", "--top-k", "2"],
+        cwd=REPO,
+        input="great strong rally today\nterrible crash and loss\n",
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    preds = [json.loads(x) for x in res.stdout.splitlines()]
+    assert [p["input"] for p in preds] == ["great strong rally today", "terrible crash and loss"]
+    assert all(len(p["top_k"]) == 2 and 0 <= p["score"] <= 1 for p in preds)
+    assert preds[0]["label"] == "positive" and preds[1]["label"] == "negative"
+    out = tmp_path / "p.jsonl"
+    res = subprocess.run(
+        [*CLI, "predict", run, "--input", str(cls_data["test"]), "-o", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0 and len(out.read_text().splitlines()) == 60
+    res = subprocess.run(
+        [*CLI, "evaluate", str(tmp_path), "--data", str(cls_data["test"])],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "not a finished tailorml run" in res.stderr
