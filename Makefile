@@ -30,7 +30,7 @@ dev: $(BIN)/.dev-installed
 
 demo: $(BIN)/.installed
 	$(BIN)/tailor finetune $(DEMO_CONFIG) --overwrite $(DEMO_OVERRIDES)
-	@echo "Report: runs/finsent/report.md (plots in runs/finsent/plots/)"
+	@echo "Report: the run folder's report.md and plots/ (runs/finsent/ for the quick-start)"
 
 test: $(BIN)/.dev-installed
 	$(BIN)/python -m pytest -q -m "not slow" --timeout=900

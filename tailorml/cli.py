@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,11 +38,17 @@ def finetune(
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    nproc: Annotated[
+        int, typer.Option(help="Processes on this machine (launches torchrun; CPU: gloo).")
+    ] = 1,
 ) -> None:
     """Fine-tune a pretrained encoder on labeled data and write a run folder."""
     from tailorml.config.load import load_config
     from tailorml.recipes.finetune import finetune as run
 
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _launch_torchrun(nproc, config, overrides or [], resume, overwrite)
+        return
     try:
         cfg = load_config(config, overrides or [])
         run(cfg, resume=resume, overwrite=overwrite)
@@ -49,6 +56,25 @@ def finetune(
         _fail(exc)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def _launch_torchrun(
+    nproc: int, config: Path, overrides: list[str], resume: bool, overwrite: bool
+) -> None:
+    """Re-run this command under torchrun with `nproc` local processes."""
+    import subprocess
+
+    from tailorml.config.load import load_config
+
+    try:
+        load_config(config, overrides)  # fail fast, once, before starting processes
+    except TailorError as exc:
+        _fail(exc)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc_per_node={nproc}", "-m", "tailorml.cli", "finetune", str(config), *overrides]
+    cmd += ["--resume"] if resume else []
+    cmd += ["--overwrite"] if overwrite else []
+    raise typer.Exit(subprocess.call(cmd))
 
 
 @app.command()

@@ -166,7 +166,11 @@ def finetune(
     logger = RunLogger(out, enabled=main, resume_step=state["global_step"] if resume_from else None)
 
     def evaluate_split(name: str) -> dict[str, Any]:
-        logits, loss = _distributed_logits(model, enc[name], t.eval_batch_size, pad_id, acc, task)
+        # The unwrapped model: DDP would broadcast buffers on each forward, and ranks run
+        # different numbers of eval batches, so a wrapped forward here would deadlock.
+        logits, loss = _distributed_logits(
+            raw_model, enc[name], t.eval_batch_size, pad_id, acc, task
+        )
         metrics = compute_metrics(task, logits, enc[name].labels, splits.labels)
         metrics["loss"] = loss
         return metrics
@@ -184,6 +188,7 @@ def finetune(
     lengths = enc["train"].lengths
     stopped_by: str | None = None
     progress = TrainProgress(total_steps, enabled=main)
+    loop_t0, side_seconds, samples_at_start = time.perf_counter(), 0.0, state["samples_seen"]
     progress.start(state["global_step"], state["samples_seen"])
     window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
     model.train()
@@ -225,6 +230,7 @@ def finetune(
                     )
                     window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
 
+                side_t0 = time.perf_counter()  # eval + checkpoint time is not training time
                 do_eval = step % eval_every == 0 or step == total_steps
                 if do_eval:
                     metrics = evaluate_split("eval")
@@ -244,6 +250,7 @@ def finetune(
                         stopped_by = "early stopping"
                 if step % save_every == 0 and step != total_steps:
                     save(ckpt_dir / f"step-{step}")
+                side_seconds += time.perf_counter() - side_t0
                 signum = _agree_on_signal(stop.signum, acc)
                 if stop_after_steps is not None and step >= stop_after_steps:
                     signum = int(signal.SIGINT)
@@ -263,6 +270,7 @@ def finetune(
                 state["epoch"] += 1
                 state["batch_in_epoch"] = 0
     progress.stop()
+    train_seconds = time.perf_counter() - loop_t0 - side_seconds
 
     # ---- best model, final evaluation, report ------------------------------------------------
     best_dir = ckpt_dir / "best"
@@ -271,12 +279,17 @@ def finetune(
 
         raw_model.load_state_dict(load_file(str(best_dir / "model.safetensors")), strict=False)
     results = {"eval": evaluate_split("eval"), "test": evaluate_split("test")}
+    replica_diff = _replica_max_diff(raw_model, world)
     results["train"] = {
+        "replicas_identical": replica_diff == 0.0,
+        "max_replica_param_diff": replica_diff,
         "steps": state["global_step"],
         "best_step": state["best_step"],
         "metric_for_best": metric,
         "stopped_by": stopped_by or "max steps",
         "processes": world,
+        "train_seconds": round(train_seconds, 3),
+        "train_samples_per_s": round((state["samples_seen"] - samples_at_start) / train_seconds, 2),
         "threads_per_process": threads,
     }
     if main:
@@ -355,6 +368,25 @@ def _gather_objects(obj: Any, world: int) -> list[Any]:
     out: list[Any] = [None] * world
     dist.all_gather_object(out, obj)
     return out
+
+
+def _replica_max_diff(model: Any, world: int) -> float:
+    """Largest difference of any parameter between this process and rank 0 (0.0 = in sync).
+
+    Proves that gradients really synchronised: every rank must end with rank 0's weights.
+    """
+    if world == 1:
+        return 0.0
+    import torch
+    import torch.distributed as dist
+
+    worst = torch.zeros(1, dtype=torch.float64)
+    for p in model.parameters():
+        ref = p.detach().clone()
+        dist.broadcast(ref, src=0)
+        worst = torch.maximum(worst, (p.detach() - ref).abs().max().double().reshape(1))
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return float(worst.item())
 
 
 def _agree_on_signal(signum: int | None, acc: Any) -> int | None:
