@@ -286,3 +286,27 @@ def test_evaluate_and_predict_cli(
         text=True,
     )
     assert res.returncode == 2 and "not a finished tailorml run" in res.stderr
+
+
+def test_load_predictor_matches_the_trained_model(cls_config: dict[str, Any]) -> None:
+    """runtimes.load_predictor (no training code) gives the logits of the saved model."""
+    import numpy as np
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tailorml.runtimes import load_predictor
+
+    cfg = cfg_of(cls_config)
+    finetune(cfg)
+    folder = Path(cfg.output_dir) / "model"
+    pred = load_predictor(Path(cfg.output_dir))
+    texts = ["great rally today", "the quarter shares terrible crash", "notes"]
+    got = pred.predict(texts)
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    with torch.inference_mode():
+        want = model(**tok(texts, padding=True, return_tensors="pt")).logits.numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    formatted = pred.format(got, top_k=2)
+    assert [f["label"] for f in formatted] == [
+        model.config.id2label[int(i)] for i in want.argmax(-1)
+    ]

@@ -55,6 +55,18 @@ def compute_metrics(
     )
 
 
+def _per_class(names: list[str], p: Any, r: Any, f: Any, s: Any) -> dict[str, dict[str, float]]:
+    return {
+        name: {
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f[i]),
+            "support": int(s[i]),
+        }
+        for i, name in enumerate(names)
+    }
+
+
 def classification_metrics(pred: np.ndarray, gold: np.ndarray, names: list[str]) -> dict[str, Any]:
     from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
@@ -64,15 +76,7 @@ def classification_metrics(pred: np.ndarray, gold: np.ndarray, names: list[str])
         "accuracy": float((pred == gold).mean()),
         "macro_f1": float(f1_score(gold, pred, labels=ids, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(gold, pred, labels=ids, average="weighted", zero_division=0)),
-        "per_class": {
-            names[i]: {
-                "precision": float(p[i]),
-                "recall": float(r[i]),
-                "f1": float(f[i]),
-                "support": int(s[i]),
-            }
-            for i in ids
-        },
+        "per_class": _per_class(names, p, r, f, s),
         "confusion_matrix": confusion_matrix(gold, pred, labels=ids).tolist(),
         "labels": names,
         "n": int(len(gold)),
@@ -87,15 +91,7 @@ def multilabel_metrics(pred: np.ndarray, gold: np.ndarray, names: list[str]) -> 
         "micro_f1": float(f1_score(gold, pred, average="micro", zero_division=0)),
         "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0)),
         "subset_accuracy": float((pred == gold).all(axis=1).mean()),
-        "per_class": {
-            names[i]: {
-                "precision": float(p[i]),
-                "recall": float(r[i]),
-                "f1": float(f[i]),
-                "support": int(s[i]),
-            }
-            for i in range(len(names))
-        },
+        "per_class": _per_class(names, p, r, f, s),
         "labels": names,
         "n": int(len(gold)),
     }

@@ -75,6 +75,11 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
             f"`output_dir` {out} already holds a run ({', '.join(existing)}). "
             "Pass --resume to continue it, --overwrite to replace it, or set another output_dir."
         )
+    if resume and (out / "eval.json").exists():
+        raise ConfigError(
+            f"{out} is a finished run (eval.json exists); there is nothing to resume. "
+            "Pass --overwrite to train it again, or set another output_dir."
+        )
     if overwrite and not resume:
         for name in (*FINISHED_MARKERS, "metrics.jsonl", "tb", "plots", "report.md"):
             p = out / name
