@@ -16,10 +16,13 @@ class _Section(BaseModel):
 
 class DetectorParams(_Section):
     alpha: float = Field(0.1, gt=0, le=1, description="EWMA weight of the newest window.")
-    z_on: float = Field(3.0, gt=0, description="z-score at which a surge starts (an alert fires).")
+    z_on: float = Field(3.5, gt=0, description="z-score at which a surge starts (an alert fires).")
     z_off: float = Field(1.0, ge=0, description="z-score below which a surge ends (hysteresis).")
-    min_volume: int = Field(8, ge=1, description="Fewest events in a window to judge it.")
-    min_negative: int = Field(3, ge=1, description="Fewest negative events in a window to alert.")
+    z_count_on: float = Field(
+        5.0, ge=0, description="z of the negative count that also starts a surge; 0 = share only."
+    )
+    min_volume: int = Field(10, ge=1, description="Fewest events in a window to judge it.")
+    min_negative: int = Field(6, ge=1, description="Fewest negative events in a window to alert.")
     cooldown: int = Field(4, ge=0, description="Windows after an alert during which none fires.")
     warmup: int = Field(6, ge=0, description="Judged windows needed before any alert.")
     min_std: float = Field(0.03, gt=0, description="Floor of the baseline std of negative share.")

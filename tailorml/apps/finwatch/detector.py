@@ -3,11 +3,13 @@
 Per topic it keeps an EWMA mean and variance of (a) the negative share of the window and (b) the
 negative count. A closed window gets two z-scores:
 
-    z_share = (share - mu) / sqrt(var + mu (1 - mu) / n + min_std^2)   # baseline drift + sampling noise
+    z_share = (share - mu) / sqrt(max(0, var - sv) + mu (1 - mu) / n + min_std^2)
+              # var - sv: the baseline's drift beyond the sampling noise it had (sv = EWMA of
+              # mu (1 - mu) / n); mu (1 - mu) / n: this window's own sampling noise
     z_count = (n_neg - mu_c) / sqrt(var_c + mu_c + 1)                  # Poisson-like noise of counts
 
-A surge starts when either z reaches `z_on` (the count one only while the share is not below its
-baseline, so a pure volume spike of neutral news does not alert), with at least `min_volume`
+A surge starts when z_share reaches `z_on`, or z_count reaches `z_count_on` while z_share is at
+least `z_off` (so a pure volume spike, e.g. the daily rise of traffic, does not alert), with at least `min_volume`
 events and `min_negative` negative ones, after `warmup` judged windows and outside the `cooldown`
 after the previous alert. It ends when both z fall below `z_off` (hysteresis: one alert per surge).
 During a surge the baseline learns 4x slower, so a surge does not quickly become the new normal.
@@ -28,7 +30,13 @@ from typing import Any
 
 from tailorml.errors import TailorError
 
-PARAMS = ("alpha", "z_on", "z_off", "min_volume", "min_negative", "cooldown", "warmup", "min_std")
+PARAMS = (
+    "alpha", "z_on", "z_off", "z_count_on", "min_volume", "min_negative", "cooldown", "warmup",
+    "min_std",
+)
+
+
+POOL = "__pooled__"
 
 
 class NotFittedError(TailorError):
@@ -57,10 +65,11 @@ class SurgeDetector:
     def __init__(
         self,
         alpha: float = 0.1,
-        z_on: float = 3.0,
+        z_on: float = 3.5,
         z_off: float = 1.0,
-        min_volume: int = 8,
-        min_negative: int = 3,
+        z_count_on: float = 5.0,
+        min_volume: int = 10,
+        min_negative: int = 6,
         cooldown: int = 4,
         warmup: int = 6,
         min_std: float = 0.03,
@@ -69,6 +78,7 @@ class SurgeDetector:
         self.alpha = alpha
         self.z_on = z_on
         self.z_off = z_off
+        self.z_count_on = z_count_on
         self.min_volume = min_volume
         self.min_negative = min_negative
         self.cooldown = cooldown
@@ -100,18 +110,29 @@ class SurgeDetector:
         s["since_alert"] += 1
         share = w.n_negative / w.n if w.n else 0.0
         z_share = z_count = 0.0
-        if s["judged"] > 0 and w.n > 0:
-            mu = s["mu"]
-            z_share = (share - mu) / math.sqrt(s["var"] + mu * (1 - mu) / w.n + p["min_std"] ** 2)
+        # A topic too quiet to have its own share baseline yet borrows the pooled one (all topics'
+        # windows): a surge on a small topic is often the first window it ever has volume.
+        pool = self.state_.setdefault(POOL, {"mu": 0.0, "var": 0.0, "judged": 0})
+        base = s if s["judged"] >= p["warmup"] or pool["judged"] == 0 else pool
+        if base["judged"] > 0 and w.n > 0:
+            mu = base["mu"]
+            # The EWMA variance of past shares already holds their sampling noise (binomial at
+            # their volume): keep only the excess (real drift), then add this window's own noise.
+            excess = max(0.0, base["var"] - base.get("sv", 0.0))
+            z_share = (share - mu) / math.sqrt(excess + mu * (1 - mu) / w.n + p["min_std"] ** 2)
         if s["counted"] > 0:
             z_count = (w.n_negative - s["mu_c"]) / math.sqrt(s["var_c"] + s["mu_c"] + 1.0)
         judged = w.n >= p["min_volume"]
-        hot = z_share >= p["z_on"] or (z_count >= p["z_on"] and share >= s["mu"])
+        hot = z_share >= p["z_on"] or (
+            p["z_count_on"] > 0 and z_count >= p["z_count_on"] and z_share >= p["z_off"]
+        )
+        hot = hot and share >= base["mu"]
         alert = None
         if judged and hot and not s["in_surge"]:
             s["in_surge"] = 1
             if (
-                s["judged"] >= p["warmup"]
+                base["judged"] >= p["warmup"]
+                and s["counted"] >= p["warmup"]
                 and w.n_negative >= p["min_negative"]
                 and s["since_alert"] > p["cooldown"]
             ):
@@ -122,7 +143,7 @@ class SurgeDetector:
                     "n": w.n,
                     "n_negative": w.n_negative,
                     "negative_share": round(share, 4),
-                    "baseline_share": round(s["mu"], 4),
+                    "baseline_share": round(base["mu"], 4),
                     "z_share": round(z_share, 3),
                     "baseline_negative": round(s["mu_c"], 3),
                     "z_count": round(z_count, 3),
@@ -132,13 +153,16 @@ class SurgeDetector:
         # Learn: slower inside a surge so the surge does not become the baseline.
         a = p["alpha"] * (0.25 if s["in_surge"] else 1.0)
         if judged:
-            if s["judged"] == 0:
-                s["mu"], s["var"] = share, 0.0
-            else:
-                d = share - s["mu"]
-                s["mu"] += a * d
-                s["var"] = (1 - a) * (s["var"] + a * d * d)
-            s["judged"] += 1
+            for st, rate in ((s, a), (pool, p["alpha"] / 10)):  # pool: many topics feed it
+                sv = st["mu"] * (1 - st["mu"]) / w.n  # expected sampling variance of this share
+                if st["judged"] == 0:
+                    st["mu"], st["var"], st["sv"] = share, 0.0, 0.0
+                else:
+                    d = share - st["mu"]
+                    st["mu"] += rate * d
+                    st["var"] = (1 - rate) * (st["var"] + rate * d * d)
+                    st["sv"] = st.get("sv", 0.0) + rate * (sv - st.get("sv", 0.0))
+                st["judged"] += 1
         if s["counted"] == 0:
             s["mu_c"], s["var_c"] = float(w.n_negative), 0.0
         else:
