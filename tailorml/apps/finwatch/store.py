@@ -177,8 +177,14 @@ def insert_ignore(
     """Insert rows whose key is new; returns how many were inserted."""
     if not rows:
         return 0
-    stmt = _insert(conn, table).on_conflict_do_nothing(index_elements=key)
-    return int(conn.execute(stmt, list(rows)).rowcount or 0)
+    # Count with RETURNING: with executemany, psycopg reports rowcount -1 (SQLAlchemy batches
+    # the rows into multi-VALUES statements), so rowcount cannot say how many were new.
+    stmt = (
+        _insert(conn, table)
+        .on_conflict_do_nothing(index_elements=key)
+        .returning(table.c[key[0]])
+    )
+    return len(conn.execute(stmt, list(rows)).all())
 
 
 def upsert_kv(conn: Connection, key: str, value: Any) -> None:
