@@ -157,6 +157,13 @@ class Watcher:
         w = self.cfg.detect_window
         fired: list[dict[str, Any]] = []
         with self.engine.begin() as conn:
+            # Several watchers may share one database (a Redis consumer group): closing windows
+            # is serialized by a lock held for this transaction, and the detector state is
+            # re-read from the database, so each window is judged once, by one of them.
+            store.lock_for_update(conn, "advance")
+            state = store.get_kv(conn, self._detector_key())
+            if state:
+                self.detector.set_state(state)
             lo, hi = time_range(conn)
             if lo is None or hi is None:
                 return []

@@ -135,23 +135,45 @@ def make_engine(url: str) -> Engine:
 
 
 def migrate(engine: Engine, upto: int | None = None) -> int:
-    """Apply pending migrations; returns the schema version now in the database."""
+    """Apply pending migrations; returns the schema version now in the database.
+
+    Safe when several watchers start at once on one database: each migration runs under a lock
+    and re-checks the version inside its transaction."""
     upto = LATEST if upto is None else upto
-    with engine.begin() as conn:
-        schema_version.create(conn, checkfirst=True)
+    for attempt in range(10):
+        try:
+            with engine.begin() as conn:
+                schema_version.create(conn, checkfirst=True)
+            break
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+            if attempt == 9:  # another process created it between the check and the create
+                raise
+            time.sleep(0.1)
     current = current_version(engine)
     for version, desc, fn in MIGRATIONS:
-        if current < version <= upto:
-            with engine.begin() as conn:
+        if not current < version <= upto:
+            continue
+        with engine.begin() as conn:
+            _migration_lock(conn)
+            now = int(conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0)
+            if now < version:
                 fn(conn)
                 conn.execute(
                     schema_version.insert().values(
                         version=version, description=desc, applied_at=time.time()
                     )
                 )
-            log.info("migrated database to version %d (%s)", version, desc)
-            current = version
+                log.info("migrated database to version %d (%s)", version, desc)
+        current = version
     return current
+
+
+def _migration_lock(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('finwatch-migrate'))"))
+    else:  # SQLite: a write takes the database lock until this transaction ends
+        conn.execute(schema_version.insert().values(version=-1, description="lock", applied_at=0))
+        conn.execute(schema_version.delete().where(schema_version.c.version == -1))
 
 
 def current_version(engine: Engine) -> int:
@@ -190,6 +212,14 @@ def insert_ignore(
 def upsert_kv(conn: Connection, key: str, value: Any) -> None:
     stmt = _insert(conn, kv).values(key=key, value=json.dumps(value))
     conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": stmt.excluded.value}))
+
+
+def lock_for_update(conn: Connection, name: str) -> None:
+    """Hold an exclusive lock named `name` until this transaction ends."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:n))"), {"n": name})
+    else:  # SQLite: a first write takes the database write lock now, not at the first real write
+        upsert_kv(conn, f"lock:{name}", time.time())
 
 
 def get_kv(conn: Connection, key: str, default: Any = None) -> Any:
