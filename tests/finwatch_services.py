@@ -35,12 +35,15 @@ def pg_bin(name: str) -> str | None:
 
 
 class Postgres:
-    """A throwaway PostgreSQL server. As root it runs as the `postgres` user (initdb refuses root)."""
+    """A throwaway PostgreSQL server; as root it runs as the `postgres` user (initdb refuses
+    root)."""
 
     def __init__(self) -> None:
         initdb, pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
         if not initdb or not pg_ctl:
-            pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found; apt-get install postgresql")
+            pytest.skip(
+                "PostgreSQL binaries (initdb, pg_ctl) not found; apt-get install postgresql"
+            )
         self.initdb, self.pg_ctl = initdb, pg_ctl
         self.tmp = Path(tempfile.mkdtemp(prefix="finwatch-pg-"))
         self.data = self.tmp / "data"
@@ -52,8 +55,20 @@ class Postgres:
             pw = pwd.getpwnam("postgres")
             os.chown(self.tmp, pw.pw_uid, pw.pw_gid)
             self.prefix = ["runuser", "-u", "postgres", "--"]
-        self._run([self.initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust",
-                   "--no-sync", "-E", "UTF8"])
+        self._run(
+            [
+                self.initdb,
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ]
+        )
         self.start()
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
@@ -62,8 +77,21 @@ class Postgres:
 
     def start(self) -> None:
         opts = f"-h 127.0.0.1 -p {self.port} -k {self.tmp} -c fsync=off -c full_page_writes=off"
-        self._run([self.pg_ctl, "-D", str(self.data), "-o", opts, "-l", str(self.tmp / "log"),
-                   "-w", "-t", "60", "start"])
+        self._run(
+            [
+                self.pg_ctl,
+                "-D",
+                str(self.data),
+                "-o",
+                opts,
+                "-l",
+                str(self.tmp / "log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
 
     def stop(self) -> None:
         self._run([self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop"])
@@ -71,8 +99,9 @@ class Postgres:
     def fresh_db(self, name: str) -> str:
         import psycopg
 
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
-                             autocommit=True) as c:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
+        ) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{name}"')
             c.execute(f'CREATE DATABASE "{name}"')
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
@@ -113,9 +142,21 @@ class RedisServer:
         self.tmp = Path(tempfile.mkdtemp(prefix="finwatch-redis-"))
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.tmp),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.url = f"redis://127.0.0.1:{self.port}/0"
         deadline = time.time() + 20

@@ -34,8 +34,12 @@ def label_watcher(url: str, **cfg: Any) -> Watcher:
 
 
 def ev(i: int | str, t: float, topic: str = "Macro", sent: str = "Neutral") -> dict[str, Any]:
-    return {"id": str(i), "time": t, "text": f"text {i}",
-            "labels": {"topic": topic, "sentiment": sent}}
+    return {
+        "id": str(i),
+        "time": t,
+        "text": f"text {i}",
+        "labels": {"topic": topic, "sentiment": sent},
+    }
 
 
 # -- events -----------------------------------------------------------------------------------
@@ -71,9 +75,12 @@ def test_migrations_upgrade_an_old_database(db_url: str) -> None:  # noqa: F811
     engine = store.make_engine(db_url)
     assert store.migrate(engine, upto=1) == 1
     with engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO alerts (topic, window_s, window_start, figures, event_ids, created_at) "
-            "VALUES ('Macro', 900, 0, '{}', '[]', 0)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO alerts (topic, window_s, window_start, figures, event_ids, created_at)"
+                " VALUES ('Macro', 900, 0, '{}', '[]', 0)"
+            )
+        )
     assert store.migrate(engine) == store.LATEST == 2
     assert store.migrate(engine) == 2  # idempotent
     with engine.connect() as conn:
@@ -92,9 +99,12 @@ def test_migrations_upgrade_an_old_database(db_url: str) -> None:  # noqa: F811
 def test_ingest_is_idempotent_and_dead_letters_bad_events(db_url: str) -> None:  # noqa: F811
     w = label_watcher(db_url)
     batch: list[Any] = [json.dumps(ev(i, START + i)) for i in range(30)]
-    batch += ["{oops", json.dumps({"id": "x", "time": "never", "text": "t"}),
-              json.dumps({"id": "y", "time": 1, "text": "no labels"}),  # labels scorer needs them
-              json.dumps(ev(3, START + 3))]  # duplicate inside the batch
+    batch += [
+        "{oops",
+        json.dumps({"id": "x", "time": "never", "text": "t"}),
+        json.dumps({"id": "y", "time": 1, "text": "no labels"}),  # labels scorer needs them
+        json.dumps(ev(3, START + 3)),
+    ]  # duplicate inside the batch
     r1 = w.ingest(batch, "test")
     assert (r1.accepted, r1.duplicates, r1.rejected) == (30, 1, 3)
     r2 = w.ingest(batch[:30] + [ev(100, START + 100)], "test")  # a resent batch + one new
@@ -102,16 +112,25 @@ def test_ingest_is_idempotent_and_dead_letters_bad_events(db_url: str) -> None: 
     c = store.counts(w.engine)
     assert c["events"] == 31 and c["dead_letters"] == 3
     with w.engine.connect() as conn:
-        reasons = Counter(r.split(":")[0] for r in conn.execute(
-            sa.select(store.dead_letters.c.reason)).scalars())
-    assert reasons == {"bad JSON": 1, "unparseable time": 1,
-                       "missing labels.topic or labels.sentiment (models.scorer is `labels`)": 1}
+        reasons = Counter(
+            r.split(":")[0] for r in conn.execute(sa.select(store.dead_letters.c.reason)).scalars()
+        )
+    assert reasons == {
+        "bad JSON": 1,
+        "unparseable time": 1,
+        "missing labels.topic or labels.sentiment (models.scorer is `labels`)": 1,
+    }
     w.engine.dispose()
 
 
 def _stream(hours: float = 12, surge_at_h: float = 9.0, topic: str = "Macro") -> list[dict]:
-    return make_stream(hours, [Surge(topic, START + 3600 * surge_at_h, 45, 1.5)],
-                       rate_per_min=12, start=START, seed=3)
+    return make_stream(
+        hours,
+        [Surge(topic, START + 3600 * surge_at_h, 45, 1.5)],
+        rate_per_min=12,
+        start=START,
+        seed=3,
+    )
 
 
 def test_stream_with_a_surge_raises_one_alert_with_its_events(db_url: str) -> None:  # noqa: F811
@@ -128,9 +147,13 @@ def test_stream_with_a_surge_raises_one_alert_with_its_events(db_url: str) -> No
     assert surge_start - 900 < a["window_start"] <= surge_start + 1800
     assert a["figures"]["negative_share"] > 2 * a["figures"]["baseline_share"]
     # The events behind the alert: the topic's negative events in that window, from the database.
-    truth = {e["id"] for e in events
-             if e["labels"]["topic"] == "Macro" and e["labels"]["sentiment"] == "Bearish"
-             and a["window_start"] <= _ts(e) < a["window_start"] + 900}
+    truth = {
+        e["id"]
+        for e in events
+        if e["labels"]["topic"] == "Macro"
+        and e["labels"]["sentiment"] == "Bearish"
+        and a["window_start"] <= _ts(e) < a["window_start"] + 900
+    }
     assert set(a["event_ids"]) == truth and len(truth) >= 6
     assert len(alerts) <= 2, alerts  # at most one false alert in 12 simulated hours
     # Stored once; running detection again stores nothing new.
@@ -184,12 +207,21 @@ def test_detector_follows_the_sklearn_contract() -> None:
 
 def test_detector_hysteresis_cooldown_min_volume_and_per_topic() -> None:
     d = SurgeDetector(z_on=3.5, z_off=1.0, cooldown=4, min_volume=10, min_negative=6).fit(
-        _windows(30))
+        _windows(30)
+    )
     flags = d.predict([("T", 900.0 * (30 + i), 40, 24) for i in range(4)])
     assert flags == [True, False, False, False]  # one alert per sustained surge
     # Surge ends, a new one 2 windows later is inside the cooldown; after it, it alerts again.
-    seq = [("T", 0.0, 40, 24), ("T", 1.0, 40, 5), ("T", 2.0, 40, 24), ("T", 3.0, 40, 5),
-           ("T", 4.0, 40, 5), ("T", 5.0, 40, 5), ("T", 6.0, 40, 5), ("T", 7.0, 40, 24)]
+    seq = [
+        ("T", 0.0, 40, 24),
+        ("T", 1.0, 40, 5),
+        ("T", 2.0, 40, 24),
+        ("T", 3.0, 40, 5),
+        ("T", 4.0, 40, 5),
+        ("T", 5.0, 40, 5),
+        ("T", 6.0, 40, 5),
+        ("T", 7.0, 40, 24),
+    ]
     assert d.predict(seq) == [True, False, False, False, False, False, False, True]
     assert d.predict([("T", 0.0, 7, 7)]) == [False]  # below min_volume
     quiet = SurgeDetector(per_topic={"T": {"z_on": 50.0, "z_count_on": 0}}).fit(_windows(30))
@@ -212,8 +244,10 @@ def test_detector_state_round_trip_equals_an_uninterrupted_run() -> None:
 # -- webhook ----------------------------------------------------------------------------------
 def test_webhook_retries_with_backoff_until_the_receiver_is_back(tmp_path: Path) -> None:
     rec = Receiver()  # not started yet: the receiver is down
-    w = label_watcher(f"sqlite:///{tmp_path / 'fw.db'}",
-                      webhook={"url": rec.url, "backoff_s": 0.05, "timeout_s": 1.0})
+    w = label_watcher(
+        f"sqlite:///{tmp_path / 'fw.db'}",
+        webhook={"url": rec.url, "backoff_s": 0.05, "timeout_s": 1.0},
+    )
     for i in range(0, len(events := _stream()), 2000):
         w.ingest(events[i : i + 2000], "replay")
     w.advance(final=True)
@@ -252,8 +286,9 @@ def test_watcher_retries_while_postgres_is_down(postgres: Any) -> None:  # noqa:
     w.ingest([ev(i, START + i) for i in range(10)], "t")
     postgres.stop()
     result: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: result.update(
-        r=w.ingest([ev(i, START + i) for i in range(10, 60)], "t")))
+    t = threading.Thread(
+        target=lambda: result.update(r=w.ingest([ev(i, START + i) for i in range(10, 60)], "t"))
+    )
     try:
         t.start()
         time.sleep(2.0)

@@ -31,16 +31,27 @@ def chrome(user_dir: str):  # type: ignore[no-untyped-def]
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM or ""
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", f"--user-data-dir={user_dir}",
-                 "--window-size=1400,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={user_dir}",
+        "--window-size=1400,1000",
+    ):
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(DRIVER or ""), options=opts)
 
 
-@pytest.mark.skipif(not (CHROMIUM and DRIVER),
-                    reason="chromium/chromedriver not installed; apt-get install chromium chromium-driver")
+@pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="chromium/chromedriver not installed; apt-get install chromium chromium-driver",
+)
 def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
     import uvicorn
     from selenium.webdriver.common.by import By
@@ -51,13 +62,15 @@ def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
     c = FinwatchConfig(db=url, models={"scorer": "labels"})
     engine = store.make_engine(url)
     w = Watcher(c, engine, LabelScorer(c.models, TOPICS)).open()
-    events = make_stream(12, [Surge("Macro", START + 9 * 3600, 45, 1.5)], rate_per_min=10,
-                         start=START, seed=2)
+    events = make_stream(
+        12, [Surge("Macro", START + 9 * 3600, 45, 1.5)], rate_per_min=10, start=START, seed=2
+    )
     first = [e for e in events if e["time"] < "2026-01-05T10"]
     w.ingest(first, "test")
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(c, engine), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(c, engine), host="127.0.0.1", port=port, log_level="warning")
+    )
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
@@ -69,14 +82,17 @@ def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
         def loaded(n: int = 1) -> None:
             deadline = time.time() + 30
             while time.time() < deadline:
-                if int(driver.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") or 0) >= n:
+                if (
+                    int(driver.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") or 0)
+                    >= n
+                ):
                     return
                 time.sleep(0.1)
             raise AssertionError("dashboard did not load")
 
         loaded()
         # Live refresh: more events arrive, the page shows them without a reload.
-        w.ingest(events[len(first):], "test")
+        w.ingest(events[len(first) :], "test")
         w.advance(final=True)
         n0 = int(driver.find_element(By.TAG_NAME, "body").get_attribute("data-loaded"))
         loaded(n0 + 2)
@@ -105,7 +121,10 @@ def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
         macro = driver.find_element(By.CSS_SELECTOR, '.topic[data-topic="Macro"]')
         # One volume bar per window with events, and the negative-share line drawn over them.
         assert len(macro.find_elements(By.CSS_SELECTOR, "rect.bar")) == want["Macro"]["windows"]
-        assert len(macro.find_element(By.CSS_SELECTOR, "polyline.neg").get_attribute("points").split()) == want["Macro"]["windows"]
+        assert (
+            len(macro.find_element(By.CSS_SELECTOR, "polyline.neg").get_attribute("points").split())
+            == want["Macro"]["windows"]
+        )
         assert "alerting" in macro.get_attribute("class")
         shown_alerts = driver.find_elements(By.CSS_SELECTOR, ".alert")
         assert len(alerts) >= 1 and len(shown_alerts) == len(alerts)
@@ -117,7 +136,9 @@ def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
             assert el.get_attribute("data-topic") == a.topic
             ids = json.loads(a.event_ids)
             assert int(el.get_attribute("data-events")) == len(ids)
-            listed = [li.get_attribute("data-event-id") for li in el.find_elements(By.CSS_SELECTOR, "li")]
+            listed = [
+                li.get_attribute("data-event-id") for li in el.find_elements(By.CSS_SELECTOR, "li")
+            ]
             assert listed and set(listed) <= set(ids)
         out = REPO / "runs" / "finwatch-dashboard.png"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,9 @@ START = 1767571200.0
 
 
 def test_two_watchers_split_one_stream(redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
-    events = make_stream(12, [Surge("Macro", START + 9 * 3600, 45, 1.5)], rate_per_min=8,
-                         start=START, seed=11)
+    events = make_stream(
+        12, [Surge("Macro", START + 9 * 3600, 45, 1.5)], rate_per_min=8, start=START, seed=11
+    )
     r = redis.Redis.from_url(redis_server.url)
     stream = "fw:test-split"
     pipe = r.pipeline()
@@ -38,8 +39,16 @@ def test_two_watchers_split_one_stream(redis_server: RedisServer, tmp_path: Path
     def run(name: str) -> None:
         c = FinwatchConfig(db=url, models={"scorer": "labels"}, batch_size=32)
         w = Watcher(c, store.make_engine(url), LabelScorer(c.models, TOPICS)).open()
-        results[name] = consume(w, redis_server.url, stream=stream, group="g", consumer=name,
-                                idle_exit_s=1.5, block_ms=200, processed=seen[name])
+        results[name] = consume(
+            w,
+            redis_server.url,
+            stream=stream,
+            group="g",
+            consumer=name,
+            idle_exit_s=1.5,
+            block_ms=200,
+            processed=seen[name],
+        )
         w.engine.dispose()
 
     threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
@@ -65,12 +74,20 @@ def test_two_watchers_split_one_stream(redis_server: RedisServer, tmp_path: Path
 
 
 def test_a_restarted_consumer_rereads_its_unacked_entries(
-    redis_server: RedisServer, tmp_path: Path  # noqa: F811
+    redis_server: RedisServer,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     r = redis.Redis.from_url(redis_server.url, decode_responses=True)
     stream = "fw:test-pending"
-    events = [{"id": f"p{i}", "time": START + i, "text": "t",
-               "labels": {"topic": "Macro", "sentiment": "Neutral"}} for i in range(50)]
+    events = [
+        {
+            "id": f"p{i}",
+            "time": START + i,
+            "text": "t",
+            "labels": {"topic": "Macro", "sentiment": "Neutral"},
+        }
+        for i in range(50)
+    ]
     for e in events:
         r.xadd(stream, {"event": json.dumps(e)})
     r.xgroup_create(stream, "g", id="0")
@@ -79,8 +96,9 @@ def test_a_restarted_consumer_rereads_its_unacked_entries(
     url = f"sqlite:///{tmp_path / 'p.db'}"
     c = FinwatchConfig(db=url, models={"scorer": "labels"}, batch_size=16)
     w = Watcher(c, store.make_engine(url), LabelScorer(c.models, TOPICS)).open()
-    res = consume(w, redis_server.url, stream=stream, group="g", consumer="w1", idle_exit_s=0.5,
-                  block_ms=100)
+    res = consume(
+        w, redis_server.url, stream=stream, group="g", consumer="w1", idle_exit_s=0.5, block_ms=100
+    )
     assert res.accepted == 50 and store.counts(w.engine)["events"] == 50
     assert r.xpending(stream, "g")["pending"] == 0
     w.engine.dispose()

@@ -44,8 +44,13 @@ def write_cfg(tmp: Path, db: str, **extra: Any) -> Path:
 
 
 def stream(hours: float = 12, seed: int = 5) -> list[dict[str, Any]]:
-    return make_stream(hours, [Surge("Earnings", START + 8 * 3600, 45, 1.5)], rate_per_min=12,
-                       start=START, seed=seed)
+    return make_stream(
+        hours,
+        [Surge("Earnings", START + 8 * 3600, 45, 1.5)],
+        rate_per_min=12,
+        start=START,
+        seed=seed,
+    )
 
 
 def db_state(url: str) -> dict[str, Any]:
@@ -107,15 +112,22 @@ def test_kill9_mid_stream_then_restart_loses_and_double_counts_nothing(tmp_path:
 def test_stdin_source_in_micro_batches(tmp_path: Path) -> None:
     events = stream(hours=3)
     text = "".join(json.dumps(e) + "\n" for e in events) + "not json\n"
-    c = FinwatchConfig(db=f"sqlite:///{tmp_path / 'a.db'}", models={"scorer": "labels"},
-                       batch_size=50)
+    c = FinwatchConfig(
+        db=f"sqlite:///{tmp_path / 'a.db'}", models={"scorer": "labels"}, batch_size=50
+    )
     w = Watcher(c, store.make_engine(c.db), LabelScorer(c.models, TOPICS)).open()
     res = read_stream(w, io.StringIO(text))
     assert (res.accepted, res.rejected) == (len(events), 1)
     # The CLI reads a real pipe the same way.
     cfg = write_cfg(tmp_path, f"sqlite:///{tmp_path / 'b.db'}")
-    out = subprocess.run([*CLI, "watch", str(cfg), "--stdin"], input=text, env=ENV,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [*CLI, "watch", str(cfg), "--stdin"],
+        input=text,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["accepted"] == len(events) and summary["rejected"] == 1
@@ -130,8 +142,9 @@ def test_http_post_events_batches(tmp_path: Path) -> None:
     engine = store.make_engine(c.db)
     w = Watcher(c, engine, LabelScorer(c.models, TOPICS)).open()
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(c, engine, w), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(c, engine, w), host="127.0.0.1", port=port, log_level="warning")
+    )
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
     base = f"http://127.0.0.1:{port}"
@@ -190,9 +203,11 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_model_scorer_scores_in_micro_batches(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     import random
 
-    c = FinwatchConfig(db=f"sqlite:///{tmp_path / 'm.db'}", batch_size=16,
-                       models={"topic": tiny_models["topic"],
-                               "sentiment": tiny_models["sentiment"], "threads": 1})
+    c = FinwatchConfig(
+        db=f"sqlite:///{tmp_path / 'm.db'}",
+        batch_size=16,
+        models={"topic": tiny_models["topic"], "sentiment": tiny_models["sentiment"], "threads": 1},
+    )
     scorer = ModelScorer(c.models)
     assert sorted(scorer.topics) == sorted(TOPIC_NAMES)
     calls: list[int] = []
@@ -203,8 +218,13 @@ def test_model_scorer_scores_in_micro_batches(tiny_models: dict[str, Path], tmp_
     evs = []
     for i in range(40):
         word = rng.choice(NEG if i % 2 else POS)
-        evs.append({"id": f"e{i}", "time": START + 60 * i,
-                    "text": f"{rng.choice(FILL)} {word} {rng.choice(FILL)}"})
+        evs.append(
+            {
+                "id": f"e{i}",
+                "time": START + 60 * i,
+                "text": f"{rng.choice(FILL)} {word} {rng.choice(FILL)}",
+            }
+        )
     res = w.ingest(evs, "t")
     assert res.accepted == 40 and calls == [16, 16, 8]
     with w.engine.connect() as conn:
@@ -224,9 +244,24 @@ def test_replay_cli_is_deterministic_and_marks_surges(tmp_path: Path) -> None:
     outs = []
     for k in range(2):
         p = tmp_path / f"s{k}.jsonl"
-        r = subprocess.run([*CLI, "replay", "--hours", "6", "--surge", "Macro@3:30:2",
-                            "--out", str(p), "--truth", str(tmp_path / "truth.json")],
-                           env=ENV, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [
+                *CLI,
+                "replay",
+                "--hours",
+                "6",
+                "--surge",
+                "Macro@3:30:2",
+                "--out",
+                str(p),
+                "--truth",
+                str(tmp_path / "truth.json"),
+            ],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         outs.append(p.read_text())
     assert outs[0] == outs[1]
@@ -241,10 +276,26 @@ def test_replay_cli_is_deterministic_and_marks_surges(tmp_path: Path) -> None:
 
 
 def test_evaluate_reports_detection_figures(tmp_path: Path) -> None:
-    r = subprocess.run([*CLI, "evaluate", "configs/finwatch-replay.yaml", "--streams", "1",
-                        "--hours", "24", "--surges", "4", "--out", str(tmp_path)],
-                       env=ENV, capture_output=True, text=True, timeout=300,
-                       cwd=Path(__file__).resolve().parents[1])
+    r = subprocess.run(
+        [
+            *CLI,
+            "evaluate",
+            "configs/finwatch-replay.yaml",
+            "--streams",
+            "1",
+            "--hours",
+            "24",
+            "--surges",
+            "4",
+            "--out",
+            str(tmp_path),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "finwatch_eval.json").read_text())
     assert res["surges"] == 4 and res["simulated_days"] == 1

@@ -21,7 +21,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Overrides = Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. db=sqlite:///x.db")]
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="Dotted overrides, e.g. db=sqlite:///x.db")
+]
 
 
 def _fail(exc: TailorError) -> None:
@@ -30,8 +32,9 @@ def _fail(exc: TailorError) -> None:
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
@@ -89,8 +92,13 @@ def watch(
         if redis:
             from tailorml.apps.finwatch.redis_source import consume
 
-            kw = {"stream": stream, "group": group, "consumer": consumer, "idle_exit_s": idle_exit,
-                  "stop": stop}
+            kw = {
+                "stream": stream,
+                "group": group,
+                "consumer": consumer,
+                "idle_exit_s": idle_exit,
+                "stop": stop,
+            }
             if file or stdin:
                 t = threading.Thread(target=consume, args=(watcher, redis), kwargs=kw, daemon=True)
                 t.start()
@@ -117,9 +125,17 @@ def watch(
             notifier.stop()
     from tailorml.apps.finwatch.store import counts
 
-    typer.echo(json.dumps({"accepted": total.accepted, "duplicates": total.duplicates,
-                           "rejected": total.rejected, "alerts": len(total.alerts),
-                           "database": counts(engine)}))
+    typer.echo(
+        json.dumps(
+            {
+                "accepted": total.accepted,
+                "duplicates": total.duplicates,
+                "rejected": total.rejected,
+                "alerts": len(total.alerts),
+                "database": counts(engine),
+            }
+        )
+    )
 
 
 def _serve_thread(cfg: Any, engine: Any, watcher: Any, hostport: str) -> threading.Thread:
@@ -128,8 +144,14 @@ def _serve_thread(cfg: Any, engine: Any, watcher: Any, hostport: str) -> threadi
     from tailorml.apps.finwatch.server import create_app
 
     host, _, port = hostport.rpartition(":")
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg, engine, watcher), host=host or "127.0.0.1",
-                                           port=int(port), log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(cfg, engine, watcher),
+            host=host or "127.0.0.1",
+            port=int(port),
+            log_level="warning",
+        )
+    )
     t = threading.Thread(target=server.run, daemon=True, name="finwatch-http")
     t.start()
     return t
@@ -167,10 +189,16 @@ def replay(
     surge: Annotated[
         list[str] | None, typer.Option(help="TOPIC@HOURS[:MINUTES[:INTENSITY]], repeatable.")
     ] = None,
-    rate: Annotated[float, typer.Option(help="Mean background events per simulated minute.")] = 20.0,
-    speed: Annotated[float, typer.Option(help="Speed-up (60 = a minute per second); 0 = max.")] = 0.0,
+    rate: Annotated[
+        float, typer.Option(help="Mean background events per simulated minute.")
+    ] = 20.0,
+    speed: Annotated[
+        float, typer.Option(help="Speed-up (60 = a minute per second); 0 = max.")
+    ] = 0.0,
     seed: Annotated[int, typer.Option()] = 0,
-    start: Annotated[str, typer.Option(help="Stream start, ISO 8601 UTC.")] = "2026-01-05T00:00:00Z",
+    start: Annotated[
+        str, typer.Option(help="Stream start, ISO 8601 UTC.")
+    ] = "2026-01-05T00:00:00Z",
     truth: Annotated[Path | None, typer.Option(help="Write the injected surges as JSON.")] = None,
 ) -> None:
     """Turn the bundled labeled tweets into a timed stream with injected negative surges."""
@@ -220,8 +248,16 @@ def evaluate(
         _fail(exc)
         return
     logging.getLogger("tailorml.finwatch").setLevel(logging.ERROR)
-    res = run(cfg, streams=streams, hours=hours, surges_per_stream=surges, rate_per_min=rate,
-              intensity=intensity, minutes=minutes, seed=seed)
+    res = run(
+        cfg,
+        streams=streams,
+        hours=hours,
+        surges_per_stream=surges,
+        rate_per_min=rate,
+        intensity=intensity,
+        minutes=minutes,
+        seed=seed,
+    )
     js, png = save(res, out)
     shown = {k: v for k, v in res.items() if k not in ("per_stream", "detector")}
     typer.echo(json.dumps(shown, indent=2))
@@ -230,7 +266,9 @@ def evaluate(
 
 @app.command()
 def demo(
-    config: Annotated[Path | None, typer.Argument(help="finwatch YAML; default: labels scorer.")] = None,
+    config: Annotated[
+        Path | None, typer.Argument(help="finwatch YAML; default: labels scorer.")
+    ] = None,
     overrides: Overrides = None,
     topic: Annotated[str, typer.Option(help="Topic to inject the surge on.")] = "Energy | Oil",
     at_hours: Annotated[float, typer.Option(help="Surge start, hours into the stream.")] = 18.0,
@@ -255,24 +293,33 @@ def demo(
         events = make_stream(24, [s], start=1767571200.0, seed=7)
         path = Path(tmp) / "stream.jsonl"
         path.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
-        typer.echo(f"replaying {len(events)} events (24 h) with a negative surge on {topic!r} "
-                   f"at +{at_hours} h", err=True)
+        typer.echo(
+            f"replaying {len(events)} events (24 h) with a negative surge on {topic!r} "
+            f"at +{at_hours} h",
+            err=True,
+        )
         res = follow_file(watcher, path, follow=False)
         res.alerts.extend(watcher.advance(final=True))
         for a in res.alerts:
             f = a["figures"]
-            typer.echo(f"ALERT {a['topic']} window {a['window_start_iso']}: {f['n_negative']}/"
-                       f"{f['n']} negative ({f['negative_share']:.0%} vs baseline "
-                       f"{f['baseline_share']:.0%}, z={f['z_share']}), {len(a['event_ids'])} events")
+            typer.echo(
+                f"ALERT {a['topic']} window {a['window_start_iso']}: {f['n_negative']}/"
+                f"{f['n']} negative ({f['negative_share']:.0%} vs baseline "
+                f"{f['baseline_share']:.0%}, z={f['z_share']}), {len(a['event_ids'])} events"
+            )
         hit = any(a["topic"] == topic for a in res.alerts)
-        typer.echo(f"surge on {topic!r} {'DETECTED' if hit else 'MISSED'}; "
-                   f"{len(res.alerts)} alert(s), {res.accepted} events stored")
+        typer.echo(
+            f"surge on {topic!r} {'DETECTED' if hit else 'MISSED'}; "
+            f"{len(res.alerts)} alert(s), {res.accepted} events stored"
+        )
         engine.dispose()
 
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Argument(help="YAML with `topic:` and `sentiment:` run configs.")],
+    config: Annotated[
+        Path, typer.Argument(help="YAML with `topic:` and `sentiment:` run configs.")
+    ],
     overrides: Annotated[list[str] | None, typer.Argument(help="e.g. topic.train.epochs=1")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing run folders.")] = False,
 ) -> None:

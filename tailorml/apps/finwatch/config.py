@@ -51,7 +51,9 @@ class ModelsConfig(_Section):
         description="`model` scores texts with the two model folders; `labels` trusts the "
         "`labels` field of each event (replayed labeled streams, to test the detector alone).",
     )
-    topic: Path | None = Field(None, description="Topic model folder (RUN_DIR/model or compressed).")
+    topic: Path | None = Field(
+        None, description="Topic model folder (RUN_DIR/model or compressed)."
+    )
     sentiment: Path | None = Field(None, description="Sentiment model folder.")
     negative_label: str = Field("Bearish", description="Sentiment label counted as negative.")
     positive_label: str = Field("Bullish", description="Sentiment label counted as positive.")
@@ -85,7 +87,9 @@ class FinwatchConfig(_Section):
                 f"detect_window ({self.detect_window}) is not one of windows {self.windows}; "
                 "add it to windows."
             )
-        if self.models.scorer == "model" and (self.models.topic is None or self.models.sentiment is None):
+        if self.models.scorer == "model" and (
+            self.models.topic is None or self.models.sentiment is None
+        ):
             raise ValueError(
                 "models.scorer is `model` but models.topic or models.sentiment is not set; give "
                 "both model folders (tailor finwatch train writes them) or use scorer: labels."
@@ -102,7 +106,9 @@ class FinwatchConfig(_Section):
         return DetectorParams(**{**self.detector.model_dump(), **over}) if over else self.detector
 
 
-def load_finwatch_config(path: str | Path | None, overrides: list[str] | None = None) -> FinwatchConfig:
+def load_finwatch_config(
+    path: str | Path | None, overrides: list[str] | None = None
+) -> FinwatchConfig:
     from tailorml.config.load import apply_overrides, read_yaml
 
     raw: dict[str, Any] = read_yaml(Path(path)) if path else {}

@@ -6,11 +6,12 @@ negative count. A closed window gets two z-scores:
     z_share = (share - mu) / sqrt(max(0, var - sv) + mu (1 - mu) / n + min_std^2)
               # var - sv: the baseline's drift beyond the sampling noise it had (sv = EWMA of
               # mu (1 - mu) / n); mu (1 - mu) / n: this window's own sampling noise
-    z_count = (n_neg - mu_c) / sqrt(var_c + mu_c + 1)                  # Poisson-like noise of counts
+    z_count = (n_neg - mu_c) / sqrt(var_c + mu_c + 1)   # Poisson-like noise of counts
 
 A surge starts when z_share reaches `z_on`, or z_count reaches `z_count_on` while z_share is at
-least `z_off` (so a pure volume spike, e.g. the daily rise of traffic, does not alert), with at least `min_volume`
-events and `min_negative` negative ones, after `warmup` judged windows and outside the `cooldown`
+least `z_off` (so a pure volume spike, e.g. the daily rise of traffic, does not alert), with at
+least `min_volume` events and `min_negative` negative ones, after `warmup` judged windows and
+outside the `cooldown`
 after the previous alert. It ends when both z fall below `z_off` (hysteresis: one alert per surge).
 During a surge the baseline learns 4x slower, so a surge does not quickly become the new normal.
 
@@ -31,7 +32,14 @@ from typing import Any
 from tailorml.errors import TailorError
 
 PARAMS = (
-    "alpha", "z_on", "z_off", "z_count_on", "min_volume", "min_negative", "cooldown", "warmup",
+    "alpha",
+    "z_on",
+    "z_off",
+    "z_count_on",
+    "min_volume",
+    "min_negative",
+    "cooldown",
+    "warmup",
     "min_std",
 )
 
@@ -55,8 +63,9 @@ def _as_window(row: Any) -> Window:
     if isinstance(row, Window):
         return row
     if isinstance(row, Mapping):
-        return Window(str(row["topic"]), float(row["window_start"]), int(row["n"]),
-                      int(row["n_negative"]))
+        return Window(
+            str(row["topic"]), float(row["window_start"]), int(row["n"]), int(row["n_negative"])
+        )
     topic, start, n, neg = row
     return Window(str(topic), float(start), int(n), int(neg))
 
@@ -103,8 +112,16 @@ class SurgeDetector:
         p = self.params(w.topic)
         s = self.state_.setdefault(
             w.topic,
-            {"mu": 0.0, "var": 0.0, "mu_c": 0.0, "var_c": 0.0, "judged": 0, "counted": 0,
-             "in_surge": 0, "since_alert": 1e9},
+            {
+                "mu": 0.0,
+                "var": 0.0,
+                "mu_c": 0.0,
+                "var_c": 0.0,
+                "judged": 0,
+                "counted": 0,
+                "in_surge": 0,
+                "since_alert": 1e9,
+            },
         )
         self.n_windows_ += 1
         s["since_alert"] += 1

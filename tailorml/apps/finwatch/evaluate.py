@@ -32,7 +32,8 @@ def match(alerts: list[dict[str, Any]], truth: list[dict[str, Any]], w: int) -> 
     for s in truth:
         first = math.floor(s["start"] / w) * w
         hits = [
-            (a["window_start"], k) for k, a in enumerate(alerts)
+            (a["window_start"], k)
+            for k, a in enumerate(alerts)
             if a["topic"] == s["topic"] and first <= a["window_start"] < s["end"] + 2 * w
         ]
         if hits:
@@ -40,12 +41,21 @@ def match(alerts: list[dict[str, Any]], truth: list[dict[str, Any]], w: int) -> 
             ws, _ = min(hits)
             delays.append((ws - first) / w)
             used.update(k for _, k in hits)
-    return {"surges": len(truth), "detected": detected, "alerts": len(alerts),
-            "true_alerts": len(used), "false_alerts": len(alerts) - len(used), "delays": delays}
+    return {
+        "surges": len(truth),
+        "detected": detected,
+        "alerts": len(alerts),
+        "true_alerts": len(used),
+        "false_alerts": len(alerts) - len(used),
+        "delays": delays,
+    }
 
 
 def run_stream(
-    cfg: FinwatchConfig, events: list[dict[str, Any]], scorer: Scorer, db_dir: Path,
+    cfg: FinwatchConfig,
+    events: list[dict[str, Any]],
+    scorer: Scorer,
+    db_dir: Path,
     chunk: int = 500,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     engine = make_engine(f"sqlite:///{db_dir / 'eval.db'}")
@@ -76,14 +86,16 @@ def evaluate(
     totals = {"surges": 0, "detected": 0, "alerts": 0, "true_alerts": 0, "false_alerts": 0}
     delays: list[float] = []
     per_stream = []
-    ev_total, sec_total = 0, 0.0
+    ev_total, sec_total = 0.0, 0.0
     for k in range(streams):
         rng = random.Random(seed * 1000 + k)
         start = 1767571200.0  # 2026-01-05T00:00Z
-        surges = random_surges(hours, surges_per_stream, rng, start, minutes=minutes,
-                               intensity=intensity)
-        events = make_stream(hours, surges, rate_per_min=rate_per_min, start=start,
-                             seed=seed * 1000 + k, window_s=w)
+        surges = random_surges(
+            hours, surges_per_stream, rng, start, minutes=minutes, intensity=intensity
+        )
+        events = make_stream(
+            hours, surges, rate_per_min=rate_per_min, start=start, seed=seed * 1000 + k, window_s=w
+        )
         truth = truth_json(surges)
         with tempfile.TemporaryDirectory() as tmp:
             alerts, perf = run_stream(cfg, events, scorer, Path(tmp))
@@ -93,16 +105,33 @@ def evaluate(
         delays += m["delays"]
         ev_total += perf["events"]
         sec_total += perf["seconds"]
-        per_stream.append({"seed": seed * 1000 + k, **{k2: m[k2] for k2 in totals},
-                           "events": perf["events"], "truth": truth,
-                           "alerts": [{"topic": a["topic"], "window_start": a["window_start"],
-                                       "figures": a["figures"]} for a in alerts]})
+        per_stream.append(
+            {
+                "seed": seed * 1000 + k,
+                **{k2: m[k2] for k2 in totals},
+                "events": perf["events"],
+                "truth": truth,
+                "alerts": [
+                    {
+                        "topic": a["topic"],
+                        "window_start": a["window_start"],
+                        "figures": a["figures"],
+                    }
+                    for a in alerts
+                ],
+            }
+        )
     days = streams * hours / 24
     return {
         "scorer": cfg.models.scorer,
-        "streams": streams, "hours_per_stream": hours, "simulated_days": days,
-        "rate_per_min": rate_per_min, "surge_minutes": minutes, "surge_intensity": intensity,
-        "detect_window_s": w, "detector": cfg.detector.model_dump(),
+        "streams": streams,
+        "hours_per_stream": hours,
+        "simulated_days": days,
+        "rate_per_min": rate_per_min,
+        "surge_minutes": minutes,
+        "surge_intensity": intensity,
+        "detect_window_s": w,
+        "detector": cfg.detector.model_dump(),
         **totals,
         "precision": totals["true_alerts"] / totals["alerts"] if totals["alerts"] else None,
         "recall": totals["detected"] / totals["surges"] if totals["surges"] else None,
@@ -130,7 +159,9 @@ def save(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     w = result["detect_window_s"]
     t0 = min([s["start"] for s in ps["truth"]] + [a["window_start"] for a in ps["alerts"]] or [0])
     for s in ps["truth"]:
-        axes[0].axvspan((s["start"] - t0) / 3600, (s["end"] - t0) / 3600, color="tab:red", alpha=0.25)
+        axes[0].axvspan(
+            (s["start"] - t0) / 3600, (s["end"] - t0) / 3600, color="tab:red", alpha=0.25
+        )
     for a in ps["alerts"]:
         axes[0].axvline((a["window_start"] + w - t0) / 3600, color="k", lw=1)
     axes[0].set_title("stream 1: injected surges (red) and alerts (black)")
@@ -138,11 +169,15 @@ def save(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     axes[0].set_yticks([])
     names = ["precision", "recall"]
     vals = [result["precision"] or 0, result["recall"] or 0]
-    axes[1].bar(names + ["false/day", "median delay"],
-                vals + [result["false_alerts_per_day"], result["median_delay_windows"] or 0],
-                color=["tab:blue", "tab:green", "tab:red", "tab:gray"])
+    axes[1].bar(
+        names + ["false/day", "median delay"],
+        vals + [result["false_alerts_per_day"], result["median_delay_windows"] or 0],
+        color=["tab:blue", "tab:green", "tab:red", "tab:gray"],
+    )
     axes[1].set_title(f"{result['streams']} streams, {result['simulated_days']:.0f} simulated days")
-    for i, v in enumerate(vals + [result["false_alerts_per_day"], result["median_delay_windows"] or 0]):
+    for i, v in enumerate(
+        vals + [result["false_alerts_per_day"], result["median_delay_windows"] or 0]
+    ):
         axes[1].text(i, v, f"{v:.2f}", ha="center", va="bottom")
     fig.tight_layout()
     png = out_dir / "finwatch_eval.png"

@@ -1,4 +1,4 @@
-"""Incoming events: `{"id", "time", "text", "source"?, "labels"?}`, parsed or rejected with a reason.
+"""Incoming events `{"id", "time", "text", "source"?, "labels"?}`, parsed or rejected with a reason.
 
 `time` is ISO 8601 (`2026-11-28T21:00:00Z`; no zone means UTC) or Unix seconds. Everything is
 stored as float Unix seconds. A bad event never stops the stream: `parse_event` returns a
@@ -55,8 +55,14 @@ def parse_time(value: Any) -> float:
 
 def parse_event(raw: str | bytes | dict[str, Any], source: str, max_chars: int) -> Event | Rejected:
     """One event from a JSON line (or an already-decoded object)."""
-    text_raw = raw if isinstance(raw, str) else (
-        raw.decode("utf-8", "replace") if isinstance(raw, bytes) else json.dumps(raw, default=str)
+    text_raw = (
+        raw
+        if isinstance(raw, str)
+        else (
+            raw.decode("utf-8", "replace")
+            if isinstance(raw, bytes)
+            else json.dumps(raw, default=str)
+        )
     )
     if isinstance(raw, str | bytes):
         if len(raw) > 4 * max_chars + 10_000:
@@ -80,8 +86,9 @@ def parse_event(raw: str | bytes | dict[str, Any], source: str, max_chars: int) 
     if not isinstance(text, str) or not text.strip():
         return Rejected("missing text", text_raw[:2000], source)
     if len(text) > max_chars:
-        return Rejected(f"oversized: text has {len(text)} chars (max {max_chars})",
-                        text_raw[:2000], source)
+        return Rejected(
+            f"oversized: text has {len(text)} chars (max {max_chars})", text_raw[:2000], source
+        )
     if "time" not in obj:
         return Rejected("missing time", text_raw[:2000], source)
     try:

@@ -26,11 +26,15 @@ log = logging.getLogger("tailorml.finwatch")
 
 def alert_payload(conn: Any, row: Any) -> dict[str, Any]:
     ids = json.loads(row.event_ids)
-    evs = conn.execute(
-        sa.select(store.events.c.id, store.events.c.ts, store.events.c.text)
-        .where(store.events.c.id.in_(ids))
-        .order_by(store.events.c.ts)
-    ).all() if ids else []
+    evs = (
+        conn.execute(
+            sa.select(store.events.c.id, store.events.c.ts, store.events.c.text)
+            .where(store.events.c.id.in_(ids))
+            .order_by(store.events.c.ts)
+        ).all()
+        if ids
+        else []
+    )
     iso = datetime.fromtimestamp(row.window_start, UTC).isoformat()
     end = datetime.fromtimestamp(row.window_start + row.window_s, UTC).isoformat()
     return {
@@ -51,8 +55,13 @@ def deliver_pending(engine: Engine, cfg: WebhookConfig, client: httpx.Client | N
     now = time.time()
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(a).where(a.c.delivered_at.is_(None), a.c.next_attempt_at <= now,
-                               a.c.attempts < cfg.max_attempts).order_by(a.c.pk)
+            sa.select(a)
+            .where(
+                a.c.delivered_at.is_(None),
+                a.c.next_attempt_at <= now,
+                a.c.attempts < cfg.max_attempts,
+            )
+            .order_by(a.c.pk)
         ).all()
         payloads = [(r, alert_payload(conn, r)) for r in rows]
     own = client is None
@@ -62,24 +71,35 @@ def deliver_pending(engine: Engine, cfg: WebhookConfig, client: httpx.Client | N
         for r, body in payloads:
             err = None
             try:
-                resp = client.post(cfg.url, json=body,
-                                   headers={"Idempotency-Key": f"finwatch-alert-{r.pk}"})
+                resp = client.post(
+                    cfg.url, json=body, headers={"Idempotency-Key": f"finwatch-alert-{r.pk}"}
+                )
                 if resp.status_code >= 300:
                     err = f"HTTP {resp.status_code}"
             except httpx.HTTPError as exc:
                 err = f"{type(exc).__name__}: {exc}"
             with engine.begin() as conn:
                 if err is None:
-                    conn.execute(a.update().where(a.c.pk == r.pk).values(
-                        delivered_at=time.time(), attempts=r.attempts + 1, last_error=None))
+                    conn.execute(
+                        a.update()
+                        .where(a.c.pk == r.pk)
+                        .values(delivered_at=time.time(), attempts=r.attempts + 1, last_error=None)
+                    )
                     delivered += 1
                 else:
-                    delay = min(cfg.backoff_max_s, cfg.backoff_s * 2 ** r.attempts)
-                    conn.execute(a.update().where(a.c.pk == r.pk).values(
-                        attempts=r.attempts + 1, next_attempt_at=time.time() + delay,
-                        last_error=err[:500]))
-                    log.warning("webhook delivery of alert %d failed (%s); retry in %.1fs",
-                                r.pk, err, delay)
+                    delay = min(cfg.backoff_max_s, cfg.backoff_s * 2**r.attempts)
+                    conn.execute(
+                        a.update()
+                        .where(a.c.pk == r.pk)
+                        .values(
+                            attempts=r.attempts + 1,
+                            next_attempt_at=time.time() + delay,
+                            last_error=err[:500],
+                        )
+                    )
+                    log.warning(
+                        "webhook delivery of alert %d failed (%s); retry in %.1fs", r.pk, err, delay
+                    )
     finally:
         if own:
             client.close()

@@ -92,7 +92,11 @@ class Watcher:
             if isinstance(ev, Event):
                 reason = self.scorer.problem(ev)
                 if reason:
-                    ev = Rejected(reason, json.dumps(raw) if isinstance(raw, dict) else str(raw)[:2000], source)
+                    ev = Rejected(
+                        reason,
+                        json.dumps(raw) if isinstance(raw, dict) else str(raw)[:2000],
+                        source,
+                    )
             if isinstance(ev, Rejected):
                 bad.append(ev)
             elif ev.id in seen:
@@ -109,13 +113,27 @@ class Watcher:
                 chunk = new[i : i + bs]
                 now = time.time()
                 for e, (topic, sent, p_neg) in zip(chunk, self.scorer.score(chunk), strict=True):
-                    rows.append({
-                        "id": e.id, "ts": e.time, "text": e.text, "source": e.source[:200],
-                        "topic": topic, "sentiment": sent, "p_negative": p_neg,
-                        "ingested_at": now,
-                    })
-            dl = [{"received_at": time.time(), "source": r.source[:200], "reason": r.reason[:500],
-                   "raw": r.raw} for r in bad]
+                    rows.append(
+                        {
+                            "id": e.id,
+                            "ts": e.time,
+                            "text": e.text,
+                            "source": e.source[:200],
+                            "topic": topic,
+                            "sentiment": sent,
+                            "p_negative": p_neg,
+                            "ingested_at": now,
+                        }
+                    )
+            dl = [
+                {
+                    "received_at": time.time(),
+                    "source": r.source[:200],
+                    "reason": r.reason[:500],
+                    "raw": r.raw,
+                }
+                for r in bad
+            ]
 
             def write() -> int:
                 with self.engine.begin() as conn:
@@ -177,8 +195,11 @@ class Watcher:
             counts: dict[float, dict[str, dict[str, Any]]] = {}
             for r in window_counts(conn, w, nxt, end):
                 counts.setdefault(r["window_start"], {})[r["topic"]] = r
-            topics = sorted(set(self.scorer.topics) | set(store.get_kv(conn, "topics", [])) |
-                            {t for c in counts.values() for t in c})
+            topics = sorted(
+                set(self.scorer.topics)
+                | set(store.get_kv(conn, "topics", []))
+                | {t for c in counts.values() for t in c}
+            )
             store.upsert_kv(conn, "topics", topics)
             det = self.detector
             state_before = det.get_state()
@@ -187,11 +208,11 @@ class Watcher:
                 while start < end:
                     per = counts.get(start, {})
                     for topic in topics:
-                        r = per.get(topic)
-                        n, neg = (r["volume"], r["negative"]) if r else (0, 0)
-                        a = det.update((topic, start, n, neg))
-                        if a:
-                            fired.append(self._store_alert(conn, a))
+                        row = per.get(topic)
+                        n, neg = (row["volume"], row["negative"]) if row else (0, 0)
+                        found = det.update((topic, start, n, neg))
+                        if found:
+                            fired.append(self._store_alert(conn, found))
                     start += w
                 store.upsert_kv(conn, self._detector_key(), det.get_state())
                 store.upsert_kv(conn, f"closed:{w}", end)
@@ -202,28 +223,50 @@ class Watcher:
             log.warning(
                 "ALERT negative surge: topic=%s window=%s n=%d negative=%d share=%.2f "
                 "(baseline %.2f, z=%.1f)",
-                a["topic"], a["window_start_iso"], a["figures"]["n"], a["figures"]["n_negative"],
-                a["figures"]["negative_share"], a["figures"]["baseline_share"],
+                a["topic"],
+                a["window_start_iso"],
+                a["figures"]["n"],
+                a["figures"]["n_negative"],
+                a["figures"]["negative_share"],
+                a["figures"]["baseline_share"],
                 a["figures"]["z_share"],
             )
         return fired
 
     def _store_alert(self, conn: Connection, a: dict[str, Any]) -> dict[str, Any]:
         w = self.cfg.detect_window
-        ids = list(conn.execute(
-            sa.select(store.events.c.id)
-            .where(store.events.c.topic == a["topic"], store.events.c.sentiment == "negative",
-                   store.events.c.ts >= a["window_start"], store.events.c.ts < a["window_start"] + w)
-            .order_by(store.events.c.ts)
-            .limit(self.cfg.evidence_events)
-        ).scalars())
+        ids = list(
+            conn.execute(
+                sa.select(store.events.c.id)
+                .where(
+                    store.events.c.topic == a["topic"],
+                    store.events.c.sentiment == "negative",
+                    store.events.c.ts >= a["window_start"],
+                    store.events.c.ts < a["window_start"] + w,
+                )
+                .order_by(store.events.c.ts)
+                .limit(self.cfg.evidence_events)
+            ).scalars()
+        )
         figures = {k: v for k, v in a.items() if k not in ("topic", "window_start")}
-        row = {"topic": a["topic"], "window_s": w, "window_start": a["window_start"],
-               "figures": json.dumps(figures), "event_ids": json.dumps(ids),
-               "created_at": time.time(), "attempts": 0, "next_attempt_at": 0.0}
+        row = {
+            "topic": a["topic"],
+            "window_s": w,
+            "window_start": a["window_start"],
+            "figures": json.dumps(figures),
+            "event_ids": json.dumps(ids),
+            "created_at": time.time(),
+            "attempts": 0,
+            "next_attempt_at": 0.0,
+        }
         store.insert_ignore(conn, store.alerts, [row], ["topic", "window_s", "window_start"])
         from datetime import UTC, datetime
 
-        return {"topic": a["topic"], "window_s": w, "window_start": a["window_start"],
-                "window_start_iso": datetime.fromtimestamp(a["window_start"], UTC).isoformat(),
-                "figures": figures, "event_ids": ids}
+        return {
+            "topic": a["topic"],
+            "window_s": w,
+            "window_start": a["window_start"],
+            "window_start_iso": datetime.fromtimestamp(a["window_start"], UTC).isoformat(),
+            "figures": figures,
+            "event_ids": ids,
+        }

@@ -9,6 +9,7 @@ over with XAUTOCLAIM. Redelivery is harmless: ingest is idempotent on id.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -56,13 +57,13 @@ def consume(
     pending_first = True
     idle_since = time.monotonic()
     while not (stop and stop.is_set()):
-        entries: list[tuple[str, dict[str, str]]] = []
+        entries: Any = []
         if pending_first:  # our own un-acked entries from before a crash
-            resp = r.xreadgroup(group, consumer, {stream: "0"}, count=count)
+            resp: Any = r.xreadgroup(group, consumer, {stream: "0"}, count=count)
             entries = resp[0][1] if resp else []
             pending_first = bool(entries)
         if not entries:
-            claimed = r.xautoclaim(stream, group, consumer, claim_idle_ms, "0-0", count=count)
+            claimed: Any = r.xautoclaim(stream, group, consumer, claim_idle_ms, "0-0", count=count)
             entries = [e for e in claimed[1] if e and e[1] is not None]
         if not entries:
             resp = r.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
@@ -79,10 +80,8 @@ def consume(
             import json
 
             for raw in raws:
-                try:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
                     processed.append(str(json.loads(raw)["id"]))
-                except (ValueError, KeyError, TypeError):
-                    pass
         total.add(res)
     r.close()
     return total

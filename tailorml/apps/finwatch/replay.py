@@ -21,7 +21,6 @@ import math
 import random
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,11 +30,26 @@ REPO = Path(__file__).resolve().parents[3]
 TOPIC_CSV = REPO / "data/twitter_fin_topic/topic_train.csv"
 SENT_CSV = REPO / "data/twitter_fin_sentiment/sent_train.csv"
 TOPICS = [
-    "Analyst Update", "Fed | Central Banks", "Company | Product News",
-    "Treasuries | Corporate Debt", "Dividend", "Earnings", "Energy | Oil", "Financials",
-    "Currencies", "General News | Opinion", "Gold | Metals | Materials", "IPO",
-    "Legal | Regulation", "M&A | Investments", "Macro", "Markets", "Politics",
-    "Personnel Change", "Stock Commentary", "Stock Movement",
+    "Analyst Update",
+    "Fed | Central Banks",
+    "Company | Product News",
+    "Treasuries | Corporate Debt",
+    "Dividend",
+    "Earnings",
+    "Energy | Oil",
+    "Financials",
+    "Currencies",
+    "General News | Opinion",
+    "Gold | Metals | Materials",
+    "IPO",
+    "Legal | Regulation",
+    "M&A | Investments",
+    "Macro",
+    "Markets",
+    "Politics",
+    "Personnel Change",
+    "Stock Commentary",
+    "Stock Movement",
 ]
 SENTIMENTS = ["Bearish", "Bullish", "Neutral"]
 
@@ -89,8 +103,9 @@ def make_stream(
     sent_rows = _read(sent_csv)
     bearish = [t for t, lab in sent_rows if lab == 0]
     shares = [sum(1 for _, lab in sent_rows if lab == k) / len(sent_rows) for k in range(3)]
-    topic_share = [sum(1 for _, lab in topic_rows if lab == k) / len(topic_rows)
-                   for k in range(len(TOPICS))]
+    topic_share = [
+        sum(1 for _, lab in topic_rows if lab == k) / len(topic_rows) for k in range(len(TOPICS))
+    ]
     peak = rate_per_min * (1 + diurnal) / 60.0  # events per second, thinning bound
     out: list[tuple[float, dict[str, Any]]] = []
     t, i, end = start, 0, start + 3600 * hours
@@ -103,8 +118,16 @@ def make_stream(
             continue
         text, lab = rng.choice(topic_rows)
         sent = rng.choices(SENTIMENTS, weights=shares)[0]
-        out.append((t, {"id": f"bg-{seed}-{i}", "text": text,
-                        "labels": {"topic": TOPICS[lab], "sentiment": sent}}))
+        out.append(
+            (
+                t,
+                {
+                    "id": f"bg-{seed}-{i}",
+                    "text": text,
+                    "labels": {"topic": TOPICS[lab], "sentiment": sent},
+                },
+            )
+        )
         i += 1
     for k, s in enumerate(surges):
         base = rate_per_min / 60.0 * topic_share[TOPICS.index(s.topic)]  # per second
@@ -114,8 +137,17 @@ def make_stream(
             t += rng.expovariate(rate)
             if t >= s.end:
                 break
-            out.append((t, {"id": f"surge-{seed}-{k}-{j}", "text": rng.choice(bearish),
-                            "labels": {"topic": s.topic, "sentiment": "Bearish"}, "surge": True}))
+            out.append(
+                (
+                    t,
+                    {
+                        "id": f"surge-{seed}-{k}-{j}",
+                        "text": rng.choice(bearish),
+                        "labels": {"topic": s.topic, "sentiment": "Bearish"},
+                        "surge": True,
+                    },
+                )
+            )
             j += 1
     out.sort(key=lambda x: x[0])
     events = []
@@ -127,15 +159,23 @@ def make_stream(
 
 
 def random_surges(
-    hours: float, n: int, rng: random.Random, start: float, warmup_h: float = 6.0,
-    topics: list[str] | None = None, minutes: float = 30.0, intensity: float = 1.0,
+    hours: float,
+    n: int,
+    rng: random.Random,
+    start: float,
+    warmup_h: float = 6.0,
+    topics: list[str] | None = None,
+    minutes: float = 30.0,
+    intensity: float = 1.0,
 ) -> list[Surge]:
     """n surges at random times after the warmup, at least 3 h apart, on random topics."""
     topics = topics or TOPICS
     slots = [warmup_h + 3 * k for k in range(int((hours - warmup_h - 1) // 3))]
     chosen = sorted(rng.sample(slots, min(n, len(slots))))
-    return [Surge(rng.choice(topics), start + 3600 * (h + rng.uniform(0, 2)), minutes, intensity)
-            for h in chosen]
+    return [
+        Surge(rng.choice(topics), start + 3600 * (h + rng.uniform(0, 2)), minutes, intensity)
+        for h in chosen
+    ]
 
 
 def write_stream(

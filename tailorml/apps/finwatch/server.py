@@ -38,10 +38,16 @@ def create_app(cfg: FinwatchConfig, engine: Engine, watcher: Watcher | None = No
             if not isinstance(items, list):
                 raise HTTPException(422, 'Send a JSON list of events or {"events": [...]}.')
             if len(items) > MAX_BATCH:
-                raise HTTPException(413, f"At most {MAX_BATCH} events per request; split the batch.")
+                raise HTTPException(
+                    413, f"At most {MAX_BATCH} events per request; split the batch."
+                )
             res = watcher.ingest(items, "http")
-            return {"accepted": res.accepted, "duplicates": res.duplicates,
-                    "rejected": res.rejected, "alerts": len(res.alerts)}
+            return {
+                "accepted": res.accepted,
+                "duplicates": res.duplicates,
+                "rejected": res.rejected,
+                "alerts": len(res.alerts),
+            }
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -64,21 +70,32 @@ def create_app(cfg: FinwatchConfig, engine: Engine, watcher: Watcher | None = No
     def alerts(limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
         a = store.alerts
         with engine.connect() as conn:
-            rows = conn.execute(sa.select(a).order_by(a.c.window_start.desc(), a.c.pk.desc())
-                                .limit(limit)).all()
+            rows = conn.execute(
+                sa.select(a).order_by(a.c.window_start.desc(), a.c.pk.desc()).limit(limit)
+            ).all()
             out = []
             for r in rows:
                 ids = json.loads(r.event_ids)
-                evs = conn.execute(
-                    sa.select(store.events.c.id, store.events.c.ts, store.events.c.text)
-                    .where(store.events.c.id.in_(ids)).order_by(store.events.c.ts)
-                ).all() if ids else []
-                out.append({
-                    "id": r.pk, "topic": r.topic, "window_s": r.window_s,
-                    "window_start": datetime.fromtimestamp(r.window_start, UTC).isoformat(),
-                    "figures": json.loads(r.figures), "delivered": r.delivered_at is not None,
-                    "events": [{"id": e.id, "time": e.ts, "text": e.text} for e in evs],
-                })
+                evs = (
+                    conn.execute(
+                        sa.select(store.events.c.id, store.events.c.ts, store.events.c.text)
+                        .where(store.events.c.id.in_(ids))
+                        .order_by(store.events.c.ts)
+                    ).all()
+                    if ids
+                    else []
+                )
+                out.append(
+                    {
+                        "id": r.pk,
+                        "topic": r.topic,
+                        "window_s": r.window_s,
+                        "window_start": datetime.fromtimestamp(r.window_start, UTC).isoformat(),
+                        "figures": json.loads(r.figures),
+                        "delivered": r.delivered_at is not None,
+                        "events": [{"id": e.id, "time": e.ts, "text": e.text} for e in evs],
+                    }
+                )
         return {"alerts": out, "generated_at": time.time()}
 
     @app.get("/", response_class=HTMLResponse)

@@ -38,15 +38,16 @@ def follow_file(
         offset = int(store.get_kv(conn, key, 0))
     bs = watcher.cfg.batch_size
     idle_since = time.monotonic()
-    buf = b""
     while not (stop and stop.is_set()):
         try:
             size = path.stat().st_size
         except FileNotFoundError:
             size = -1
         if 0 <= size < offset:
-            log.warning("%s shrank below the stored offset %d; reading it from the start", path, offset)
-            offset, buf = 0, b""
+            log.warning(
+                "%s shrank below the stored offset %d; reading it from the start", path, offset
+            )
+            offset = 0
         lines: list[bytes] = []
         new_offset = offset
         if size > offset:

@@ -112,6 +112,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
 ]
 LATEST = MIGRATIONS[-1][0]
 
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -186,11 +187,11 @@ def current_version(engine: Engine) -> int:
 
 def _insert(conn: Connection, table: sa.Table) -> Any:
     """An INSERT that can do ON CONFLICT DO NOTHING on this dialect."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
     if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
+        return postgresql.insert(table)
+    return sqlite.insert(table)
 
 
 def insert_ignore(
@@ -202,16 +203,16 @@ def insert_ignore(
     # Count with RETURNING: with executemany, psycopg reports rowcount -1 (SQLAlchemy batches
     # the rows into multi-VALUES statements), so rowcount cannot say how many were new.
     stmt = (
-        _insert(conn, table)
-        .on_conflict_do_nothing(index_elements=key)
-        .returning(table.c[key[0]])
+        _insert(conn, table).on_conflict_do_nothing(index_elements=key).returning(table.c[key[0]])
     )
     return len(conn.execute(stmt, list(rows)).all())
 
 
 def upsert_kv(conn: Connection, key: str, value: Any) -> None:
     stmt = _insert(conn, kv).values(key=key, value=json.dumps(value))
-    conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": stmt.excluded.value}))
+    conn.execute(
+        stmt.on_conflict_do_update(index_elements=["key"], set_={"value": stmt.excluded.value})
+    )
 
 
 def lock_for_update(conn: Connection, name: str) -> None:
@@ -260,8 +261,12 @@ def with_retry(
         except sa.exc.DBAPIError as exc:
             if not is_transient(exc) or waited >= max_wait_s:
                 raise
-            log.warning("database unavailable during %s (%s); retrying in %.1fs",
-                        what, str(exc).splitlines()[0][:200], delay)
+            log.warning(
+                "database unavailable during %s (%s); retrying in %.1fs",
+                what,
+                str(exc).splitlines()[0][:200],
+                delay,
+            )
             if on_retry:
                 on_retry(exc)
             time.sleep(delay)
@@ -272,9 +277,13 @@ def with_retry(
 def counts(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         return {
-            "events": int(conn.execute(sa.select(sa.func.count()).select_from(events)).scalar() or 0),
+            "events": int(
+                conn.execute(sa.select(sa.func.count()).select_from(events)).scalar() or 0
+            ),
             "dead_letters": int(
                 conn.execute(sa.select(sa.func.count()).select_from(dead_letters)).scalar() or 0
             ),
-            "alerts": int(conn.execute(sa.select(sa.func.count()).select_from(alerts)).scalar() or 0),
+            "alerts": int(
+                conn.execute(sa.select(sa.func.count()).select_from(alerts)).scalar() or 0
+            ),
         }

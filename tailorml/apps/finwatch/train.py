@@ -21,10 +21,12 @@ def train_both(config: Path, overrides: list[str], overwrite: bool = False) -> d
     raw = apply_overrides(read_yaml(config), overrides)
     out: dict[str, Any] = {}
     problems: list[str] = []
-    cfgs = {}
+    cfgs: dict[str, Any] = {}
     for head in ("topic", "sentiment"):
         if head not in raw:
-            problems.append(f"`{head}` is missing in {config}: give a run config for the {head} model.")
+            problems.append(
+                f"`{head}` is missing in {config}: give a run config for the {head} model."
+            )
             continue
         cfg, probs = validate_mapping(raw[head])
         problems += [f"{head}: {p}" for p in probs]
@@ -35,7 +37,9 @@ def train_both(config: Path, overrides: list[str], overwrite: bool = False) -> d
         res = finetune(cfg, overwrite=overwrite)
         out[head] = {
             "model": str(Path(cfg.output_dir) / "model"),
-            **{split: {k: res[split].get(k) for k in ("accuracy", "macro_f1")}
-               for split in ("eval", "test")},
+            **{
+                split: {k: res[split].get(k) for k in ("accuracy", "macro_f1")}
+                for split in ("eval", "test")
+            },
         }
     return out

@@ -41,8 +41,14 @@ def window_counts(
     for t, ws, sent, n in conn.execute(q):
         r = rows.setdefault(
             (t, float(ws)),
-            {"topic": t, "window_s": window_s, "window_start": float(ws),
-             "negative": 0, "neutral": 0, "positive": 0},
+            {
+                "topic": t,
+                "window_s": window_s,
+                "window_start": float(ws),
+                "negative": 0,
+                "neutral": 0,
+                "positive": 0,
+            },
         )
         r[sent] = r.get(sent, 0) + int(n)
     out = []
