@@ -137,7 +137,7 @@ def evaluate(
         "recall": totals["detected"] / totals["surges"] if totals["surges"] else None,
         "median_delay_windows": statistics.median(delays) if delays else None,
         "false_alerts_per_day": totals["false_alerts"] / days,
-        "events": ev_total,
+        "events": int(ev_total),
         "pipeline_events_per_s": ev_total / sec_total if sec_total else None,
         "per_stream": per_stream,
     }
