@@ -309,3 +309,46 @@ def test_demo_command_fires_the_alert() -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     assert "surge on 'Energy | Oil' DETECTED" in r.stdout
     assert "ALERT Energy | Oil" in r.stdout
+
+
+def test_cli_watch_http_with_webhook_delivers_alerts(tmp_path: Path) -> None:
+    from .finwatch_services import Receiver
+
+    rec = Receiver()
+    rec.start()
+    port = free_port()
+    cfg = write_cfg(
+        tmp_path, f"sqlite:///{tmp_path / 'w.db'}", webhook={"url": rec.url, "backoff_s": 0.1}
+    )
+    proc = subprocess.Popen(
+        [*CLI, "watch", str(cfg), "--http", f"127.0.0.1:{port}"],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                httpx.get(f"{base}/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        events = stream(hours=12)
+        for i in range(0, len(events), 2000):
+            r = httpx.post(f"{base}/v1/events", json=events[i : i + 2000], timeout=60)
+            assert r.status_code == 200, r.text
+        deadline = time.time() + 30
+        while time.time() < deadline and not any(b["topic"] == "Earnings" for b in rec.received):
+            time.sleep(0.1)
+        assert any(b["topic"] == "Earnings" and b["events"] for b in rec.received)
+        html = httpx.get(f"{base}/", timeout=5).text
+        assert "finwatch" in html and "/api/trends" in html
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        rec.stop()
+    assert proc.returncode == 0, err[-2000:]
+    assert "ALERT negative surge: topic=Earnings" in err
