@@ -327,3 +327,13 @@ def test_config_errors_name_the_field_and_the_fix() -> None:
         load_finwatch_config(None, [])
     with pytest.raises(ConfigError, match="per_topic.Macro"):
         load_finwatch_config(None, ["models.scorer=labels", "per_topic.Macro.z_on=-1"])
+
+
+def test_events_from_the_far_future_are_dead_lettered(tmp_path: Path) -> None:
+    w = label_watcher(f"sqlite:///{tmp_path / 'f.db'}")
+    res = w.ingest([ev(1, START), ev(2, time.time() + 10 * 86400)], "t")
+    assert (res.accepted, res.rejected) == (1, 1)
+    with w.engine.connect() as conn:
+        reason = conn.execute(sa.select(store.dead_letters.c.reason)).scalar()
+    assert reason.startswith("time in the future")
+    w.engine.dispose()

@@ -352,3 +352,22 @@ def test_cli_watch_http_with_webhook_delivers_alerts(tmp_path: Path) -> None:
         rec.stop()
     assert proc.returncode == 0, err[-2000:]
     assert "ALERT negative surge: topic=Earnings" in err
+
+
+def test_file_follower_survives_a_huge_line(tmp_path: Path) -> None:
+    from tailorml.apps.finwatch.sources import follow_file
+
+    events = stream(hours=1)
+    src = tmp_path / "e.jsonl"
+    with src.open("w", encoding="utf-8") as fh:
+        fh.write(json.dumps(events[0]) + "\n")
+        fh.write('{"id": "huge", "time": 1, "text": "' + "x" * (5 << 20) + '"}\n')
+        fh.writelines(json.dumps(e) + "\n" for e in events[1:])
+    c = FinwatchConfig(db=f"sqlite:///{tmp_path / 'h.db'}", models={"scorer": "labels"})
+    w = Watcher(c, store.make_engine(c.db), LabelScorer(c.models, TOPICS)).open()
+    res = follow_file(w, src, follow=False)
+    assert res.accepted == len(events) and res.rejected >= 1
+    with w.engine.connect() as conn:
+        reasons = conn.execute(sa.select(store.dead_letters.c.reason)).scalars().all()
+    assert all(r.startswith("oversized") for r in reasons)
+    w.engine.dispose()

@@ -72,6 +72,12 @@ class FinwatchConfig(_Section):
     )
     batch_size: int = Field(64, ge=1, description="Events scored per micro-batch.")
     batch_wait_s: float = Field(0.2, ge=0, description="Longest wait to fill a micro-batch.")
+    max_future_s: float | None = Field(
+        86400.0,
+        ge=0,
+        description="Dead-letter events timed this far past the clock (they would close windows "
+        "early); null = accept any time.",
+    )
     max_text_chars: int = Field(4000, ge=1, description="Longer texts are dead-lettered.")
     detector: DetectorParams = Field(default_factory=DetectorParams)  # type: ignore[arg-type]
     per_topic: dict[str, dict[str, Any]] = Field(

@@ -91,6 +91,9 @@ class Watcher:
             ev = parse_event(raw, source, self.cfg.max_text_chars)
             if isinstance(ev, Event):
                 reason = self.scorer.problem(ev)
+                fut = self.cfg.max_future_s
+                if fut is not None and ev.time > time.time() + fut:
+                    reason = f"time in the future: {ev.time:.0f} is more than {fut:.0f}s ahead"
                 if reason:
                     ev = Rejected(
                         reason,

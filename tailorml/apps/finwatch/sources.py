@@ -55,6 +55,15 @@ def follow_file(
                 fh.seek(offset)
                 data = fh.read(min(size - offset, 4 << 20))
             end = data.rfind(b"\n")
+            if end < 0 and len(data) >= 4 << 20:
+                # A line over 4 MiB: dead-letter it as oversized; its tail then fails as JSON.
+                total.add(
+                    watcher.ingest(
+                        [data], f"file:{path.name}", checkpoint=(key, offset + len(data))
+                    )
+                )
+                offset += len(data)
+                continue
             if end >= 0:
                 raw = data[: end + 1].split(b"\n")[:-1]
                 # Take whole lines up to ~batch size per transaction (the checkpoint is the byte
