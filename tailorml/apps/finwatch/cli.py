@@ -322,12 +322,15 @@ def train(
     ],
     overrides: Annotated[list[str] | None, typer.Argument(help="e.g. topic.train.epochs=1")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing run folders.")] = False,
+    only: Annotated[
+        list[str] | None, typer.Option(help="Train only this head (topic or sentiment).")
+    ] = None,
 ) -> None:
     """Fine-tune the topic and the sentiment model (two models on the same base encoder)."""
     from tailorml.apps.finwatch.train import train_both
 
     try:
-        res = train_both(config, overrides or [], overwrite=overwrite)
+        res = train_both(config, overrides or [], overwrite=overwrite, only=only)
     except TailorError as exc:
         _fail(exc)
         return

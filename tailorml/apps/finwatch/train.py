@@ -15,14 +15,16 @@ from tailorml.config.load import apply_overrides, read_yaml, validate_mapping
 from tailorml.errors import ConfigError
 
 
-def train_both(config: Path, overrides: list[str], overwrite: bool = False) -> dict[str, Any]:
+def train_both(
+    config: Path, overrides: list[str], overwrite: bool = False, only: list[str] | None = None
+) -> dict[str, Any]:
     from tailorml.recipes.finetune import finetune
 
     raw = apply_overrides(read_yaml(config), overrides)
     out: dict[str, Any] = {}
     problems: list[str] = []
     cfgs: dict[str, Any] = {}
-    for head in ("topic", "sentiment"):
+    for head in only or ["topic", "sentiment"]:
         if head not in raw:
             problems.append(
                 f"`{head}` is missing in {config}: give a run config for the {head} model."
