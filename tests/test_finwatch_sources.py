@@ -371,3 +371,18 @@ def test_file_follower_survives_a_huge_line(tmp_path: Path) -> None:
         reasons = conn.execute(sa.select(store.dead_letters.c.reason)).scalars().all()
     assert all(r.startswith("oversized") for r in reasons)
     w.engine.dispose()
+
+
+def test_evaluate_with_models_injects_texts_the_models_score_negative(
+    tiny_models: dict[str, Path],
+) -> None:
+    from tailorml.apps.finwatch.evaluate import evaluate
+
+    c = FinwatchConfig(
+        models={"topic": tiny_models["topic"], "sentiment": tiny_models["sentiment"], "threads": 1}
+    )
+    res = evaluate(c, streams=1, hours=18, surges_per_stream=2, rate_per_min=10)
+    assert res["scorer"] == "model" and res["surges"] == 2
+    assert {t["topic"] for t in res["per_stream"][0]["truth"]} <= set(TOPIC_NAMES)
+    assert res["true_alerts"] + res["false_alerts"] == res["alerts"]
+    assert res["recall"] is not None and 0 <= res["recall"] <= 1

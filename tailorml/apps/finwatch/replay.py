@@ -96,7 +96,10 @@ def make_stream(
     window_s: int = 900,
     topic_csv: Path = TOPIC_CSV,
     sent_csv: Path = SENT_CSV,
+    surge_texts: dict[str, list[str]] | None = None,
 ) -> list[dict[str, Any]]:
+    """`surge_texts` (topic -> texts) replaces the Bearish tweets injected in surges, e.g. texts
+    that the models themselves score as that topic and negative (model-scored evaluation)."""
     rng = random.Random(seed)
     start = start if start is not None else datetime(2026, 1, 5, tzinfo=UTC).timestamp()
     topic_rows = _read(topic_csv)
@@ -142,7 +145,7 @@ def make_stream(
                     t,
                     {
                         "id": f"surge-{seed}-{k}-{j}",
-                        "text": rng.choice(bearish),
+                        "text": rng.choice(surge_texts[s.topic] if surge_texts else bearish),
                         "labels": {"topic": s.topic, "sentiment": "Bearish"},
                         "surge": True,
                     },
@@ -156,6 +159,12 @@ def make_stream(
         ev["source"] = "replay"
         events.append(ev)
     return events
+
+
+def topic_texts() -> list[str]:
+    """Every text a replayed stream can carry (topic rows and Bearish sentiment rows)."""
+    texts = [t for t, _ in _read(TOPIC_CSV)] + [t for t, lab in _read(SENT_CSV) if lab == 0]
+    return list(dict.fromkeys(texts))
 
 
 def random_surges(
