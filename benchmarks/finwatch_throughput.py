@@ -67,6 +67,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--int8", action="store_true", help="Also run dynamic-int8 variants.")
+    ap.add_argument(
+        "--pair",
+        action="append",
+        default=[],
+        help="Another variant NAME=TOPIC_FOLDER,SENTIMENT_FOLDER (e.g. ONNX int8 exports).",
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/finwatch-throughput.json"))
     args = ap.parse_args()
 
@@ -80,9 +86,15 @@ def main() -> None:
             int8_copy(args.topic, tmpdir / "topic"),
             int8_copy(args.sentiment, tmpdir / "sentiment"),
         )
+    for spec in args.pair:
+        name, _, folders = spec.partition("=")
+        t, _, s = folders.partition(",")
+        variants[name] = (Path(t), Path(s))
     rows = []
     for name, (t, s) in variants.items():
         for batch in (args.batch, 1):
+            if batch == 1 and name != "fp32":
+                continue  # one-at-a-time only for the reference variant (saves shared CPU time)
             n = args.events if batch > 1 else max(200, args.events // 5)
             rates = [run_once(t, s, events[:n], batch, args.threads) for _ in range(args.repeats)]
             rows.append(
@@ -100,7 +112,7 @@ def main() -> None:
                 f"runs {[round(r) for r in rates]}",
                 flush=True,
             )
-    for name in variants:
+    for name in ["fp32"]:
         b = next(r for r in rows if r["variant"] == name and r["batch_size"] > 1)
         one = next(r for r in rows if r["variant"] == name and r["batch_size"] == 1)
         print(
