@@ -118,8 +118,8 @@ def load_finwatch_config(
     from tailorml.config.load import apply_overrides, read_yaml
 
     raw: dict[str, Any] = read_yaml(Path(path)) if path else {}
+    raw = raw.get("finwatch", raw)  # configs/ nest it under `finwatch:` (not a run config)
     raw = apply_overrides(raw, overrides or [])
-    raw = raw.get("finwatch", raw)
     try:
         return FinwatchConfig(**raw)
     except ValidationError as exc:
