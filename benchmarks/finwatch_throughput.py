@@ -33,7 +33,9 @@ def int8_copy(folder: Path, dst: Path) -> Path:
     return dst
 
 
-def run_once(topic: Path, sentiment: Path, events: list, batch: int, threads: int) -> float:
+def run_once(
+    topic: Path, sentiment: Path, events: list, batch: int, threads: int, parallel: bool = True
+) -> float:
     from tailorml.apps.finwatch import store
     from tailorml.apps.finwatch.config import FinwatchConfig
     from tailorml.apps.finwatch.pipeline import Watcher
@@ -43,7 +45,12 @@ def run_once(topic: Path, sentiment: Path, events: list, batch: int, threads: in
         cfg = FinwatchConfig(
             db=f"sqlite:///{tmp}/b.db",
             batch_size=batch,
-            models={"topic": topic, "sentiment": sentiment, "threads": threads},
+            models={
+                "topic": topic,
+                "sentiment": sentiment,
+                "threads": threads,
+                "parallel": parallel,
+            },
         )
         scorer = ModelScorer(cfg.models)
         w = Watcher(cfg, store.make_engine(cfg.db), scorer).open()
@@ -80,6 +87,7 @@ def main() -> None:
 
     events = make_stream(24, [], rate_per_min=20, seed=0)[: args.events]
     variants = {"fp32": (args.topic, args.sentiment)}
+    variants["fp32-sequential"] = (args.topic, args.sentiment)  # both models on all threads
     tmpdir = Path(tempfile.mkdtemp(prefix="fw-int8-"))
     if args.int8:
         variants["int8"] = (
@@ -96,7 +104,10 @@ def main() -> None:
             if batch == 1 and name != "fp32":
                 continue  # one-at-a-time only for the reference variant (saves shared CPU time)
             n = args.events if batch > 1 else max(200, args.events // 5)
-            rates = [run_once(t, s, events[:n], batch, args.threads) for _ in range(args.repeats)]
+            rates = [
+                run_once(t, s, events[:n], batch, args.threads, name != "fp32-sequential")
+                for _ in range(args.repeats)
+            ]
             rows.append(
                 {
                     "variant": name,

@@ -58,6 +58,9 @@ class ModelsConfig(_Section):
     negative_label: str = Field("Bearish", description="Sentiment label counted as negative.")
     positive_label: str = Field("Bullish", description="Sentiment label counted as positive.")
     threads: int | None = Field(None, ge=1, description="Inference threads; null = all cores.")
+    parallel: bool = Field(
+        True, description="Run the two models side by side, each on half of the threads."
+    )
 
 
 class FinwatchConfig(_Section):

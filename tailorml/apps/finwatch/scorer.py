@@ -7,6 +7,7 @@ folder, a dynamic-int8 one or an ONNX export from the compression stage all plug
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 import numpy as np
@@ -46,8 +47,17 @@ class ModelScorer:
 
         assert cfg.topic is not None and cfg.sentiment is not None
         self.cfg = cfg
-        self.topic = load_predictor(cfg.topic, threads=cfg.threads)
-        self.sentiment = load_predictor(cfg.sentiment, threads=cfg.threads)
+        threads = cfg.threads
+        self._pool = None
+        if cfg.parallel:
+            # The two models run side by side, one thread pool each, splitting the cores; torch
+            # and onnxruntime release the GIL while they compute.
+            from concurrent.futures import ThreadPoolExecutor
+
+            threads = max(1, (threads or os.cpu_count() or 2) // 2)
+            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="finwatch-score")
+        self.topic = load_predictor(cfg.topic, threads=threads)
+        self.sentiment = load_predictor(cfg.sentiment, threads=threads)
         self.topics = list(self.topic.labels or [])
         labels = list(self.sentiment.labels or [])
         self._sent = [_norm(lab, cfg) for lab in labels]
@@ -58,8 +68,13 @@ class ModelScorer:
 
     def score(self, events: list[Event]) -> list[tuple[str, str, float]]:
         texts = [e.text for e in events]
-        t_logits = self.topic.predict(texts)  # (batch, n_topics)
-        s_prob = _softmax(self.sentiment.predict(texts))  # (batch, n_sentiments)
+        if self._pool is not None:
+            fut = self._pool.submit(self.sentiment.predict, texts)
+            t_logits = self.topic.predict(texts)  # (batch, n_topics)
+            s_prob = _softmax(fut.result())  # (batch, n_sentiments)
+        else:
+            t_logits = self.topic.predict(texts)
+            s_prob = _softmax(self.sentiment.predict(texts))
         topics = [self.topics[i] if self.topics else str(i) for i in t_logits.argmax(axis=1)]
         sents = [self._sent[i] for i in s_prob.argmax(axis=1)]
         p_neg = s_prob[:, self._neg].sum(axis=1) if self._neg else np.zeros(len(events))
