@@ -157,6 +157,7 @@ def evaluate(
         per_stream.append(
             {
                 "seed": seed * 1000 + k,
+                "start": start,
                 **{k2: m[k2] for k2 in totals},
                 "events": perf["events"],
                 "truth": truth,
@@ -209,14 +210,15 @@ def save(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     ps = result["per_stream"][0]
     w = result["detect_window_s"]
-    t0 = min([s["start"] for s in ps["truth"]] + [a["window_start"] for a in ps["alerts"]] or [0])
+    t0 = ps["start"]
     for s in ps["truth"]:
         axes[0].axvspan(
             (s["start"] - t0) / 3600, (s["end"] - t0) / 3600, color="tab:red", alpha=0.25
         )
     for a in ps["alerts"]:
         axes[0].axvline((a["window_start"] + w - t0) / 3600, color="k", lw=1)
-    axes[0].set_title("stream 1: injected surges (red) and alerts (black)")
+    axes[0].set_xlim(0, result["hours_per_stream"])
+    axes[0].set_title("stream 1: injected surges (red) and alerts (black, at window end)")
     axes[0].set_xlabel("hours")
     axes[0].set_yticks([])
     names = ["precision", "recall"]
