@@ -16,23 +16,26 @@ from tailorml.apps.finwatch.redis_source import consume
 from tailorml.apps.finwatch.replay import TOPICS, Surge, make_stream
 from tailorml.apps.finwatch.scorer import LabelScorer
 
-from .finwatch_services import RedisServer, redis_server  # noqa: F401
+from .finwatch_services import RedisServer, db_url, postgres, redis_server  # noqa: F401
 
 START = 1767571200.0
 
 
-def test_two_watchers_split_one_stream(redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+def test_two_watchers_split_one_stream(
+    redis_server: RedisServer,  # noqa: F811
+    db_url: str,  # noqa: F811
+) -> None:
     events = make_stream(
         12, [Surge("Macro", START + 9 * 3600, 45, 1.5)], rate_per_min=8, start=START, seed=11
     )
     r = redis.Redis.from_url(redis_server.url)
-    stream = "fw:test-split"
+    stream = f"fw:test-split-{db_url.split(':')[0]}"
     pipe = r.pipeline()
     for e in events:
         pipe.xadd(stream, {"event": json.dumps(e)})
     pipe.xadd(stream, {"event": "{broken"})
     pipe.execute()
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    url = db_url  # one database shared by both watchers (SQLite file or PostgreSQL)
     seen: dict[str, list[str]] = {"a": [], "b": []}
     results: dict[str, Any] = {}
 
