@@ -22,6 +22,11 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the run config.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
+# Apps: each one is its own typer sub-app in tailorml/apps/<name>/cli.py.
+from tailorml.apps.finwatch.cli import app as finwatch_app  # noqa: E402
+
+app.add_typer(finwatch_app, name="finwatch")
+
 
 def _fail(exc: TailorError) -> None:
     from tailorml.train.progress import console

@@ -1,0 +1,337 @@
+"""`tailor finwatch train|watch|replay|evaluate|dashboard|demo` — thin: parse, then call the app."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tailorml.errors import TailorError
+
+app = typer.Typer(
+    help="Financial news monitor: topic + sentiment of a live stream, trends, surge alerts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="Dotted overrides, e.g. db=sqlite:///x.db")
+]
+
+
+def _fail(exc: TailorError) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _open(config: Path | None, overrides: list[str] | None) -> tuple[Any, Any, Any]:
+    from tailorml.apps.finwatch.config import load_finwatch_config
+    from tailorml.apps.finwatch.pipeline import Watcher
+    from tailorml.apps.finwatch.scorer import make_scorer
+    from tailorml.apps.finwatch.store import make_engine
+
+    cfg = load_finwatch_config(config, overrides)
+    engine = make_engine(cfg.db)
+    watcher = Watcher(cfg, engine, make_scorer(cfg.models)).open()
+    return cfg, engine, watcher
+
+
+@app.command()
+def watch(
+    config: Annotated[Path, typer.Argument(help="finwatch YAML (see configs/finwatch.yaml).")],
+    overrides: Overrides = None,
+    file: Annotated[Path | None, typer.Option(help="JSONL file to read (and follow).")] = None,
+    follow: Annotated[bool, typer.Option(help="Keep reading the file as it grows.")] = True,
+    stdin: Annotated[bool, typer.Option(help="Read JSON lines from stdin.")] = False,
+    http: Annotated[str | None, typer.Option(help="Serve POST /v1/events on HOST:PORT.")] = None,
+    redis: Annotated[str | None, typer.Option(help="Redis URL; read a stream in a group.")] = None,
+    stream: Annotated[str, typer.Option(help="Redis stream key.")] = "finwatch:events",
+    group: Annotated[str, typer.Option(help="Redis consumer group.")] = "finwatch",
+    consumer: Annotated[str | None, typer.Option(help="Consumer name (default host-pid).")] = None,
+    idle_exit: Annotated[
+        float | None, typer.Option(help="Stop after this many idle seconds (file/redis).")
+    ] = None,
+    final: Annotated[bool, typer.Option(help="At the end, close the last window too.")] = False,
+) -> None:
+    """Ingest events, score them, store them, update trends and raise alerts."""
+    from tailorml.apps.finwatch.notify import Notifier
+    from tailorml.apps.finwatch.pipeline import IngestResult
+    from tailorml.apps.finwatch.sources import follow_file, read_stream
+
+    _logging()
+    try:
+        cfg, engine, watcher = _open(config, overrides)
+    except TailorError as exc:
+        _fail(exc)
+        return
+    if not (file or stdin or http or redis):
+        _fail(TailorError("Give a source: --file PATH, --stdin, --http HOST:PORT or --redis URL."))
+    notifier = Notifier(engine, cfg.webhook) if cfg.webhook.url else None
+    if notifier:
+        notifier.start()
+    total = IngestResult()
+    threads: list[threading.Thread] = []
+    stop = threading.Event()
+    try:
+        if http:
+            threads.append(_serve_thread(cfg, engine, watcher, http))
+        if redis:
+            from tailorml.apps.finwatch.redis_source import consume
+
+            kw = {
+                "stream": stream,
+                "group": group,
+                "consumer": consumer,
+                "idle_exit_s": idle_exit,
+                "stop": stop,
+            }
+            if file or stdin:
+                t = threading.Thread(target=consume, args=(watcher, redis), kwargs=kw, daemon=True)
+                t.start()
+                threads.append(t)
+            else:
+                total.add(consume(watcher, redis, **kw))  # type: ignore[arg-type]
+        if file:
+            total.add(follow_file(watcher, file, follow=follow, idle_exit_s=idle_exit, stop=stop))
+        elif stdin:
+            total.add(read_stream(watcher))
+        if http and not (file or stdin or redis):
+            for t in threads:
+                t.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        if final:
+            total.alerts.extend(watcher.advance(final=True))
+        if notifier:
+            from tailorml.apps.finwatch.notify import deliver_pending
+
+            deliver_pending(engine, cfg.webhook)
+            notifier.stop()
+    from tailorml.apps.finwatch.store import counts
+
+    typer.echo(
+        json.dumps(
+            {
+                "accepted": total.accepted,
+                "duplicates": total.duplicates,
+                "rejected": total.rejected,
+                "alerts": len(total.alerts),
+                "database": counts(engine),
+            }
+        )
+    )
+
+
+def _serve_thread(cfg: Any, engine: Any, watcher: Any, hostport: str) -> threading.Thread:
+    import uvicorn
+
+    from tailorml.apps.finwatch.server import create_app
+
+    host, _, port = hostport.rpartition(":")
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(cfg, engine, watcher),
+            host=host or "127.0.0.1",
+            port=int(port),
+            log_level="warning",
+        )
+    )
+    t = threading.Thread(target=server.run, daemon=True, name="finwatch-http")
+    t.start()
+    return t
+
+
+@app.command()
+def dashboard(
+    config: Annotated[Path, typer.Argument(help="finwatch YAML.")],
+    overrides: Overrides = None,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8765,
+) -> None:
+    """Serve the dashboard (trend charts, volume, alerts with their events; live refresh)."""
+    import uvicorn
+
+    from tailorml.apps.finwatch.config import load_finwatch_config
+    from tailorml.apps.finwatch.server import create_app
+    from tailorml.apps.finwatch.store import make_engine, migrate
+
+    try:
+        cfg = load_finwatch_config(config, overrides)
+    except TailorError as exc:
+        _fail(exc)
+        return
+    engine = make_engine(cfg.db)
+    migrate(engine)
+    typer.echo(f"finwatch dashboard on http://{host}:{port}/", err=True)
+    uvicorn.run(create_app(cfg, engine), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def replay(
+    out: Annotated[Path | None, typer.Option(help="Append JSONL here (default stdout).")] = None,
+    hours: Annotated[float, typer.Option(help="Simulated hours.")] = 24.0,
+    surge: Annotated[
+        list[str] | None, typer.Option(help="TOPIC@HOURS[:MINUTES[:INTENSITY]], repeatable.")
+    ] = None,
+    rate: Annotated[
+        float, typer.Option(help="Mean background events per simulated minute.")
+    ] = 20.0,
+    speed: Annotated[
+        float, typer.Option(help="Speed-up (60 = a minute per second); 0 = max.")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    start: Annotated[
+        str, typer.Option(help="Stream start, ISO 8601 UTC.")
+    ] = "2026-01-05T00:00:00Z",
+    truth: Annotated[Path | None, typer.Option(help="Write the injected surges as JSON.")] = None,
+) -> None:
+    """Turn the bundled labeled tweets into a timed stream with injected negative surges."""
+    from tailorml.apps.finwatch.events import parse_time
+    from tailorml.apps.finwatch.replay import make_stream, parse_surge, truth_json, write_stream
+
+    t0 = parse_time(start)
+    try:
+        surges = [parse_surge(s, t0) for s in surge or []]
+    except ValueError as exc:
+        _fail(TailorError(str(exc)))
+        return
+    events = make_stream(hours, surges, rate_per_min=rate, start=t0, seed=seed)
+    if truth:
+        truth.write_text(json.dumps(truth_json(surges), indent=2), encoding="utf-8")
+    if out is None:
+        write_stream(events, sys.stdout, speed)
+    else:
+        with out.open("a", encoding="utf-8") as fh:
+            write_stream(events, fh, speed)
+    typer.echo(f"{len(events)} events, {len(surges)} surges", err=True)
+
+
+@app.command()
+def evaluate(
+    config: Annotated[Path | None, typer.Argument(help="finwatch YAML (detector, scorer).")] = None,
+    overrides: Overrides = None,
+    streams: Annotated[int, typer.Option(help="Independent replayed streams.")] = 5,
+    hours: Annotated[float, typer.Option(help="Simulated hours per stream.")] = 48.0,
+    surges: Annotated[int, typer.Option(help="Injected surges per stream.")] = 8,
+    rate: Annotated[float, typer.Option(help="Background events per simulated minute.")] = 20.0,
+    intensity: Annotated[float, typer.Option(help="Surge rate x the topic's rate.")] = 1.0,
+    minutes: Annotated[float, typer.Option(help="Surge length in minutes.")] = 30.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path, typer.Option(help="Folder for finwatch_eval.json and .png.")] = Path(
+        "runs/finwatch-eval"
+    ),
+) -> None:
+    """Replay streams with injected surges; report precision, recall, delay, false alerts/day."""
+    from tailorml.apps.finwatch.config import load_finwatch_config
+    from tailorml.apps.finwatch.evaluate import evaluate as run
+    from tailorml.apps.finwatch.evaluate import save
+
+    try:
+        cfg = load_finwatch_config(config, overrides)
+    except TailorError as exc:
+        _fail(exc)
+        return
+    logging.getLogger("tailorml.finwatch").setLevel(logging.ERROR)
+    res = run(
+        cfg,
+        streams=streams,
+        hours=hours,
+        surges_per_stream=surges,
+        rate_per_min=rate,
+        intensity=intensity,
+        minutes=minutes,
+        seed=seed,
+    )
+    js, png = save(res, out)
+    shown = {k: v for k, v in res.items() if k not in ("per_stream", "detector")}
+    typer.echo(json.dumps(shown, indent=2))
+    typer.echo(f"wrote {js} and {png}", err=True)
+
+
+@app.command()
+def demo(
+    config: Annotated[
+        Path | None, typer.Argument(help="finwatch YAML; default: labels scorer.")
+    ] = None,
+    overrides: Overrides = None,
+    topic: Annotated[str, typer.Option(help="Topic to inject the surge on.")] = "Energy | Oil",
+    at_hours: Annotated[float, typer.Option(help="Surge start, hours into the stream.")] = 18.0,
+) -> None:
+    """One command: replay 24 h with a negative surge injected, watch it, show the alert."""
+    from tailorml.apps.finwatch.replay import make_stream, parse_surge
+    from tailorml.apps.finwatch.sources import follow_file
+
+    _logging()
+    with tempfile.TemporaryDirectory() as tmp:
+        ov = list(overrides or [])
+        if not any(o.startswith("db=") for o in ov):
+            ov.append(f"db=sqlite:///{tmp}/demo.db")
+        if config is None:
+            ov.append("models.scorer=labels")
+        try:
+            cfg, engine, watcher = _open(config, ov)
+            s = parse_surge(f"{topic}@{at_hours}:45:1.5", 1767571200.0)
+        except (TailorError, ValueError) as exc:
+            _fail(TailorError(str(exc)))
+            return
+        events = make_stream(24, [s], start=1767571200.0, seed=7)
+        path = Path(tmp) / "stream.jsonl"
+        path.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+        typer.echo(
+            f"replaying {len(events)} events (24 h) with a negative surge on {topic!r} "
+            f"at +{at_hours} h",
+            err=True,
+        )
+        res = follow_file(watcher, path, follow=False)
+        res.alerts.extend(watcher.advance(final=True))
+        for a in res.alerts:
+            f = a["figures"]
+            typer.echo(
+                f"ALERT {a['topic']} window {a['window_start_iso']}: {f['n_negative']}/"
+                f"{f['n']} negative ({f['negative_share']:.0%} vs baseline "
+                f"{f['baseline_share']:.0%}, z={f['z_share']}), {len(a['event_ids'])} events"
+            )
+        hit = any(a["topic"] == topic for a in res.alerts)
+        typer.echo(
+            f"surge on {topic!r} {'DETECTED' if hit else 'MISSED'}; "
+            f"{len(res.alerts)} alert(s), {res.accepted} events stored"
+        )
+        engine.dispose()
+
+
+@app.command()
+def train(
+    config: Annotated[
+        Path, typer.Argument(help="YAML with `topic:` and `sentiment:` run configs.")
+    ],
+    overrides: Annotated[list[str] | None, typer.Argument(help="e.g. topic.train.epochs=1")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing run folders.")] = False,
+    only: Annotated[
+        list[str] | None, typer.Option(help="Train only this head (topic or sentiment).")
+    ] = None,
+) -> None:
+    """Fine-tune the topic and the sentiment model (two models on the same base encoder)."""
+    from tailorml.apps.finwatch.train import train_both
+
+    try:
+        res = train_both(config, overrides or [], overwrite=overwrite, only=only)
+    except TailorError as exc:
+        _fail(exc)
+        return
+    typer.echo(json.dumps(res, indent=2))

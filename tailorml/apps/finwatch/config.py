@@ -1,0 +1,133 @@
+"""The finwatch config: one YAML file (configs/finwatch*.yaml), typed, every field documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tailorml.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DetectorParams(_Section):
+    alpha: float = Field(0.1, gt=0, le=1, description="EWMA weight of the newest window.")
+    z_on: float = Field(3.5, gt=0, description="z-score at which a surge starts (an alert fires).")
+    z_off: float = Field(1.0, ge=0, description="z-score below which a surge ends (hysteresis).")
+    z_count_on: float = Field(
+        5.0, ge=0, description="z of the negative count that also starts a surge; 0 = share only."
+    )
+    min_volume: int = Field(10, ge=1, description="Fewest events in a window to judge it.")
+    min_negative: int = Field(6, ge=1, description="Fewest negative events in a window to alert.")
+    cooldown: int = Field(4, ge=0, description="Windows after an alert during which none fires.")
+    warmup: int = Field(6, ge=0, description="Judged windows needed before any alert.")
+    min_std: float = Field(0.03, gt=0, description="Floor of the baseline std of negative share.")
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> DetectorParams:
+        if self.z_off > self.z_on:
+            raise ValueError(
+                f"detector.z_off ({self.z_off}) is above detector.z_on ({self.z_on}); "
+                "a surge must end below where it starts. Lower z_off."
+            )
+        return self
+
+
+class WebhookConfig(_Section):
+    url: str | None = Field(None, description="POST each alert here as JSON; null = no webhook.")
+    timeout_s: float = Field(5.0, gt=0, description="Seconds to wait for the receiver.")
+    backoff_s: float = Field(1.0, gt=0, description="First retry delay; doubles per attempt.")
+    backoff_max_s: float = Field(300.0, gt=0, description="Longest delay between retries.")
+    max_attempts: int = Field(1000, ge=1, description="Give up on an alert after this many.")
+
+
+class ModelsConfig(_Section):
+    scorer: Literal["model", "labels"] = Field(
+        "model",
+        description="`model` scores texts with the two model folders; `labels` trusts the "
+        "`labels` field of each event (replayed labeled streams, to test the detector alone).",
+    )
+    topic: Path | None = Field(
+        None, description="Topic model folder (RUN_DIR/model or compressed)."
+    )
+    sentiment: Path | None = Field(None, description="Sentiment model folder.")
+    negative_label: str = Field("Bearish", description="Sentiment label counted as negative.")
+    positive_label: str = Field("Bullish", description="Sentiment label counted as positive.")
+    threads: int | None = Field(None, ge=1, description="Inference threads; null = all cores.")
+    parallel: bool = Field(
+        True, description="Run the two models side by side, each on half of the threads."
+    )
+
+
+class FinwatchConfig(_Section):
+    db: str = Field("sqlite:///runs/finwatch/finwatch.db", description="SQLAlchemy database URL.")
+    models: ModelsConfig = Field(default_factory=ModelsConfig)  # type: ignore[arg-type]
+    windows: list[int] = Field(
+        [900, 3600], description="Trend window lengths in seconds (e.g. 15 min and 1 h)."
+    )
+    detect_window: int = Field(900, gt=0, description="Window length (s) the surge detector uses.")
+    lateness_s: float = Field(
+        60.0, ge=0, description="A window closes this long after the newest event passes its end."
+    )
+    batch_size: int = Field(64, ge=1, description="Events scored per micro-batch.")
+    batch_wait_s: float = Field(0.2, ge=0, description="Longest wait to fill a micro-batch.")
+    max_future_s: float | None = Field(
+        86400.0,
+        ge=0,
+        description="Dead-letter events timed this far past the clock (they would close windows "
+        "early); null = accept any time.",
+    )
+    max_text_chars: int = Field(4000, ge=1, description="Longer texts are dead-lettered.")
+    detector: DetectorParams = Field(default_factory=DetectorParams)  # type: ignore[arg-type]
+    per_topic: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Detector overrides per topic, e.g. {Macro: {z_on: 4}}."
+    )
+    webhook: WebhookConfig = Field(default_factory=WebhookConfig)  # type: ignore[arg-type]
+    evidence_events: int = Field(50, ge=1, description="Most event ids attached to an alert.")
+
+    @model_validator(mode="after")
+    def _windows(self) -> FinwatchConfig:
+        if self.detect_window not in self.windows:
+            raise ValueError(
+                f"detect_window ({self.detect_window}) is not one of windows {self.windows}; "
+                "add it to windows."
+            )
+        if self.models.scorer == "model" and (
+            self.models.topic is None or self.models.sentiment is None
+        ):
+            raise ValueError(
+                "models.scorer is `model` but models.topic or models.sentiment is not set; give "
+                "both model folders (tailor finwatch train writes them) or use scorer: labels."
+            )
+        for topic, over in self.per_topic.items():
+            try:
+                DetectorParams(**{**self.detector.model_dump(), **over})
+            except ValidationError as exc:
+                raise ValueError(f"per_topic.{topic}: {exc.errors()[0]['msg']}") from None
+        return self
+
+    def params_for(self, topic: str) -> DetectorParams:
+        over = self.per_topic.get(topic)
+        return DetectorParams(**{**self.detector.model_dump(), **over}) if over else self.detector
+
+
+def load_finwatch_config(
+    path: str | Path | None, overrides: list[str] | None = None
+) -> FinwatchConfig:
+    from tailorml.config.load import apply_overrides, read_yaml
+
+    raw: dict[str, Any] = read_yaml(Path(path)) if path else {}
+    raw = raw.get("finwatch", raw)  # configs/ nest it under `finwatch:` (not a run config)
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return FinwatchConfig(**raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            problems.append(f"`{loc}`: {err['msg']}" if loc else err["msg"])
+        raise ConfigError(problems) from None

@@ -1,0 +1,243 @@
+"""The surge detector: is the negative sentiment of a topic in this window far above its baseline?
+
+Per topic it keeps an EWMA mean and variance of (a) the negative share of the window and (b) the
+negative count. A closed window gets two z-scores:
+
+    z_share = (share - mu) / sqrt(max(0, var - sv) + mu (1 - mu) / n + min_std^2)
+              # var - sv: the baseline's drift beyond the sampling noise it had (sv = EWMA of
+              # mu (1 - mu) / n); mu (1 - mu) / n: this window's own sampling noise
+    z_count = (n_neg - mu_c) / sqrt(var_c + mu_c + 1)   # Poisson-like noise of counts
+
+A surge starts when z_share reaches `z_on`, or z_count reaches `z_count_on` while z_share is at
+least `z_off` (so a pure volume spike, e.g. the daily rise of traffic, does not alert), with at
+least `min_volume` events and `min_negative` negative ones, after `warmup` judged windows and
+outside the `cooldown`
+after the previous alert. It ends when both z fall below `z_off` (hysteresis: one alert per surge).
+During a surge the baseline learns 4x slower, so a surge does not quickly become the new normal.
+
+sklearn's contract: `__init__` stores arguments; `fit(windows)` learns the baselines and returns
+self; learned state ends in `_`; `update` (streaming, mutates) and `predict` (pure) before `fit`
+raise a clear error. State round-trips through JSON (`get_state`/`set_state`) so a restarted
+watcher continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tailorml.errors import TailorError
+
+PARAMS = (
+    "alpha",
+    "z_on",
+    "z_off",
+    "z_count_on",
+    "min_volume",
+    "min_negative",
+    "cooldown",
+    "warmup",
+    "min_std",
+)
+
+
+POOL = "__pooled__"
+
+
+class NotFittedError(TailorError):
+    """predict/update called before fit."""
+
+
+@dataclass
+class Window:
+    topic: str
+    window_start: float
+    n: int
+    n_negative: int
+
+
+def _as_window(row: Any) -> Window:
+    if isinstance(row, Window):
+        return row
+    if isinstance(row, Mapping):
+        return Window(
+            str(row["topic"]), float(row["window_start"]), int(row["n"]), int(row["n_negative"])
+        )
+    topic, start, n, neg = row
+    return Window(str(topic), float(start), int(n), int(neg))
+
+
+class SurgeDetector:
+    def __init__(
+        self,
+        alpha: float = 0.1,
+        z_on: float = 3.5,
+        z_off: float = 1.0,
+        z_count_on: float = 5.0,
+        min_volume: int = 10,
+        min_negative: int = 6,
+        cooldown: int = 4,
+        warmup: int = 6,
+        min_std: float = 0.03,
+        per_topic: dict[str, dict[str, Any]] | None = None,
+    ):
+        self.alpha = alpha
+        self.z_on = z_on
+        self.z_off = z_off
+        self.z_count_on = z_count_on
+        self.min_volume = min_volume
+        self.min_negative = min_negative
+        self.cooldown = cooldown
+        self.warmup = warmup
+        self.min_std = min_std
+        self.per_topic = per_topic
+
+    # -- sklearn API -------------------------------------------------------------------------
+    def fit(self, windows: Iterable[Any] = ()) -> SurgeDetector:
+        """Learn per-topic baselines from closed windows in time order (alerts are not kept)."""
+        self._validate()
+        self.state_: dict[str, dict[str, float]] = {}
+        self.n_windows_ = 0
+        for row in windows:
+            self.update(row)
+        return self
+
+    def update(self, row: Any) -> dict[str, Any] | None:
+        """Judge one closed window and learn from it. Returns the alert figures, or None."""
+        self._check_fitted()
+        w = _as_window(row)
+        p = self.params(w.topic)
+        s = self.state_.setdefault(
+            w.topic,
+            {
+                "mu": 0.0,
+                "var": 0.0,
+                "mu_c": 0.0,
+                "var_c": 0.0,
+                "judged": 0,
+                "counted": 0,
+                "in_surge": 0,
+                "since_alert": 1e9,
+            },
+        )
+        self.n_windows_ += 1
+        s["since_alert"] += 1
+        share = w.n_negative / w.n if w.n else 0.0
+        z_share = z_count = 0.0
+        # A topic too quiet to have its own share baseline yet borrows the pooled one (all topics'
+        # windows): a surge on a small topic is often the first window it ever has volume.
+        pool = self.state_.setdefault(POOL, {"mu": 0.0, "var": 0.0, "judged": 0})
+        base = s if s["judged"] >= p["warmup"] or pool["judged"] == 0 else pool
+        if base["judged"] > 0 and w.n > 0:
+            mu = base["mu"]
+            # The EWMA variance of past shares already holds their sampling noise (binomial at
+            # their volume): keep only the excess (real drift), then add this window's own noise.
+            excess = max(0.0, base["var"] - base.get("sv", 0.0))
+            z_share = (share - mu) / math.sqrt(excess + mu * (1 - mu) / w.n + p["min_std"] ** 2)
+        if s["counted"] > 0:
+            z_count = (w.n_negative - s["mu_c"]) / math.sqrt(s["var_c"] + s["mu_c"] + 1.0)
+        judged = w.n >= p["min_volume"]
+        hot = z_share >= p["z_on"] or (
+            p["z_count_on"] > 0 and z_count >= p["z_count_on"] and z_share >= p["z_off"]
+        )
+        hot = hot and share >= base["mu"]
+        alert = None
+        if judged and hot and not s["in_surge"]:
+            s["in_surge"] = 1
+            if (
+                base["judged"] >= p["warmup"]
+                and s["counted"] >= p["warmup"]
+                and w.n_negative >= p["min_negative"]
+                and s["since_alert"] > p["cooldown"]
+            ):
+                s["since_alert"] = 0
+                alert = {
+                    "topic": w.topic,
+                    "window_start": w.window_start,
+                    "n": w.n,
+                    "n_negative": w.n_negative,
+                    "negative_share": round(share, 4),
+                    "baseline_share": round(base["mu"], 4),
+                    "z_share": round(z_share, 3),
+                    "baseline_negative": round(s["mu_c"], 3),
+                    "z_count": round(z_count, 3),
+                }
+        elif s["in_surge"] and max(z_share, z_count) < p["z_off"]:
+            s["in_surge"] = 0
+        # Learn: slower inside a surge so the surge does not become the baseline.
+        a = p["alpha"] * (0.25 if s["in_surge"] else 1.0)
+        if judged:
+            for st, rate in ((s, a), (pool, p["alpha"] / 10)):  # pool: many topics feed it
+                sv = st["mu"] * (1 - st["mu"]) / w.n  # expected sampling variance of this share
+                if st["judged"] == 0:
+                    st["mu"], st["var"], st["sv"] = share, 0.0, 0.0
+                else:
+                    d = share - st["mu"]
+                    st["mu"] += rate * d
+                    st["var"] = (1 - rate) * (st["var"] + rate * d * d)
+                    st["sv"] = st.get("sv", 0.0) + rate * (sv - st.get("sv", 0.0))
+                st["judged"] += 1
+        if s["counted"] == 0:
+            s["mu_c"], s["var_c"] = float(w.n_negative), 0.0
+        else:
+            d = w.n_negative - s["mu_c"]
+            s["mu_c"] += a * d
+            s["var_c"] = (1 - a) * (s["var_c"] + a * d * d)
+        s["counted"] += 1
+        return alert
+
+    def predict(self, windows: Iterable[Any]) -> list[bool]:
+        """Would each window (in order, continuing from the fitted state) raise an alert?
+
+        Pure: the fitted state is not changed."""
+        self._check_fitted()
+        clone = copy.deepcopy(self)
+        return [clone.update(w) is not None for w in windows]
+
+    # -- helpers -----------------------------------------------------------------------------
+    def params(self, topic: str) -> dict[str, Any]:
+        p = {k: getattr(self, k) for k in PARAMS}
+        p.update((self.per_topic or {}).get(topic, {}))
+        return p
+
+    def get_state(self) -> dict[str, Any]:
+        self._check_fitted()
+        return {"state": self.state_, "n_windows": self.n_windows_}
+
+    def set_state(self, state: dict[str, Any]) -> SurgeDetector:
+        self._validate()
+        self.state_ = {k: dict(v) for k, v in state["state"].items()}
+        self.n_windows_ = int(state["n_windows"])
+        return self
+
+    def _validate(self) -> None:
+        problems = []
+        for topic, over in [("", {})] + list((self.per_topic or {}).items()):
+            p = {k: getattr(self, k) for k in PARAMS}
+            p.update(over)
+            unknown = set(over) - set(PARAMS)
+            where = f"per_topic[{topic!r}]." if topic else ""
+            if unknown:
+                problems.append(f"{where}{sorted(unknown)}: unknown parameter(s); use {PARAMS}.")
+            if not 0 < p["alpha"] <= 1:
+                problems.append(f"{where}alpha={p['alpha']}: must be in (0, 1].")
+            if p["z_off"] > p["z_on"]:
+                problems.append(f"{where}z_off={p['z_off']} is above z_on={p['z_on']}; lower it.")
+            if p["min_volume"] < 1 or p["min_std"] <= 0:
+                problems.append(f"{where}min_volume must be >= 1 and min_std > 0.")
+        if problems:
+            raise TailorError(problems)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "state_"):
+            raise NotFittedError(
+                "This SurgeDetector is not fitted yet: call fit(windows) (fit([]) starts with "
+                "empty baselines) before update or predict."
+            )
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in PARAMS)
+        return f"SurgeDetector({args})"

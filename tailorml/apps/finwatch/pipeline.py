@@ -1,0 +1,275 @@
+"""The watcher: parse -> dead-letter -> dedupe -> score (micro-batch) -> store -> close windows ->
+detect -> alert. One writer per database; sources (file, stdin, HTTP, Redis) call `ingest`.
+
+Exactly-once effect under kill -9: a micro-batch's events, its dead letters and the source
+checkpoint (file offset) are committed in one transaction; closing windows commits the alerts,
+the detector state and the "windows closed up to" pointer in another. Whatever a crash
+interrupts is redone on restart, and redoing is harmless: events are keyed on id and alerts on
+(topic, window), so nothing is stored or counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from tailorml.apps.finwatch import store
+from tailorml.apps.finwatch.config import FinwatchConfig
+from tailorml.apps.finwatch.detector import SurgeDetector
+from tailorml.apps.finwatch.events import Event, Rejected, parse_event
+from tailorml.apps.finwatch.scorer import Scorer
+from tailorml.apps.finwatch.trends import time_range, window_counts
+
+log = logging.getLogger("tailorml.finwatch")
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, other: IngestResult) -> None:
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
+        self.alerts.extend(other.alerts)
+
+
+class Watcher:
+    def __init__(self, cfg: FinwatchConfig, engine: Engine, scorer: Scorer):
+        self.cfg = cfg
+        self.engine = engine
+        self.scorer = scorer
+        self.lock = threading.Lock()  # one writer: HTTP threads and followers share the watcher
+        self.detector: SurgeDetector | None = None
+        self.db_retries = 0
+
+    # -- setup -------------------------------------------------------------------------------
+    def open(self) -> Watcher:
+        store.migrate(self.engine)
+        with self.engine.connect() as conn:
+            state = store.get_kv(conn, self._detector_key())
+        det = SurgeDetector(**self.cfg.detector.model_dump(), per_topic=self.cfg.per_topic)
+        self.detector = det.set_state(state) if state else det.fit([])
+        return self
+
+    def _detector_key(self) -> str:
+        return f"detector:{self.cfg.detect_window}"
+
+    def _retry(self, fn: Any, what: str) -> Any:
+        def on_retry(_exc: BaseException) -> None:
+            self.db_retries += 1
+
+        return store.with_retry(fn, what, on_retry=on_retry)
+
+    # -- ingest ------------------------------------------------------------------------------
+    def ingest(
+        self,
+        raws: Sequence[str | bytes | dict[str, Any]],
+        source: str,
+        checkpoint: tuple[str, Any] | None = None,
+        advance: bool = True,
+    ) -> IngestResult:
+        """Store a batch of raw events (scored in micro-batches); optionally commit a source
+        checkpoint in the same transaction. Returns counts and any alerts fired."""
+        res = IngestResult()
+        good: list[Event] = []
+        bad: list[Rejected] = []
+        seen: set[str] = set()
+        for raw in raws:
+            ev = parse_event(raw, source, self.cfg.max_text_chars)
+            if isinstance(ev, Event):
+                reason = self.scorer.problem(ev)
+                fut = self.cfg.max_future_s
+                if fut is not None and ev.time > time.time() + fut:
+                    reason = f"time in the future: {ev.time:.0f} is more than {fut:.0f}s ahead"
+                if reason:
+                    ev = Rejected(
+                        reason,
+                        json.dumps(raw) if isinstance(raw, dict) else str(raw)[:2000],
+                        source,
+                    )
+            if isinstance(ev, Rejected):
+                bad.append(ev)
+            elif ev.id in seen:
+                res.duplicates += 1
+            else:
+                seen.add(ev.id)
+                good.append(ev)
+        with self.lock:
+            new = self._retry(lambda: self._new_only(good), "dedupe")
+            res.duplicates += len(good) - len(new)
+            rows = []
+            bs = self.cfg.batch_size
+            for i in range(0, len(new), bs):  # micro-batches through the models
+                chunk = new[i : i + bs]
+                now = time.time()
+                for e, (topic, sent, p_neg) in zip(chunk, self.scorer.score(chunk), strict=True):
+                    rows.append(
+                        {
+                            "id": e.id,
+                            "ts": e.time,
+                            "text": e.text,
+                            "source": e.source[:200],
+                            "topic": topic,
+                            "sentiment": sent,
+                            "p_negative": p_neg,
+                            "ingested_at": now,
+                        }
+                    )
+            dl = [
+                {
+                    "received_at": time.time(),
+                    "source": r.source[:200],
+                    "reason": r.reason[:500],
+                    "raw": r.raw,
+                }
+                for r in bad
+            ]
+
+            def write() -> int:
+                with self.engine.begin() as conn:
+                    n = store.insert_ignore(conn, store.events, rows, ["id"])
+                    if dl:
+                        conn.execute(store.dead_letters.insert(), dl)
+                    if checkpoint is not None:
+                        store.upsert_kv(conn, checkpoint[0], checkpoint[1])
+                return n
+
+            inserted = self._retry(write, "store batch")
+            # A concurrent writer (another watcher) may have stored some ids since the dedupe.
+            res.duplicates += len(rows) - inserted
+            res.accepted += inserted
+            res.rejected += len(bad)
+            for r in bad:
+                log.info("dead letter (%s): %s", r.source, r.reason)
+            if advance:
+                res.alerts.extend(self.advance())
+        return res
+
+    def _new_only(self, evs: list[Event]) -> list[Event]:
+        if not evs:
+            return []
+        with self.engine.connect() as conn:
+            have = store.existing_ids(conn, [e.id for e in evs])
+        return [e for e in evs if e.id not in have]
+
+    # -- windows and detection --------------------------------------------------------------
+    def advance(self, final: bool = False) -> list[dict[str, Any]]:
+        """Close every detection window the watermark has passed; detect; store alerts.
+
+        The watermark is (newest event time - lateness). `final` closes the window holding the
+        newest event too (end of a replay)."""
+        return list(self._retry(lambda: self._advance(final), "close windows"))
+
+    def _advance(self, final: bool) -> list[dict[str, Any]]:
+        assert self.detector is not None
+        w = self.cfg.detect_window
+        fired: list[dict[str, Any]] = []
+        with self.engine.begin() as conn:
+            # Several watchers may share one database (a Redis consumer group): closing windows
+            # is serialized by a lock held for this transaction, and the detector state is
+            # re-read from the database, so each window is judged once, by one of them.
+            store.lock_for_update(conn, "advance")
+            state = store.get_kv(conn, self._detector_key())
+            if state:
+                self.detector.set_state(state)
+            lo, hi = time_range(conn)
+            if lo is None or hi is None:
+                return []
+            nxt = store.get_kv(conn, f"closed:{w}")
+            if nxt is None:
+                nxt = math.floor(lo / w) * w
+            wm = hi + w if final else hi - self.cfg.lateness_s
+            end = math.floor(wm / w) * w  # windows starting before `end` are closed
+            if end <= nxt:
+                return []
+            counts: dict[float, dict[str, dict[str, Any]]] = {}
+            for r in window_counts(conn, w, nxt, end):
+                counts.setdefault(r["window_start"], {})[r["topic"]] = r
+            topics = sorted(
+                set(self.scorer.topics)
+                | set(store.get_kv(conn, "topics", []))
+                | {t for c in counts.values() for t in c}
+            )
+            store.upsert_kv(conn, "topics", topics)
+            det = self.detector
+            state_before = det.get_state()
+            try:
+                start = float(nxt)
+                while start < end:
+                    per = counts.get(start, {})
+                    for topic in topics:
+                        row = per.get(topic)
+                        n, neg = (row["volume"], row["negative"]) if row else (0, 0)
+                        found = det.update((topic, start, n, neg))
+                        if found:
+                            fired.append(self._store_alert(conn, found))
+                    start += w
+                store.upsert_kv(conn, self._detector_key(), det.get_state())
+                store.upsert_kv(conn, f"closed:{w}", end)
+            except BaseException:
+                det.set_state(state_before)  # the transaction rolls back; so does the detector
+                raise
+        for a in fired:
+            log.warning(
+                "ALERT negative surge: topic=%s window=%s n=%d negative=%d share=%.2f "
+                "(baseline %.2f, z=%.1f)",
+                a["topic"],
+                a["window_start_iso"],
+                a["figures"]["n"],
+                a["figures"]["n_negative"],
+                a["figures"]["negative_share"],
+                a["figures"]["baseline_share"],
+                a["figures"]["z_share"],
+            )
+        return fired
+
+    def _store_alert(self, conn: Connection, a: dict[str, Any]) -> dict[str, Any]:
+        w = self.cfg.detect_window
+        ids = list(
+            conn.execute(
+                sa.select(store.events.c.id)
+                .where(
+                    store.events.c.topic == a["topic"],
+                    store.events.c.sentiment == "negative",
+                    store.events.c.ts >= a["window_start"],
+                    store.events.c.ts < a["window_start"] + w,
+                )
+                .order_by(store.events.c.ts)
+                .limit(self.cfg.evidence_events)
+            ).scalars()
+        )
+        figures = {k: v for k, v in a.items() if k not in ("topic", "window_start")}
+        row = {
+            "topic": a["topic"],
+            "window_s": w,
+            "window_start": a["window_start"],
+            "figures": json.dumps(figures),
+            "event_ids": json.dumps(ids),
+            "created_at": time.time(),
+            "attempts": 0,
+            "next_attempt_at": 0.0,
+        }
+        store.insert_ignore(conn, store.alerts, [row], ["topic", "window_s", "window_start"])
+        from datetime import UTC, datetime
+
+        return {
+            "topic": a["topic"],
+            "window_s": w,
+            "window_start": a["window_start"],
+            "window_start_iso": datetime.fromtimestamp(a["window_start"], UTC).isoformat(),
+            "figures": figures,
+            "event_ids": ids,
+        }

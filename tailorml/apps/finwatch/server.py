@@ -1,0 +1,105 @@
+"""HTTP: `POST /v1/events` (a batch: a JSON list, or {"events": [...]}) and the dashboard.
+
+An HTTP 200 means the batch is committed; a client that gets no answer may resend the batch
+(ingest is idempotent on id). The dashboard (GET /) reads the database only, so it can also run
+as its own process next to the watcher (`tailor finwatch dashboard`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import Body, FastAPI, HTTPException, Query
+from fastapi.responses import HTMLResponse
+from sqlalchemy.engine import Engine
+
+from tailorml.apps.finwatch import store
+from tailorml.apps.finwatch.config import FinwatchConfig
+from tailorml.apps.finwatch.pipeline import Watcher
+from tailorml.apps.finwatch.trends import time_range, window_counts
+
+DASHBOARD = Path(__file__).with_name("dashboard.html")
+MAX_BATCH = 10_000
+
+
+def create_app(cfg: FinwatchConfig, engine: Engine, watcher: Watcher | None = None) -> FastAPI:
+    app = FastAPI(title="tailorml finwatch")
+
+    if watcher is not None:
+
+        @app.post("/v1/events")
+        def post_events(body: Any = Body(...)) -> dict[str, Any]:  # noqa: B008
+            items = body.get("events") if isinstance(body, dict) else body
+            if not isinstance(items, list):
+                raise HTTPException(422, 'Send a JSON list of events or {"events": [...]}.')
+            if len(items) > MAX_BATCH:
+                raise HTTPException(
+                    413, f"At most {MAX_BATCH} events per request; split the batch."
+                )
+            res = watcher.ingest(items, "http")
+            return {
+                "accepted": res.accepted,
+                "duplicates": res.duplicates,
+                "rejected": res.rejected,
+                "alerts": len(res.alerts),
+            }
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"ok": True, **store.counts(engine)}
+
+    @app.get("/api/trends")
+    def trends(
+        window: int = Query(0, description="Window seconds; 0 = the detection window."),
+        hours: float = Query(24.0, gt=0),
+    ) -> dict[str, Any]:
+        w = window or cfg.detect_window
+        with engine.connect() as conn:
+            lo, hi = time_range(conn)
+            if hi is None:
+                return {"window_s": w, "rows": []}
+            rows = window_counts(conn, w, hi - 3600 * hours, hi + 1)
+        return {"window_s": w, "rows": rows}
+
+    @app.get("/api/alerts")
+    def alerts(limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+        a = store.alerts
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(a).order_by(a.c.window_start.desc(), a.c.pk.desc()).limit(limit)
+            ).all()
+            out = []
+            for r in rows:
+                ids = json.loads(r.event_ids)
+                evs = (
+                    conn.execute(
+                        sa.select(store.events.c.id, store.events.c.ts, store.events.c.text)
+                        .where(store.events.c.id.in_(ids))
+                        .order_by(store.events.c.ts)
+                    ).all()
+                    if ids
+                    else []
+                )
+                out.append(
+                    {
+                        "id": r.pk,
+                        "topic": r.topic,
+                        "window_s": r.window_s,
+                        "window_start": datetime.fromtimestamp(r.window_start, UTC).isoformat(),
+                        "figures": json.loads(r.figures),
+                        "delivered": r.delivered_at is not None,
+                        "events": [{"id": e.id, "time": e.ts, "text": e.text} for e in evs],
+                    }
+                )
+        return {"alerts": out, "generated_at": time.time()}
+
+    @app.get("/", response_class=HTMLResponse)
+    def dashboard() -> str:
+        return DASHBOARD.read_text(encoding="utf-8")
+
+    return app

@@ -1,0 +1,388 @@
+"""finwatch ingest sources and the CLI: a followed file (kill -9 + restart), stdin, HTTP,
+tiny real models scoring in micro-batches, replay and evaluate."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tailorml.apps.finwatch import store
+from tailorml.apps.finwatch.config import FinwatchConfig
+from tailorml.apps.finwatch.pipeline import Watcher
+from tailorml.apps.finwatch.replay import TOPICS, Surge, make_stream
+from tailorml.apps.finwatch.scorer import LabelScorer, ModelScorer
+from tailorml.apps.finwatch.sources import read_stream
+from tailorml.apps.finwatch.trends import window_counts
+
+from .conftest import FILL, NEG, NEU, POS, make_rows, tiny_config, write_csv
+from .finwatch_services import free_port
+
+START = 1767571200.0
+CLI = [sys.executable, "-m", "tailorml.cli", "finwatch"]
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def write_cfg(tmp: Path, db: str, **extra: Any) -> Path:
+    import yaml
+
+    cfg = {"db": db, "models": {"scorer": "labels"}, "batch_size": 64, **extra}
+    p = tmp / "fw.yaml"
+    p.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return p
+
+
+def stream(hours: float = 12, seed: int = 5) -> list[dict[str, Any]]:
+    return make_stream(
+        hours,
+        [Surge("Earnings", START + 8 * 3600, 45, 1.5)],
+        rate_per_min=12,
+        start=START,
+        seed=seed,
+    )
+
+
+def db_state(url: str) -> dict[str, Any]:
+    engine = store.make_engine(url)
+    with engine.connect() as conn:
+        ids = conn.execute(sa.select(store.events.c.id)).scalars().all()
+        alerts = conn.execute(sa.select(store.alerts.c.topic, store.alerts.c.window_start)).all()
+        trend = window_counts(conn, 3600, 0, 1e12)
+    engine.dispose()
+    return {"ids": ids, "alerts": sorted(alerts), "volume": sum(r["volume"] for r in trend)}
+
+
+def test_kill9_mid_stream_then_restart_loses_and_double_counts_nothing(tmp_path: Path) -> None:
+    events = stream()
+    half = len(events) // 2
+    src = tmp_path / "events.jsonl"
+    src.write_text("".join(json.dumps(e) + "\n" for e in events[:half]), encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'fw.db'}"
+    cfg = write_cfg(tmp_path, url, batch_size=16)  # small batches: many commits to kill between
+    cmd = [*CLI, "watch", str(cfg), "--file", str(src), "--idle-exit", "2"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    engine = store.make_engine(url)
+    deadline = time.time() + 120
+    stored = 0
+    while time.time() < deadline:
+        try:
+            stored = store.counts(engine)["events"]
+        except sa.exc.OperationalError:
+            stored = 0  # tables not created yet
+        if stored > 300:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    engine.dispose()
+    assert 0 < stored < half, "the kill must land mid-stream"
+    # The stream goes on growing while the watcher is dead; restart follows it to the end.
+    with src.open("a", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps(e) + "\n" for e in events[half:]))
+        fh.write("{this line is broken\n")
+    out = subprocess.run([*cmd, "--final"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    state = db_state(url)
+    assert sorted(state["ids"]) == sorted(e["id"] for e in events)  # none lost, none twice
+    assert state["volume"] == len(events)  # trends count each event once
+    assert summary["database"]["dead_letters"] == 1
+    # Same alerts as an uninterrupted run over the same stream.
+    ref = f"sqlite:///{tmp_path / 'ref.db'}"
+    c = FinwatchConfig(db=ref, models={"scorer": "labels"})
+    w = Watcher(c, store.make_engine(ref), LabelScorer(c.models, TOPICS)).open()
+    w.ingest(events, "ref")
+    w.advance(final=True)
+    w.engine.dispose()
+    assert state["alerts"] == db_state(ref)["alerts"]
+    assert any(t == "Earnings" for t, _ in state["alerts"])
+
+
+def test_stdin_source_in_micro_batches(tmp_path: Path) -> None:
+    events = stream(hours=3)
+    text = "".join(json.dumps(e) + "\n" for e in events) + "not json\n"
+    c = FinwatchConfig(
+        db=f"sqlite:///{tmp_path / 'a.db'}", models={"scorer": "labels"}, batch_size=50
+    )
+    w = Watcher(c, store.make_engine(c.db), LabelScorer(c.models, TOPICS)).open()
+    res = read_stream(w, io.StringIO(text))
+    assert (res.accepted, res.rejected) == (len(events), 1)
+    # The CLI reads a real pipe the same way.
+    cfg = write_cfg(tmp_path, f"sqlite:///{tmp_path / 'b.db'}")
+    out = subprocess.run(
+        [*CLI, "watch", str(cfg), "--stdin"],
+        input=text,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["accepted"] == len(events) and summary["rejected"] == 1
+
+
+def test_http_post_events_batches(tmp_path: Path) -> None:
+    import uvicorn
+
+    from tailorml.apps.finwatch.server import create_app
+
+    c = FinwatchConfig(db=f"sqlite:///{tmp_path / 'h.db'}", models={"scorer": "labels"})
+    engine = store.make_engine(c.db)
+    w = Watcher(c, engine, LabelScorer(c.models, TOPICS)).open()
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(c, engine, w), host="127.0.0.1", port=port, log_level="warning")
+    )
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.05)
+        events = stream(hours=12)
+        with httpx.Client(base_url=base, timeout=30) as cli:
+            got = {"accepted": 0, "alerts": 0}
+            for i in range(0, len(events), 1000):
+                r = cli.post("/v1/events", json={"events": events[i : i + 1000]})
+                assert r.status_code == 200, r.text
+                for k in got:
+                    got[k] += r.json()[k]
+            assert got["accepted"] == len(events) and got["alerts"] >= 1
+            again = cli.post("/v1/events", json=events[:500] + [{"id": "bad"}]).json()
+            assert again == {"accepted": 0, "duplicates": 500, "rejected": 1, "alerts": 0}
+            assert cli.post("/v1/events", json={"nope": 1}).status_code == 422
+            health = cli.get("/healthz").json()
+            assert health["events"] == len(events) and health["dead_letters"] == 1
+            alerts = cli.get("/api/alerts").json()["alerts"]
+            assert any(a["topic"] == "Earnings" and len(a["events"]) >= 6 for a in alerts)
+    finally:
+        server.should_exit = True
+        t.join(10)
+        engine.dispose()
+
+
+# -- tiny real models ---------------------------------------------------------------------------
+TOPIC_NAMES = ["Earnings", "Macro", "IPO"]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny topic model and a tiny sentiment model, fine-tuned once per session (~3 s each)."""
+    from tailorml.config.load import validate_mapping
+    from tailorml.recipes.finetune import finetune
+
+    out = {}
+    for head in ("topic", "sentiment"):
+        tmp = tmp_path_factory.mktemp(f"fw-{head}")
+        rows = make_rows(240, 0)
+        if head == "topic":
+            names = dict(zip(["negative", "neutral", "positive"], TOPIC_NAMES, strict=True))
+            rows = [{"text": r["text"], "label": names[r["label"]]} for r in rows]
+        raw = tiny_config(tmp, data={"train": str(write_csv(tmp / "train.csv", rows))})
+        cfg, problems = validate_mapping(raw)
+        assert cfg is not None, problems
+        finetune(cfg)
+        out[head] = tmp / "run" / "model"
+    return out
+
+
+def test_model_scorer_scores_in_micro_batches(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    import random
+
+    c = FinwatchConfig(
+        db=f"sqlite:///{tmp_path / 'm.db'}",
+        batch_size=16,
+        models={"topic": tiny_models["topic"], "sentiment": tiny_models["sentiment"], "threads": 1},
+    )
+    scorer = ModelScorer(c.models)
+    assert sorted(scorer.topics) == sorted(TOPIC_NAMES)
+    calls: list[int] = []
+    orig = scorer.topic.predict
+    scorer.topic.predict = lambda texts, pairs=None: calls.append(len(texts)) or orig(texts)  # type: ignore[method-assign]
+    w = Watcher(c, store.make_engine(c.db), scorer).open()
+    rng = random.Random(0)
+    evs = []
+    for i in range(40):
+        word = rng.choice(NEG if i % 2 else POS)
+        evs.append(
+            {
+                "id": f"e{i}",
+                "time": START + 60 * i,
+                "text": f"{rng.choice(FILL)} {word} {rng.choice(FILL)}",
+            }
+        )
+    res = w.ingest(evs, "t")
+    assert res.accepted == 40 and calls == [16, 16, 8]
+    with w.engine.connect() as conn:
+        rows = conn.execute(sa.select(store.events)).all()
+    neg = [r for r in rows if int(r.id[1:]) % 2]
+    # The tiny sentiment model learned the keywords: negative words -> negative, and p_negative
+    # is its probability.
+    assert sum(r.sentiment == "negative" for r in neg) >= 16
+    assert all(0 <= r.p_negative <= 1 for r in rows)
+    assert {r.topic for r in rows} <= set(TOPIC_NAMES)
+    assert NEU  # keyword lists come from conftest
+    w.engine.dispose()
+
+
+# -- replay and evaluate --------------------------------------------------------------------------
+def test_replay_cli_is_deterministic_and_marks_surges(tmp_path: Path) -> None:
+    outs = []
+    for k in range(2):
+        p = tmp_path / f"s{k}.jsonl"
+        r = subprocess.run(
+            [
+                *CLI,
+                "replay",
+                "--hours",
+                "6",
+                "--surge",
+                "Macro@3:30:2",
+                "--out",
+                str(p),
+                "--truth",
+                str(tmp_path / "truth.json"),
+            ],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        outs.append(p.read_text())
+    assert outs[0] == outs[1]
+    evs = [json.loads(x) for x in outs[0].splitlines()]
+    surge = [e for e in evs if e.get("surge")]
+    truth = json.loads((tmp_path / "truth.json").read_text())
+    assert truth[0]["topic"] == "Macro" and truth[0]["minutes"] == 30
+    assert surge and all(e["labels"] == {"topic": "Macro", "sentiment": "Bearish"} for e in surge)
+    times = [e["time"] for e in evs]
+    assert times == sorted(times)
+    assert 6 * 60 * 20 * 0.5 < len(evs) - len(surge) < 6 * 60 * 20 * 1.5
+
+
+def test_evaluate_reports_detection_figures(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [
+            *CLI,
+            "evaluate",
+            "configs/finwatch-replay.yaml",
+            "--streams",
+            "1",
+            "--hours",
+            "24",
+            "--surges",
+            "4",
+            "--out",
+            str(tmp_path),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "finwatch_eval.json").read_text())
+    assert res["surges"] == 4 and res["simulated_days"] == 1
+    assert res["true_alerts"] + res["false_alerts"] == res["alerts"]
+    assert res["recall"] >= 0.75 and res["false_alerts_per_day"] <= 3
+    assert (tmp_path / "finwatch_eval.png").stat().st_size > 5000
+
+
+def test_demo_command_fires_the_alert() -> None:
+    r = subprocess.run([*CLI, "demo"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "surge on 'Energy | Oil' DETECTED" in r.stdout
+    assert "ALERT Energy | Oil" in r.stdout
+
+
+def test_cli_watch_http_with_webhook_delivers_alerts(tmp_path: Path) -> None:
+    from .finwatch_services import Receiver
+
+    rec = Receiver()
+    rec.start()
+    port = free_port()
+    cfg = write_cfg(
+        tmp_path, f"sqlite:///{tmp_path / 'w.db'}", webhook={"url": rec.url, "backoff_s": 0.1}
+    )
+    proc = subprocess.Popen(
+        [*CLI, "watch", str(cfg), "--http", f"127.0.0.1:{port}"],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                httpx.get(f"{base}/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        events = stream(hours=12)
+        for i in range(0, len(events), 2000):
+            r = httpx.post(f"{base}/v1/events", json=events[i : i + 2000], timeout=60)
+            assert r.status_code == 200, r.text
+        deadline = time.time() + 30
+        while time.time() < deadline and not any(b["topic"] == "Earnings" for b in rec.received):
+            time.sleep(0.1)
+        assert any(b["topic"] == "Earnings" and b["events"] for b in rec.received)
+        html = httpx.get(f"{base}/", timeout=5).text
+        assert "finwatch" in html and "/api/trends" in html
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        rec.stop()
+    assert proc.returncode == 0, err[-2000:]
+    assert "ALERT negative surge: topic=Earnings" in err
+
+
+def test_file_follower_survives_a_huge_line(tmp_path: Path) -> None:
+    from tailorml.apps.finwatch.sources import follow_file
+
+    events = stream(hours=1)
+    src = tmp_path / "e.jsonl"
+    with src.open("w", encoding="utf-8") as fh:
+        fh.write(json.dumps(events[0]) + "\n")
+        fh.write('{"id": "huge", "time": 1, "text": "' + "x" * (5 << 20) + '"}\n')
+        fh.writelines(json.dumps(e) + "\n" for e in events[1:])
+    c = FinwatchConfig(db=f"sqlite:///{tmp_path / 'h.db'}", models={"scorer": "labels"})
+    w = Watcher(c, store.make_engine(c.db), LabelScorer(c.models, TOPICS)).open()
+    res = follow_file(w, src, follow=False)
+    assert res.accepted == len(events) and res.rejected >= 1
+    with w.engine.connect() as conn:
+        reasons = conn.execute(sa.select(store.dead_letters.c.reason)).scalars().all()
+    assert all(r.startswith("oversized") for r in reasons)
+    w.engine.dispose()
+
+
+def test_evaluate_with_models_injects_texts_the_models_score_negative(
+    tiny_models: dict[str, Path],
+) -> None:
+    from tailorml.apps.finwatch.evaluate import evaluate
+
+    c = FinwatchConfig(
+        models={"topic": tiny_models["topic"], "sentiment": tiny_models["sentiment"], "threads": 1}
+    )
+    res = evaluate(c, streams=1, hours=18, surges_per_stream=2, rate_per_min=10)
+    assert res["scorer"] == "model" and res["surges"] == 2
+    assert {t["topic"] for t in res["per_stream"][0]["truth"]} <= set(TOPIC_NAMES)
+    assert res["true_alerts"] + res["false_alerts"] == res["alerts"]
+    assert res["recall"] is not None and 0 <= res["recall"] <= 1
