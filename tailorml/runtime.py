@@ -11,11 +11,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -23,6 +23,8 @@ def seed_everything(seed: int) -> None:
 
 def set_threads(threads: int | None, world: int = 1) -> int:
     """Intra-op threads: as configured, else the cores shared evenly among local processes."""
+    import torch
+
     if threads is None:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world) or 1)
         threads = max(1, (os.cpu_count() or 1) // max(1, local))
