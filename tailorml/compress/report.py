@@ -17,7 +17,7 @@ COLUMNS = [
     ("accuracy", "accuracy", "{:.4f}"),
     ("macro F1", "macro_f1", "{:.4f}"),
     ("drop pts", "accuracy_drop_points", "{:+.2f}"),
-    ("agree", "agreement", "{:.4f}"),
+    ("agree", "agreement", "{:.3f}"),
     ("speedup b1", "speedup_b1", "{:.2f}x"),
     ("smaller", "size_ratio", "{:.2f}x"),
 ]

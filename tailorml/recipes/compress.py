@@ -594,9 +594,12 @@ def _time_all(predictors: dict[str, Any], texts: list[str], repeats: int) -> dic
     from tailorml.compress.measure import Timing
 
     parts: dict[str, list[Timing]] = {n: [] for n in predictors}
+    names = list(predictors)
     for r in range(repeats):
-        for name, pred in predictors.items():
-            parts[name].append(time_predictor(pred, texts, repeats=1, warmup=5 if r == 0 else 1))
+        # Rotate the order each repetition so that no variant always runs first or last.
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            pred = predictors[name]
+            parts[name].append(time_predictor(pred, texts, repeats=1, warmup=20 if r == 0 else 3))
             console.print(
                 f"  timing {r + 1}/{repeats} {name}: b1 p50 {parts[name][-1].b1_p50:.2f} ms",
                 highlight=False,
@@ -670,7 +673,7 @@ def _print_table(result: dict[str, Any]) -> None:
     for r in rows(result["variants"]):
         table.add_row(*r)
     # The table is wide; off a terminal rich would fold it to 80 columns.
-    Console(stderr=True, width=max(console.width, 150)).print(table)
+    Console(stderr=True, width=max(console.width, 190)).print(table)
     console.print(result["message"], highlight=False)
     console.print(f"Serve it: tailor serve {result['chosen_path']}", highlight=False)
     console.print(f"Report: {result['run_dir']}/compression.md", highlight=False)
