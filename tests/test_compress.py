@@ -402,3 +402,47 @@ def test_cli_errors_and_no_half_written_variant(run: Path, monkeypatch: Any) -> 
     with pytest.raises(RuntimeError, match="disk full"):
         compress(run, CompressOptions(variants=["onnx-fp32", "onnx-int8"], **FAST))  # type: ignore[arg-type]
     assert sorted(p.name for p in (run / "compressed").iterdir()) == ["onnx-fp32"]
+
+
+@pytest.mark.slow
+def test_real_minilm_export_quantize_and_prune(tmp_path: Path) -> None:
+    """The packaged MiniLM: the fused fp32 export matches PyTorch, int8 is >= 3.5x smaller than
+    the fp32 model folder, and pruning a quarter of the heads keeps attention fused."""
+    from tailorml.config.load import load_config
+
+    cfg = load_config(
+        REPO / "configs" / "finsent.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "data.limit=300",
+            "train.max_steps=20",
+            "train.warmup_ratio=null",
+            f"data.train={REPO / 'data/twitter_fin_sentiment/sent_train.csv'}",
+            f"data.eval={REPO / 'data/twitter_fin_sentiment/sent_valid.csv'}",
+        ],
+    )
+    finetune(cfg)
+    run = tmp_path / "run"
+    res = compress(
+        run,
+        CompressOptions(variants=["onnx-int8", "onnx-fp32"], repeats=1, latency_texts=32),
+    )
+    by = {v["name"]: v for v in res["variants"]}
+    assert by["onnx-fp32"]["max_abs_logit_diff"] <= EXPORT_ATOL
+    assert by["onnx-fp32"]["notes"]["onnx_fusions"]["Attention"] == 6
+    assert by["fp32"]["size_bytes"] / by["onnx-int8"]["size_bytes"] >= 3.5
+
+    from tailorml.models.base import load_classifier
+
+    model = load_classifier(run / "model")
+    heads = [torch.rand(12) for _ in range(6)]
+    neurons = [torch.rand(1536) for _ in range(6)]
+    prune.apply(model, prune.plan(heads, neurons, 0.25, 0.5))
+    assert attention_shape(model) == (9, 288)
+    export_onnx(model, tokenizer(), tmp_path / "p.onnx")
+    fused = optimize_onnx(tmp_path / "p.onnx", tmp_path / "po.onnx", *attention_shape(model))
+    assert fused.get("Attention") == 6, fused
+    batch = random_batch(4, 20)
+    with torch.inference_mode():
+        want = model(**batch).logits.numpy()
+    assert np.abs(run_onnx(tmp_path / "po.onnx", batch) - want).max() <= 1e-3
