@@ -1,5 +1,6 @@
 # tailorml — one command sets up and runs the quick-start, one sets up and runs the tests.
-#   make demo    create .venv, install, fine-tune MiniLM on financial tweet sentiment, report
+#   make demo    create .venv, install, fine-tune MiniLM on financial tweet sentiment, report,
+#                compress (quantize, prune, distill, ONNX) and choose a variant within 1 point
 #   make test    create .venv with dev tools, run the default test suite
 #   make check   ruff lint + format check, mypy, tests
 PY ?= python3
@@ -10,6 +11,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 QUIET := 2>&1 | grep -v "^WARNING: Location 'file:" || true
 DEMO_OVERRIDES ?=
 DEMO_CONFIG ?= configs/finsent.yaml
+COMPRESS_OPTS ?=
 
 .PHONY: demo test test-all check lint format typecheck install dev clean
 
@@ -31,6 +33,8 @@ dev: $(BIN)/.dev-installed
 demo: $(BIN)/.installed
 	$(BIN)/tailor finetune $(DEMO_CONFIG) --overwrite $(DEMO_OVERRIDES)
 	@echo "Report: runs/finsent/report.md (plots in runs/finsent/plots/)"
+	$(BIN)/tailor compress runs/finsent $(COMPRESS_OPTS)
+	@echo "Compression: runs/finsent/compression.md (variants in runs/finsent/compressed/)"
 
 test: $(BIN)/.dev-installed
 	$(BIN)/python -m pytest -q -m "not slow" --timeout=900
