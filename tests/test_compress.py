@@ -298,6 +298,8 @@ def test_compress_all_variants_end_to_end(run: Path) -> None:
     # int8 files are much smaller than fp32 (embeddings are quantized too).
     assert by["onnx-int8"]["size_bytes"] < 0.5 * by["onnx-fp32"]["size_bytes"]
     assert by["onnx-fp32"]["max_abs_logit_diff"] <= EXPORT_ATOL
+    for name in ("onnx-fp32", "onnx-int8", "pruned-onnx-int8", "distilled-onnx-int8"):
+        assert by[name]["notes"]["onnx_fusions"].get("Attention"), name
     assert by["pruned"]["notes"]["params"] < by["pruned"]["notes"]["params_before"]
     assert by["pruned"]["notes"]["heads_per_layer"] == [1, 1]
     assert by["distilled"]["notes"]["layers"] == 1

@@ -219,7 +219,8 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
         }
     }
     predictors: dict[str, Any] = {REFERENCE: ref_pred}
-    onnx_cache: dict[str, Path] = {}  # torch source folder -> verified, optimized fp32 ONNX
+    # torch source folder -> (verified, optimized fp32 ONNX file, its fusion statistics)
+    onnx_cache: dict[str, tuple[Path, dict[str, int]]] = {}
 
     # ---- build every variant (each in a temp folder; published only when checked) ----------
     try:
@@ -336,7 +337,11 @@ def _build_torch_int8(model_dir: Path, tmp: Path, info: dict[str, Any]) -> None:
 
 
 def _onnx_fp32(
-    source: Path, work: Path, cache: dict[str, Path], ev: Examples, notes: dict[str, Any]
+    source: Path,
+    work: Path,
+    cache: dict[str, tuple[Path, dict[str, int]]],
+    ev: Examples,
+    notes: dict[str, Any],
 ) -> Path:
     """Export `source` (a torch model folder) to an optimized fp32 ONNX file in `work`, verified
     against the torch model on eval texts; cached per source."""
@@ -347,7 +352,8 @@ def _onnx_fp32(
 
     key = str(source.resolve())
     if key in cache:
-        return cache[key]
+        path, notes["onnx_fusions"] = cache[key]
+        return path
     d = work / f"onnx-{len(cache)}"
     if d.exists():
         shutil.rmtree(d)
@@ -358,7 +364,7 @@ def _onnx_fp32(
     fused = optimize_onnx(d / "raw.onnx", d / "model.onnx", *attention_shape(model))
     notes["onnx_fusions"] = fused
     _check_export(model, tok, d / "model.onnx", ev)
-    cache[key] = d / "model.onnx"
+    cache[key] = (d / "model.onnx", fused)
     return d / "model.onnx"
 
 
