@@ -99,7 +99,8 @@ class TorchPredictor(Predictor):
         int8_state = info.get("torch_int8_state")
         if int8_state:
             # Saved int8 weights (`tailor compress`): build the fp32 skeleton from config.json,
-            # quantize it the same way, then load the stored int8 state (a quarter of the size).
+            # quantize it the same way, then load the stored int8 state (Linear weights at a
+            # quarter of their fp32 bytes; embeddings stay fp32).
             from transformers import AutoConfig, AutoModelForSequenceClassification
 
             config = AutoConfig.from_pretrained(str(folder))
