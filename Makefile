@@ -1,5 +1,6 @@
 # tailorml — one command sets up and runs the quick-start, one sets up and runs the tests.
-#   make demo    create .venv, install, fine-tune MiniLM on financial tweet sentiment, report
+#   make demo    create .venv, install, fine-tune MiniLM on financial tweet sentiment, report,
+#                compress (quantize, prune, distill, ONNX) and choose a variant within 1 point
 #   make test    create .venv with dev tools, run the default test suite
 #   make check   ruff lint + format check, mypy, tests
 PY ?= python3
@@ -10,6 +11,10 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 QUIET := 2>&1 | grep -v "^WARNING: Location 'file:" || true
 DEMO_OVERRIDES ?=
 DEMO_CONFIG ?= configs/finsent.yaml
+# The quick-start compresses with the fast variants (minutes); `tailor compress RUN` alone
+# also prunes and distills (about 15 minutes more on 2 cores).
+COMPRESS_OPTS ?= --variants torch-int8,onnx-fp32,onnx-int8
+DEMO_RUN ?= runs/finsent
 
 .PHONY: demo test test-all check lint format typecheck install dev clean
 
@@ -30,7 +35,8 @@ dev: $(BIN)/.dev-installed
 
 demo: $(BIN)/.installed
 	$(BIN)/tailor finetune $(DEMO_CONFIG) --overwrite $(DEMO_OVERRIDES)
-	@echo "Report: the run folder's report.md and plots/ (runs/finsent/ for the quick-start)"
+	$(BIN)/tailor compress $(DEMO_RUN) $(COMPRESS_OPTS)
+	@echo "Report: $(DEMO_RUN)/report.md and plots/; compression: $(DEMO_RUN)/compression.md"
 
 test: $(BIN)/.dev-installed
 	$(BIN)/python -m pytest -q -m "not slow" --timeout=900

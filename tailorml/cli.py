@@ -212,6 +212,57 @@ def predict(
         _fail(exc)
 
 
+@app.command()
+def compress(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by `tailor finetune`.")],
+    budget: Annotated[
+        float, typer.Option(help="Largest accuracy drop allowed, in points (1.0 = 1%).")
+    ] = 1.0,
+    variants: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--variants",
+            help="Comma-separated: torch-int8, onnx-fp32, onnx-int8, pruned, pruned-onnx-int8, "
+            "distilled, distilled-onnx-int8 (default: all).",
+        ),
+    ] = None,
+    threads: Annotated[int, typer.Option(help="Threads for every measurement (pinned).")] = 1,
+    repeats: Annotated[int, typer.Option(help="Timed repetitions (medians are reported).")] = 3,
+    latency_texts: Annotated[int, typer.Option(help="Eval texts timed per repetition.")] = 100,
+    data: Annotated[Path | None, typer.Option(help="Eval file (default: run's eval).")] = None,
+    prune_heads: Annotated[float, typer.Option(help="Share of heads removed.")] = 0.25,
+    prune_ffn: Annotated[float, typer.Option(help="Share of FFN neurons removed.")] = 0.5,
+    recovery_epochs: Annotated[float, typer.Option(help="Fine-tune epochs after pruning.")] = 1.0,
+    student_layers: Annotated[int | None, typer.Option(help="Student layers (half).")] = None,
+    distill_epochs: Annotated[float, typer.Option(help="Distillation epochs.")] = 3.0,
+    train_threads: Annotated[int | None, typer.Option(help="Threads for training.")] = None,
+) -> None:
+    """Quantize, prune, distill and export a run; measure each variant; choose within budget."""
+    from tailorml.recipes.compress import CompressOptions
+    from tailorml.recipes.compress import compress as run
+
+    opts = CompressOptions(
+        budget=budget,
+        variants=variants,
+        threads=threads,
+        repeats=repeats,
+        latency_texts=latency_texts,
+        data=data,
+        prune_heads=prune_heads,
+        prune_ffn=prune_ffn,
+        recovery_epochs=recovery_epochs,
+        student_layers=student_layers,
+        distill_epochs=distill_epochs,
+        train_threads=train_threads,
+    )
+    try:
+        run(run_dir, opts)
+    except TailorError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 def _write_jsonl(items: Any, output: Path | None) -> None:
     if output is None:
         for item in items:

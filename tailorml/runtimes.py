@@ -7,7 +7,10 @@ either
   `input_ids`, `attention_mask` and (when the model takes them) `token_type_ids`, all int64 of shape
   (batch, seq_len); output `logits` (batch, num_labels); or
 - Hugging Face weights (`config.json`, `model.safetensors`; run on torch). When `task.json` has
-  `"torch_dynamic_int8": true` the Linear layers are quantized to int8 on load.
+  `"torch_dynamic_int8": true` the Linear layers are quantized to int8 on load; with
+  `"torch_int8_state": "model_int8.pt"` too, the int8 weights are read from that file (written by
+  `tailor compress`; no fp32 safetensors needed). Structurally pruned folders
+  (`"tailorml_pruned": true` in config.json) load through `models.base.load_classifier`.
 
 `load_predictor(folder)` picks the runtime; `predictor.predict(texts, pairs)` returns logits as
 a numpy array (batch, num_labels), and `predictor.format(logits)` the labelled predictions.
@@ -15,8 +18,10 @@ a numpy array (batch, num_labels), and `predictor.format(logits)` the labelled p
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -86,18 +91,34 @@ class TorchPredictor(Predictor):
     def __init__(self, folder: Path, info: dict[str, Any], threads: int | None = None):
         super().__init__(folder, info, threads)
         import torch
-        from transformers import AutoModelForSequenceClassification
+
+        from tailorml.models.base import load_classifier
 
         if threads:
             torch.set_num_threads(threads)
-        model = AutoModelForSequenceClassification.from_pretrained(str(folder))
-        model.eval()
-        if info.get("torch_dynamic_int8"):
-            model = torch.ao.quantization.quantize_dynamic(
-                model, {torch.nn.Linear}, dtype=torch.qint8
-            )
+        int8_state = info.get("torch_int8_state")
+        if int8_state:
+            # Saved int8 weights (`tailor compress`): build the fp32 skeleton from config.json,
+            # quantize it the same way, then load the stored int8 state (Linear weights at a
+            # quarter of their fp32 bytes; embeddings stay fp32).
+            from transformers import AutoConfig, AutoModelForSequenceClassification
+
+            config = AutoConfig.from_pretrained(str(folder))
+            model = AutoModelForSequenceClassification.from_config(config)
+            model.eval()
+            model = _quantize_linear(model)
+            with warnings.catch_warnings():  # qint8 tensors load through TypedStorage
+                warnings.simplefilter("ignore")
+                state = torch.load(str(folder / int8_state), weights_only=True)
+            model.load_state_dict(state)
+        else:
+            model = load_classifier(folder)
+            model.eval()
+            if info.get("torch_dynamic_int8"):
+                model = _quantize_linear(model)
         self.model = model
-        self._accepts_types = "token_type_ids" in model.forward.__code__.co_varnames
+        # inspect.signature follows the decorators' __wrapped__; co_varnames would not.
+        self._accepts_types = "token_type_ids" in inspect.signature(model.forward).parameters
 
     def _run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         import torch
@@ -107,6 +128,15 @@ class TorchPredictor(Predictor):
             inputs.pop("token_type_ids", None)
         with torch.inference_mode():
             return self.model(**inputs).logits.float().numpy()
+
+
+def _quantize_linear(model: Any) -> Any:
+    """PyTorch dynamic int8 of every Linear layer (weights int8, activations quantized per call)."""
+    import torch
+
+    with warnings.catch_warnings():  # torch.ao.quantization prints a migration notice
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 class OnnxPredictor(Predictor):

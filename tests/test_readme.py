@@ -37,7 +37,14 @@ def test_make_demo_runs_end_to_end(tmp_path: Path) -> None:
     """`make demo` itself, on the tiny config (the full quick-start takes minutes, not seconds)."""
     out = tmp_path / "demo"
     res = subprocess.run(
-        ["make", "demo", "DEMO_CONFIG=configs/tiny.yaml", f"DEMO_OVERRIDES=output_dir={out}"],
+        [
+            "make",
+            "demo",
+            "DEMO_CONFIG=configs/tiny.yaml",
+            f"DEMO_OVERRIDES=output_dir={out}",
+            f"DEMO_RUN={out}",
+            "COMPRESS_OPTS=--variants onnx-int8 --repeats 1 --latency-texts 8",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -48,3 +55,4 @@ def test_make_demo_runs_end_to_end(tmp_path: Path) -> None:
     results = json.loads((out / "eval.json").read_text())
     assert 0.0 <= results["eval"]["accuracy"] <= 1.0
     assert (out / "report.md").is_file()
+    assert (out / "compression.json").is_file() and (out / "compressed" / "onnx-int8").is_dir()

@@ -99,7 +99,48 @@ def build_model(cfg: ModelConfig, task: str, labels: list[str] | None, tokenizer
         )
         return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
     config = AutoConfig.from_pretrained(str(path), **head)
-    return AutoModelForSequenceClassification.from_pretrained(str(path), config=config)
+    return load_classifier(path, config)
+
+
+def load_classifier(path: str | Path, config: Any = None) -> Any:
+    """`from_pretrained` for a sequence classifier, also for structurally pruned folders.
+
+    A pruned folder (written by `tailor compress`, `"tailorml_pruned": true` in config.json) holds
+    Linear layers narrower than its config says (fewer heads / FFN neurons per layer); it is
+    rebuilt from the config and each Linear is resized to the shape stored in the weights.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    quiet_transformers()
+    path = Path(path)
+    if config is None:
+        config = AutoConfig.from_pretrained(str(path))
+    if not getattr(config, "tailorml_pruned", False):
+        return AutoModelForSequenceClassification.from_pretrained(str(path), config=config)
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(path / "model.safetensors"))
+    model = AutoModelForSequenceClassification.from_config(
+        config, attn_implementation=getattr(config, "_attn_implementation", None) or "sdpa"
+    )
+    for name, module in list(model.named_modules()):
+        w = state.get(f"{name}.weight")
+        if isinstance(module, torch.nn.Linear) and w is not None and w.shape != module.weight.shape:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            new = torch.nn.Linear(w.shape[1], w.shape[0], bias=module.bias is not None)
+            setattr(parent, child, new)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied or buffer-only keys may be absent; real weights must all be there.
+    real_missing = [k for k in missing if not k.endswith("position_ids")]
+    if real_missing or unexpected:
+        raise ConfigError(
+            f"{path}: pruned weights do not match the model ({real_missing[:3]} missing, "
+            f"{unexpected[:3]} unexpected). Re-run `tailor compress` to rebuild the folder."
+        )
+    model.eval()
+    return model
 
 
 def write_task_json(folder: Path, info: dict[str, Any]) -> None:
@@ -117,14 +158,14 @@ def read_task_json(folder: Path) -> dict[str, Any]:
 
 def load_model_folder(folder: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     """Load a fine-tuned model folder (RUN_DIR/model): (model, tokenizer, task info)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     quiet_transformers()
     folder = Path(folder)
     if (folder / "model").is_dir() and not (folder / "config.json").exists():
         folder = folder / "model"
     info = read_task_json(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(str(folder))
+    model = load_classifier(folder)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     model.eval()
     return model, tokenizer, info

@@ -15,6 +15,7 @@ import math
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,10 @@ from tailorml.train.optim import build_optimizer, build_scheduler
 from tailorml.train.progress import TrainProgress, console
 
 FINISHED_MARKERS = ("eval.json", "model", "checkpoints")
+
+# An optional training loss in place of the task's: (logits, labels, inputs, example indices into
+# the train split) -> per-example loss (batch,). Used by distillation (teacher soft labels).
+LossFn = Callable[[Any, Any, dict[str, Any], Any], Any]
 
 
 class StopRequested:
@@ -95,9 +100,11 @@ def finetune(
     resume: bool = False,
     overwrite: bool = False,
     stop_after_steps: int | None = None,
+    loss_fn: LossFn | None = None,
 ) -> dict[str, Any]:
     """Run the recipe; returns eval.json's content. `stop_after_steps` acts as a signal there
-    (used by tests to interrupt a run at an exact step)."""
+    (used by tests to interrupt a run at an exact step). `loss_fn` replaces the task loss in
+    training only (evaluation keeps the task loss)."""
     import torch
     from accelerate import Accelerator
 
@@ -205,7 +212,17 @@ def finetune(
             while state["batch_in_epoch"] < len(batches):
                 batch = batches[state["batch_in_epoch"]]
                 step_loss = _train_step(
-                    model, batch, micro, enc["train"], pad_id, task, num_labels, acc, rank, world
+                    model,
+                    batch,
+                    micro,
+                    enc["train"],
+                    pad_id,
+                    task,
+                    num_labels,
+                    acc,
+                    rank,
+                    world,
+                    loss_fn,
                 )
                 if t.max_grad_norm is not None:
                     acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)
@@ -323,6 +340,7 @@ def _train_step(
     acc: Any,
     rank: int,
     world: int,
+    loss_fn: LossFn | None = None,
 ) -> float:
     """Forward/backward over one global batch split into micro-batches; returns the mean loss."""
     import torch
@@ -346,7 +364,10 @@ def _train_step(
                 inputs = {k: v.to(acc.device) for k, v in inputs.items()}
                 with acc.autocast():
                     logits = model(**inputs).logits
-                per_example = task_loss(task, logits, labels)
+                if loss_fn is None:
+                    per_example = task_loss(task, logits, labels)
+                else:
+                    per_example = loss_fn(logits, labels, inputs, mine)
                 loss = per_example.sum() / denom
                 total += float(per_example.detach().sum())
             acc.backward(loss)
