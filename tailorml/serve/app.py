@@ -174,9 +174,17 @@ class Gate:
         label = path if path in KNOWN_PATHS else "other"
         t0 = time.perf_counter()
         st.accepted += 1
-        status = {"code": 500, "started": False, "done": False}
+        status = {"code": 500, "started": False, "done": False, "too_large": False}
 
         async def send_wrapped(message: Message) -> None:
+            if status["too_large"]:
+                # The body went past the limit while FastAPI read it; FastAPI turns that into a
+                # generic 400, which we replace with the 413 that names the limit.
+                if message["type"] == "http.response.start" and not status["started"]:
+                    status["too_large"] = False
+                    await self._json(413, "too_large", self._body_message(), send_wrapped)
+                    status["too_large"] = True
+                return
             if message["type"] == "http.response.start":
                 status["code"], status["started"] = message["status"], True
             elif message["type"] == "http.response.body" and not message.get("more_body"):
@@ -188,7 +196,7 @@ class Gate:
             if refusal is not None:
                 await refusal(scope, receive, send_wrapped)
                 return
-            await self.app(scope, self._limited(scope, receive), send_wrapped)
+            await self.app(scope, self._limited(receive, status), send_wrapped)
         except _BodyTooLarge:
             if not status["started"]:
                 await self._json(413, "too_large", self._body_message(), send_wrapped)
@@ -240,7 +248,7 @@ class Gate:
             "send fewer or shorter inputs per request"
         )
 
-    def _limited(self, scope: Scope, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, status: dict[str, Any]) -> Receive:
         limit = self.state.settings.max_body_bytes
         seen = 0
 
@@ -251,6 +259,7 @@ class Gate:
                 seen += len(message.get("body", b""))
                 if seen > limit:  # chunked bodies carry no Content-Length to check up front
                     self.state.metrics.errors.labels("too_large").inc()
+                    status["too_large"] = True
                     raise _BodyTooLarge()
             return message
 

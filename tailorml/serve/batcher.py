@@ -33,6 +33,7 @@ class Item:
     pair: str | None
     future: asyncio.Future[dict[str, Any]]
     enqueued: float = field(default_factory=time.monotonic)
+    gap: float = float("inf")  # seconds since the input before it arrived
 
 
 def plan_groups(
@@ -88,6 +89,7 @@ class MicroBatcher:
         # only fight over the same cores.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tailorml-model")
         self.batches = 0
+        self._last_arrival = float("-inf")
 
     @property
     def depth(self) -> int:
@@ -108,10 +110,13 @@ class MicroBatcher:
                 )
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Any]] = []
+        now = time.monotonic()
+        gap, self._last_arrival = now - self._last_arrival, now
         for i, text in enumerate(texts):
             fut = loop.create_future()
-            self._queue.append(Item(text, pairs[i] if pairs is not None else None, fut))
+            self._queue.append(Item(text, pairs[i] if pairs is not None else None, fut, now, gap))
             futures.append(fut)
+            gap = 0.0
         self._report_depth()
         self._wake.set()
         return futures
@@ -144,8 +149,12 @@ class MicroBatcher:
                     return []
                 self._wake.clear()
                 await self._wake.wait()
-            deadline = self._queue[0].enqueued + self.max_wait
-            while len(self._queue) < self.max_batch_size and not self._closing:
+            head = self._queue[0]
+            deadline = head.enqueued + self.max_wait
+            # A lone input that arrived after a quiet spell longer than max_wait has no company
+            # on the way (a single sequential client, say): waiting would only add latency.
+            alone = len(self._queue) == 1 and head.gap > self.max_wait
+            while len(self._queue) < self.max_batch_size and not self._closing and not alone:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

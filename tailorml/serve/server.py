@@ -76,6 +76,9 @@ def run(settings: ServeSettings, log_level: str = "info") -> None:
             # In-flight requests get their own deadline plus slack to finish during a drain.
             timeout_graceful_shutdown=int(settings.timeout_s) + 10,
             server_header=False,
+            # uvicorn kills a worker that misses a 5 s ping; a worker importing torch on a busy
+            # 2-core machine can miss it and be killed over and over while it loads.
+            timeout_worker_healthcheck=120,
         )
     finally:
         if metrics_dir:
