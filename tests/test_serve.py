@@ -289,6 +289,22 @@ def test_batcher_sorts_by_length_and_keeps_order() -> None:
     assert all(c == sorted(c, key=len) for c in calls)  # each call is length-sorted
     assert sum(map(len, calls)) == 20
 
+    async def waits() -> tuple[float, float]:
+        b = MicroBatcher(run, lambda t, p: [len(x) for x in t], max_batch_size=8, max_wait_ms=300)
+        b.start()
+        t0 = time.perf_counter()
+        await b.submit(["lone"], None)[0]  # a sequential client: no waiting for company
+        lone = time.perf_counter() - t0
+        await asyncio.gather(*b.submit(["a", "b"], None))  # now there is concurrency...
+        t0 = time.perf_counter()
+        await b.submit(["c"], None)[0]  # ...so the next input waits for others to join
+        after = time.perf_counter() - t0
+        await b.close()
+        return lone, after
+
+    lone, after = asyncio.run(waits())
+    assert lone < 0.15 and after >= 0.28, (lone, after)
+
 
 def test_metrics(server: Any) -> None:
     post(server, {"inputs": ["a", "b"]})

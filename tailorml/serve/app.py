@@ -106,11 +106,8 @@ def model_card(folder: Path, info: dict[str, Any], runtime_name: str) -> dict[st
         variant = folder.name
     else:
         variant = "torch-int8" if info.get("torch_dynamic_int8") else "fp32"
-    weights = [
-        p
-        for p in (folder / info.get("onnx_file", "model.onnx"), folder / "model.safetensors")
-        if p.is_file()
-    ]
+    names = (info.get("onnx_file", "model.onnx"), info.get("torch_int8_state"), "model.safetensors")
+    weights = [folder / n for n in names if n and (folder / n).is_file()]
     if info.get("version"):
         version = str(info["version"])
     elif weights:

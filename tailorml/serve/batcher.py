@@ -33,7 +33,6 @@ class Item:
     pair: str | None
     future: asyncio.Future[dict[str, Any]]
     enqueued: float = field(default_factory=time.monotonic)
-    gap: float = float("inf")  # seconds since the input before it arrived
 
 
 def plan_groups(
@@ -89,7 +88,7 @@ class MicroBatcher:
         # only fight over the same cores.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tailorml-model")
         self.batches = 0
-        self._last_arrival = float("-inf")
+        self._last_batch = 0
 
     @property
     def depth(self) -> int:
@@ -111,12 +110,10 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Any]] = []
         now = time.monotonic()
-        gap, self._last_arrival = now - self._last_arrival, now
         for i, text in enumerate(texts):
             fut = loop.create_future()
-            self._queue.append(Item(text, pairs[i] if pairs is not None else None, fut, now, gap))
+            self._queue.append(Item(text, pairs[i] if pairs is not None else None, fut, now))
             futures.append(fut)
-            gap = 0.0
         self._report_depth()
         self._wake.set()
         return futures
@@ -151,9 +148,10 @@ class MicroBatcher:
                 await self._wake.wait()
             head = self._queue[0]
             deadline = head.enqueued + self.max_wait
-            # A lone input that arrived after a quiet spell longer than max_wait has no company
-            # on the way (a single sequential client, say): waiting would only add latency.
-            alone = len(self._queue) == 1 and head.gap > self.max_wait
+            # A lone input right after a lone batch: no sign of concurrent clients (a single
+            # sequential client, say), so waiting would only add latency. Under load the last
+            # batch had company, and waiting up to max_wait fills the next one.
+            alone = len(self._queue) == 1 and self._last_batch <= 1
             while len(self._queue) < self.max_batch_size and not self._closing and not alone:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -178,6 +176,7 @@ class MicroBatcher:
             batch = await self._take()
             if not batch:
                 return
+            self._last_batch = len(batch)
             texts = [it.text for it in batch]
             pairs = [it.pair or "" for it in batch] if batch[0].pair is not None else None
             t0 = time.perf_counter()
