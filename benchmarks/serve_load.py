@@ -26,6 +26,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -211,31 +212,43 @@ def read_texts(path: Path) -> list[str]:
         return [r["text"] for r in csv.DictReader(fh) if r.get("text", "").strip()]
 
 
-def measure(
-    server: Server, texts: list[str], n: int, levels: list[int], ours: bool
-) -> list[dict[str, Any]]:
-    asyncio.run(run_load(server.port, texts, 50, 4))  # warm-up, not measured
-    rows = []
-    for c in levels:
-        before = (
-            (server.metric("tailorml_batch_size_sum"), server.metric("tailorml_batch_size_count"))
-            if ours
-            else None
-        )
-        row = asyncio.run(run_load(server.port, texts, n, c))
-        if before:
-            s = server.metric("tailorml_batch_size_sum") - before[0]
-            k = server.metric("tailorml_batch_size_count") - before[1]
-            row["mean_batch"] = s / k if k else None
-        rows.append(row)
-        print(
-            f"  {server.name:<14} c={c:<3} {row['throughput_rps']:8.1f} req/s  "
-            f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
-            f"errors {row['http_errors'] + row['refused'] + row['closed_unanswered']}"
-            + (f"  mean batch {row['mean_batch']:.1f}" if row.get("mean_batch") else ""),
-            flush=True,
-        )
-    return rows
+def one_run(server: Server, texts: list[str], n: int, c: int, ours: bool) -> dict[str, Any]:
+    before = (
+        (server.metric("tailorml_batch_size_sum"), server.metric("tailorml_batch_size_count"))
+        if ours
+        else None
+    )
+    row = asyncio.run(run_load(server.port, texts, n, c))
+    if before:
+        s = server.metric("tailorml_batch_size_sum") - before[0]
+        k = server.metric("tailorml_batch_size_count") - before[1]
+        row["mean_batch"] = s / k if k else None
+    print(
+        f"  {server.name:<12} c={c:<3} {row['throughput_rps']:8.1f} req/s  "
+        f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
+        f"errors {row['http_errors'] + row['refused'] + row['closed_unanswered']}"
+        + (f"  mean batch {row['mean_batch']:.1f}" if row.get("mean_batch") else ""),
+        flush=True,
+    )
+    return row
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over repeats (errors: summed)."""
+    med = statistics.median
+    out = {
+        "concurrency": runs[0]["concurrency"],
+        "repeats": len(runs),
+        "requests_per_run": runs[0]["requests"],
+        "throughput_rps": med(r["throughput_rps"] for r in runs),
+        "p50_ms": med(r["p50_ms"] for r in runs),
+        "p99_ms": med(r["p99_ms"] for r in runs),
+        "errors": sum(r["http_errors"] + r["refused"] + r["closed_unanswered"] for r in runs),
+        "runs": runs,
+    }
+    if runs[0].get("mean_batch") is not None:
+        out["mean_batch"] = med(r["mean_batch"] for r in runs)
+    return out
 
 
 def drain_check(args: argparse.Namespace, texts: list[str], logdir: Path) -> dict[str, Any]:
@@ -284,6 +297,7 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="Folder tailor serves (compressed or fp32).")
     ap.add_argument("--baseline-model", help="fp32 HF folder for the pipeline peer.")
     ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=1, help="Runs per system and level (median).")
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--threads", type=int, default=2, help="Inference threads, every system.")
     ap.add_argument("--max-batch-size", type=int, default=32)
@@ -313,25 +327,51 @@ def main() -> None:
         "systems": {},
     }
     print(f"{len(texts)} texts; {args.requests} requests per level; levels {levels}", flush=True)
-    for name in systems:
-        port = free_port()
-        if name == "batching":
-            cmd = tailor_cmd(args.model, port, args.threads, args.max_batch_size, args.max_wait_ms)
-        elif name == "no-batching":
-            cmd = tailor_cmd(args.model, port, args.threads, 1, 0)
-        elif name == "pipeline":
-            if not args.baseline_model:
-                print("  pipeline: skipped (no --baseline-model)")
-                continue
-            cmd = [
-                sys.executable, str(REPO / "benchmarks/pipeline_server.py"), args.baseline_model,
-                "--port", str(port), "--threads", str(args.threads),
-            ]  # fmt: skip
-        else:
-            raise SystemExit(f"unknown system {name!r}")
-        with Server(name, cmd, port, logdir / f"{name}.log") as srv:
-            results["systems"][name] = measure(
-                srv, texts, args.requests, levels, ours=name != "pipeline"
+    # All servers start first and sit idle (an idle server costs no CPU); the runs then rotate
+    # through the systems, so a noisy neighbour on the shared machine hits all of them alike.
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, Server] = {}
+        for name in systems:
+            port = free_port()
+            if name == "batching":
+                cmd = tailor_cmd(
+                    args.model, port, args.threads, args.max_batch_size, args.max_wait_ms
+                )
+            elif name == "no-batching":
+                cmd = tailor_cmd(args.model, port, args.threads, 1, 0)
+            elif name == "pipeline":
+                if not args.baseline_model:
+                    print("  pipeline: skipped (no --baseline-model)")
+                    continue
+                cmd = [
+                    sys.executable, str(REPO / "benchmarks/pipeline_server.py"),
+                    args.baseline_model, "--port", str(port), "--threads", str(args.threads),
+                ]  # fmt: skip
+            else:
+                raise SystemExit(f"unknown system {name!r}")
+            servers[name] = stack.enter_context(Server(name, cmd, port, logdir / f"{name}.log"))
+        for srv in servers.values():
+            asyncio.run(run_load(srv.port, texts, 100, 4))  # warm-up, not measured
+        raw: dict[str, dict[int, list[dict[str, Any]]]] = {
+            n: {c: [] for c in levels} for n in servers
+        }
+        names = list(servers)
+        for rep in range(args.repeats):
+            print(f"repeat {rep + 1}/{args.repeats}", flush=True)
+            for c in levels:
+                for k in range(len(names)):
+                    name = names[(k + rep) % len(names)]
+                    raw[name][c].append(
+                        one_run(servers[name], texts, args.requests, c, name != "pipeline")
+                    )
+    results["systems"] = {n: [summarize(raw[n][c]) for c in levels] for n in raw}
+    print("\nmedians:")
+    for n, rows in results["systems"].items():
+        for r in rows:
+            print(
+                f"  {n:<12} c={r['concurrency']:<3} {r['throughput_rps']:8.1f} req/s  "
+                f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}"
+                + (f"  mean batch {r['mean_batch']:.1f}" if r.get("mean_batch") else "")
             )
     if not args.no_drain:
         results["drain"] = drain_check(args, texts, logdir)

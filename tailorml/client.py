@@ -40,7 +40,7 @@ class Client:
         api_key: str | None = None,
         timeout: float = 60.0,
         retries: int = 5,
-        backoff_s: float = 0.2,
+        backoff_s: float = 0.1,
         chunk_size: int | None = None,
     ):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

@@ -411,6 +411,22 @@ def test_fuzz_no_5xx(server: Any) -> None:
 # ----------------------------------------------------------------------------- the real command
 
 
+def test_cli_refuses_bad_setups(tmp_path: Path, cls_model: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tailorml.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["serve", str(tmp_path)])
+    assert res.exit_code == 2 and "task.json" in res.output
+    res = runner.invoke(app, ["serve", str(cls_model), "--max-queue", "8", "--max-inputs", "64"])
+    assert res.exit_code == 2 and "--max-queue" in res.output
+    res = runner.invoke(app, ["serve", str(cls_model), "--workers", "0"])
+    assert res.exit_code == 2 and "--workers" in res.output
+    res = runner.invoke(app, ["predict", "--url", "http://127.0.0.1:9", "-i", "-"], input="a\n")
+    assert res.exit_code == 2 and "cannot reach" in res.output
+
+
 def test_cli_sigterm_drains_under_load(cls_model: Path, tmp_path: Path) -> None:
     """SIGTERM while 8 clients send: every accepted request is answered, new ones are refused."""
     srv = ProcessServer(

@@ -127,6 +127,8 @@ def model_card(folder: Path, info: dict[str, Any], runtime_name: str) -> dict[st
         "labels": info.get("labels"),
         "max_length": int(info.get("max_length", 128)),
         "pair": bool(info.get("text_pair_column")) or info["task"] == "pair-classification",
+        # Column names of the training data: `tailor predict --url` reads files with them.
+        "columns": {"text": info.get("text_column"), "text_pair": info.get("text_pair_column")},
     }
 
 

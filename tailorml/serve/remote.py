@@ -17,8 +17,9 @@ def predict_remote(
 
     with Client(url, api_key=api_key or os.environ.get(ENV_API_KEY)) as client:
         card = client.model()
-        pair_column = "text_pair" if card.get("pair") else None
-        rows = read_inputs(source, text_column or "text", pair_column)
+        cols = card.get("columns") or {}
+        pair_column = (cols.get("text_pair") or "text_pair") if card.get("pair") else None
+        rows = read_inputs(source, text_column or cols.get("text") or "text", pair_column)
         texts = [r["text"] for r in rows]
         pairs = [r["text_pair"] for r in rows] if pair_column else None
         for row, pred in zip(rows, client.iter_predict(texts, pairs), strict=True):
