@@ -294,7 +294,12 @@ def _ratio(a: dict[str, Any], b: dict[str, Any]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", required=True, help="Folder tailor serves (compressed or fp32).")
+    ap.add_argument("--model", help="Folder tailor serves (compressed or fp32).")
+    ap.add_argument(
+        "--run",
+        help="Run folder: serve the variant compression.json chose (else RUN/model), and use "
+        "RUN/model for the pipeline peer. Decided when the benchmark starts.",
+    )
     ap.add_argument("--baseline-model", help="fp32 HF folder for the pipeline peer.")
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=1, help="Runs per system and level (median).")
@@ -310,6 +315,19 @@ def main() -> None:
     ap.add_argument("--logdir", default="/tmp/tailorml-serve-load")
     args = ap.parse_args()
 
+    source = "--model"
+    if args.run:
+        run = Path(args.run)
+        args.baseline_model = args.baseline_model or str(run / "model")
+        comp = run / "compression.json"
+        chosen = json.loads(comp.read_text()).get("chosen_path") if comp.is_file() else None
+        if chosen and Path(chosen).is_dir():
+            args.model, source = chosen, f"chosen in {comp}"
+        else:
+            args.model, source = str(run / "model"), "fp32 (no chosen variant in compression.json)"
+    if not args.model:
+        raise SystemExit("give --model or --run")
+    print(f"serving {args.model} ({source}); pipeline peer on {args.baseline_model}", flush=True)
     texts = read_texts(Path(args.texts))
     levels = [int(c) for c in args.concurrency.split(",")]
     logdir = Path(args.logdir)
@@ -317,6 +335,7 @@ def main() -> None:
     systems = args.systems.split(",")
     results: dict[str, Any] = {
         "model": args.model,
+        "model_source": source,
         "baseline_model": args.baseline_model,
         "requests": args.requests,
         "threads": args.threads,
