@@ -529,3 +529,42 @@ def test_workers_client_and_predict_url(cls_model: Path, tmp_path: Path) -> None
     log = srv.output()
     assert log.count("Application startup complete") == 2, log
     assert log.count("drained:") == 2, log
+
+
+@pytest.mark.slow
+def test_real_minilm_batched_equals_direct(tmp_path: Path) -> None:
+    """The packaged MiniLM (fresh 3-way head) on real tweets: batched, length-sorted answers from
+    32 concurrent clients equal one direct call per text."""
+    import csv
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tailorml.models.base import packaged_minilm_path
+
+    base = packaged_minilm_path()
+    labels = ["Bearish", "Bullish", "Neutral"]
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(base), num_labels=3, id2label=dict(enumerate(labels))
+    )
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(folder)
+    task = {"task": "classification", "labels": labels, "max_length": 64}
+    (folder / "task.json").write_text(json.dumps(task))
+    with (REPO / "data/twitter_fin_sentiment/sent_valid.csv").open(encoding="utf-8") as fh:
+        texts = [r["text"] for r in csv.DictReader(fh)][:96]
+    pred = load_predictor(folder, threads=2)
+    expected = [softmax(direct(pred, [t]))[0] for t in texts]
+    with ThreadServer(pred, max_batch_size=32, max_wait_ms=10, threads=2) as srv:
+
+        def one(i: int) -> list[float]:
+            r = httpx.post(srv.url + "/v1/predict", json={"inputs": [texts[i]]}, timeout=60)
+            assert r.status_code == 200, r.text
+            return [r.json()["predictions"][0]["scores"][lab] for lab in labels]
+
+        with ThreadPoolExecutor(32) as pool:
+            got = list(pool.map(one, range(len(texts))))
+        batches = _metric(httpx.get(srv.url + "/metrics").text, "tailorml_batch_size_count")
+    assert batches < len(texts)
+    for g, e in zip(got, expected, strict=True):
+        assert g == pytest.approx(e.tolist(), abs=1e-4)
