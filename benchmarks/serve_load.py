@@ -308,7 +308,7 @@ def main() -> None:
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--texts", default=str(REPO / "data/twitter_fin_sentiment/sent_valid.csv"))
-    ap.add_argument("--systems", default="batching,no-batching,pipeline")
+    ap.add_argument("--systems", default="batching,no-batching,pipeline,batching-fp32")
     ap.add_argument("--drain-seconds", type=float, default=6.0)
     ap.add_argument("--no-drain", action="store_true")
     ap.add_argument("--out", help="Write all results as JSON here.")
@@ -358,6 +358,12 @@ def main() -> None:
                 )
             elif name == "no-batching":
                 cmd = tailor_cmd(args.model, port, args.threads, 1, 0)
+            elif name == "batching-fp32":  # separates the serving gain from the compression gain
+                if not args.baseline_model or args.baseline_model == args.model:
+                    continue
+                cmd = tailor_cmd(
+                    args.baseline_model, port, args.threads, args.max_batch_size, args.max_wait_ms
+                )
             elif name == "pipeline":
                 if not args.baseline_model:
                     print("  pipeline: skipped (no --baseline-model)")
@@ -405,6 +411,9 @@ def main() -> None:
         if "batching" in sysr and "pipeline" in sysr:
             r = _ratio(sysr["batching"][i], sysr["pipeline"][i])
             parts.append(f"batching/pipeline {r:.2f}x")
+        if "batching-fp32" in sysr and "pipeline" in sysr:
+            r = _ratio(sysr["batching-fp32"][i], sysr["pipeline"][i])
+            parts.append(f"batching-fp32/pipeline {r:.2f}x")
         print(f"  c={c}: " + ", ".join(parts))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
