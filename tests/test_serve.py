@@ -267,7 +267,9 @@ def test_batcher_sorts_by_length_and_keeps_order() -> None:
     from tailorml.serve.batcher import MicroBatcher, plan_groups
 
     # Long inputs are not padded together with short ones.
-    assert plan_groups([5, 100, 6, 5, 7, 98, 5, 99, 101, 6]) == [[0, 3, 6, 2, 9, 4], [5, 7, 1, 8]]
+    lengths = [5, 100, 6, 5, 7, 98, 5, 99, 101, 6]
+    assert plan_groups(lengths) == [[0, 3, 6], [2, 9], [4], [5, 7, 1, 8]]
+    assert plan_groups(lengths, max_waste=0.3, min_group=4) == [[0, 3, 6, 2, 9, 4], [5, 7, 1, 8]]
     assert plan_groups([10] * 7) == [list(range(7))]
     calls: list[list[str]] = []
 
