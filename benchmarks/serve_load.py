@@ -288,6 +288,45 @@ def drain_check(args: argparse.Namespace, texts: list[str], logdir: Path) -> dic
     return out
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The results as the table in docs/benchmarks-serve.md."""
+    sysr = results["systems"]
+    lines = [
+        "| system | model | concurrency | req/s | p50 ms | p99 ms | errors | mean batch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    served = Path(results["model"]).name
+    base = Path(results["baseline_model"] or "").name
+    for name, rows in sysr.items():
+        model = base if name in ("pipeline", "batching-fp32") else served
+        for r in rows:
+            mb = f"{r['mean_batch']:.1f}" if r.get("mean_batch") else "-"
+            lines.append(
+                f"| {name} | {model} | {r['concurrency']} | {r['throughput_rps']:.1f} | "
+                f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {mb} |"
+            )
+    if "batching" in sysr:
+        lines += ["", "| concurrency | batching / no-batching | batching / pipeline | "
+                  "batching-fp32 / pipeline |", "|---|---|---|---|"]  # fmt: skip
+        for i, r in enumerate(sysr["batching"]):
+            cells = []
+            for other, mine in (("no-batching", "batching"), ("pipeline", "batching"),
+                                ("pipeline", "batching-fp32")):  # fmt: skip
+                ok = other in sysr and mine in sysr
+                cells.append(f"{_ratio(sysr[mine][i], sysr[other][i]):.2f}x" if ok else "-")
+            lines.append(f"| {r['concurrency']} | " + " | ".join(cells) + " |")
+    if "drain" in results:
+        d = results["drain"]
+        lines += [
+            "",
+            f"SIGTERM under load (32 clients): server accepted {d['server_accepted']}, answered "
+            f"{d['server_answered']} (dropped: {d['dropped']}); clients got {d['client_ok']} x 200 "
+            f"and {d['client_http_errors']} HTTP errors; {d['refused_after_sigterm']} attempts "
+            "after the socket closed were refused.",
+        ]
+    return "\n".join(lines)
+
+
 def _ratio(a: dict[str, Any], b: dict[str, Any]) -> float:
     return a["throughput_rps"] / b["throughput_rps"] if b["throughput_rps"] else float("inf")
 
@@ -415,9 +454,11 @@ def main() -> None:
             r = _ratio(sysr["batching-fp32"][i], sysr["pipeline"][i])
             parts.append(f"batching-fp32/pipeline {r:.2f}x")
         print(f"  c={c}: " + ", ".join(parts))
+    print("\n" + markdown(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        Path(args.out).with_suffix(".md").write_text(markdown(results) + "\n")
+        print(f"wrote {args.out} and its .md table")
 
 
 if __name__ == "__main__":
