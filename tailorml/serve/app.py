@@ -197,6 +197,7 @@ class Gate:
                 return
             await self.app(scope, self._limited(receive, status), send_wrapped)
         except _BodyTooLarge:
+            status["too_large"] = False
             if not status["started"]:
                 await self._json(413, "too_large", self._body_message(), send_wrapped)
         except Exception:
