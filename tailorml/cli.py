@@ -196,12 +196,6 @@ def predict(
         _fail(exc)
 
 
-# `tailor serve` lives in tailorml/serve/cli.py.
-from tailorml.serve.cli import serve as _serve  # noqa: E402
-
-app.command("serve")(_serve)
-
-
 def _write_jsonl(items: Any, output: Path | None) -> None:
     if output is None:
         for item in items:
@@ -213,6 +207,12 @@ def _write_jsonl(items: Any, output: Path | None) -> None:
         for item in items:
             fh.write(json.dumps(item, ensure_ascii=False) + "\n")
     tmp.replace(output)
+
+
+# `tailor serve` lives in tailorml/serve/cli.py.
+from tailorml.serve.cli import serve as _serve  # noqa: E402
+
+app.command("serve")(_serve)
 
 
 def main() -> None:
