@@ -194,14 +194,29 @@ def predict(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="JSONL out.")] = None,
     top_k: Annotated[int, typer.Option(help="Scores of the k best labels.")] = 3,
     text_column: Annotated[str | None, typer.Option(help="Column with the text.")] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Ask a `tailor serve` service instead of loading a model.")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="API key for --url (or $TAILORML_API_KEY).", show_default=False),
+    ] = None,
 ) -> None:
     """Predict labels for texts; writes JSONL (input, label, score, top_k)."""
     from tailorml.recipes.predict import default_columns, predict_rows, read_inputs
 
+    if url is not None:
+        from tailorml.serve.remote import predict_remote
+
+        try:
+            _write_jsonl(predict_remote(url, api_key, input, top_k, text_column), output)
+        except TailorError as exc:
+            _fail(exc)
+        return
     if run_dir is None:
         from tailorml.train.progress import console
 
-        console.print("[red]error:[/] give a RUN_DIR (or a model folder).")
+        console.print("[red]error:[/] give a RUN_DIR (or a model folder), or --url.")
         raise typer.Exit(2)
     try:
         col, pair = default_columns(run_dir)
@@ -274,6 +289,12 @@ def _write_jsonl(items: Any, output: Path | None) -> None:
         for item in items:
             fh.write(json.dumps(item, ensure_ascii=False) + "\n")
     tmp.replace(output)
+
+
+# `tailor serve` lives in tailorml/serve/cli.py.
+from tailorml.serve.cli import serve as _serve  # noqa: E402
+
+app.command("serve")(_serve)
 
 
 def main() -> None:

@@ -1,0 +1,116 @@
+"""Real servers on 127.0.0.1 for the serving tests: in a thread (fast) or as `tailor serve`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .conftest import REPO
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ThreadServer:
+    """uvicorn serving `create_app(settings, predictor)` in a background thread."""
+
+    def __init__(self, predictor: Any, **settings: Any):
+        import uvicorn
+
+        from tailorml.serve.app import create_app
+        from tailorml.serve.settings import ServeSettings
+
+        self.port = free_port()
+        self.settings = ServeSettings(
+            model=str(predictor.folder), port=self.port, **{"threads": 1, **settings}
+        )
+        config = uvicorn.Config(
+            create_app(self.settings, predictor=predictor),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.time() + 60
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+class ProcessServer:
+    """`python -m tailorml.cli serve ...` as a child process, output captured in a log file."""
+
+    def __init__(self, folder: Path, log: Path, *args: str, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.cmd = [
+            sys.executable, "-m", "tailorml.cli", "serve", str(folder),
+            "--port", str(self.port), *args,
+        ]  # fmt: skip
+        self.env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ProcessServer:
+        self.fh = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=REPO, stdout=self.fh, stderr=subprocess.STDOUT, env=self.env
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text(errors='replace')}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server not ready: {self.log.read_text(errors='replace')}")
+
+    def terminate(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.fh.close()
+        return rc
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
