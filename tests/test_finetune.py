@@ -310,3 +310,20 @@ def test_load_predictor_matches_the_trained_model(cls_config: dict[str, Any]) ->
     assert [f["label"] for f in formatted] == [
         model.config.id2label[int(i)] for i in want.argmax(-1)
     ]
+
+
+def test_gradient_accumulation_matches_one_big_batch(
+    tmp_path: Path, cls_data: dict[str, Path]
+) -> None:
+    """batch_size is per optimizer step: 2 micro-batches of 8 make the same update as one of 16."""
+    weights = []
+    for accum in (1, 2):
+        raw = tiny_config(tmp_path / f"acc{accum}", data={k: str(v) for k, v in cls_data.items()})
+        raw["train"].update(max_steps=6, grad_accum_steps=accum, eval_every_steps=6)
+        finetune(cfg_of(raw))
+        weights.append(
+            load_file(str(tmp_path / f"acc{accum}" / "run" / "model" / "model.safetensors"))
+        )
+    a, b = weights
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-4, worst
