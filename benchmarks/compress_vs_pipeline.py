@@ -47,7 +47,7 @@ def main() -> None:
     quiet_transformers()
     torch.set_num_threads(args.threads)
     comp = json.loads((args.run_dir / "compression.json").read_text())
-    variant = args.variant or comp["chosen"]
+    variant = args.variant or next(v["name"] for v in comp if v["chosen"])
     folder = args.run_dir / "model" if variant == "fp32" else args.run_dir / "compressed" / variant
     inp = check_inputs(args.run_dir, CompressOptions(variants=["onnx-fp32"]))
     texts = latency_texts(inp.eval.texts, args.texts)

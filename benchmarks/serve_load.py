@@ -359,7 +359,8 @@ def main() -> None:
         run = Path(args.run)
         args.baseline_model = args.baseline_model or str(run / "model")
         comp = run / "compression.json"
-        chosen = json.loads(comp.read_text()).get("chosen_path") if comp.is_file() else None
+        entries = json.loads(comp.read_text()) if comp.is_file() else []
+        chosen = next((e.get("path") for e in entries if e.get("chosen")), None)
         if chosen and Path(chosen).is_dir():
             args.model, source = chosen, f"chosen in {comp}"
         else:

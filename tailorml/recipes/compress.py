@@ -3,7 +3,7 @@
     check input -> fp32 reference (accuracy, logits) -> build each variant in a temp folder
     (quantize / export / prune + recovery fine-tune / distill) -> parity + accuracy -> publish
     -> time every variant, interleaved -> choose the fastest within the accuracy budget
-    -> RUN_DIR/compression.json, compression.md, compression.png
+    -> RUN_DIR/compression.json (list of variants), compression_summary.json, compression.md, .png
 
 Every variant folder RUN_DIR/compressed/<variant>/ runs on its own with
 `tailorml.runtimes.load_predictor` (ONNX variants need only onnxruntime and the tokenizer).
@@ -642,7 +642,12 @@ def _machine() -> str:
 def _write_outputs(run: Path, result: dict[str, Any]) -> None:
     from tailorml.compress.report import plot, write_markdown
 
-    atomic_json(run / "compression.json", result)
+    # compression.json is the list of variants (each with `chosen`); the run-level summary
+    # (choice, message, machine, tolerances) sits beside it.
+    atomic_json(run / "compression.json", result["variants"])
+    atomic_json(
+        run / "compression_summary.json", {k: v for k, v in result.items() if k != "variants"}
+    )
     md = run / "compression.md.tmp"
     write_markdown(md, result)
     md.replace(run / "compression.md")
