@@ -48,6 +48,11 @@ def time_predictor(
     """Per-request latency at batch 1 over every sampled text, `repeats` times; per-batch latency
     at batch `batch` over the same texts, `repeats` times. Warm-up calls are not timed."""
 
+    if len(texts) < batch:  # fewer sampled texts than one batch: cycle them to fill it
+        reps = batch // len(texts) + 1
+        texts = (texts * reps)[:batch] if len(texts) < batch else texts
+        pairs = (pairs * reps)[:batch] if pairs is not None else None
+
     def call(i: int, j: int) -> None:
         predictor.predict(texts[i:j], pairs[i:j] if pairs is not None else None)
 

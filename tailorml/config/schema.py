@@ -55,7 +55,9 @@ class DataConfig(_Section):
         "error", description="`error` stops on the first bad rows; `skip` drops and counts them."
     )
     limit: int | None = Field(
-        None, ge=1, description="Use only the first N rows of each file (quick experiments)."
+        None,
+        ge=1,
+        description="Use only the first N rows of each file (beware files sorted by label).",
     )
 
 
