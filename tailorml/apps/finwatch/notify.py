@@ -25,16 +25,7 @@ log = logging.getLogger("tailorml.finwatch")
 
 
 def alert_payload(conn: Any, row: Any) -> dict[str, Any]:
-    ids = json.loads(row.event_ids)
-    evs = (
-        conn.execute(
-            sa.select(store.events.c.id, store.events.c.ts, store.events.c.text)
-            .where(store.events.c.id.in_(ids))
-            .order_by(store.events.c.ts)
-        ).all()
-        if ids
-        else []
-    )
+    evs = store.alert_events(conn, row.event_ids)
     iso = datetime.fromtimestamp(row.window_start, UTC).isoformat()
     end = datetime.fromtimestamp(row.window_start + row.window_s, UTC).isoformat()
     return {

@@ -75,16 +75,7 @@ def create_app(cfg: FinwatchConfig, engine: Engine, watcher: Watcher | None = No
             ).all()
             out = []
             for r in rows:
-                ids = json.loads(r.event_ids)
-                evs = (
-                    conn.execute(
-                        sa.select(store.events.c.id, store.events.c.ts, store.events.c.text)
-                        .where(store.events.c.id.in_(ids))
-                        .order_by(store.events.c.ts)
-                    ).all()
-                    if ids
-                    else []
-                )
+                evs = store.alert_events(conn, r.event_ids)
                 out.append(
                     {
                         "id": r.pk,

@@ -287,3 +287,14 @@ def counts(engine: Engine) -> dict[str, int]:
                 conn.execute(sa.select(sa.func.count()).select_from(alerts)).scalar() or 0
             ),
         }
+
+
+def alert_events(conn: Any, event_ids_json: str) -> list[Any]:
+    """The events behind an alert (its `event_ids` column), oldest first."""
+    import json
+
+    ids = json.loads(event_ids_json)
+    if not ids:
+        return []
+    stmt = sa.select(events.c.id, events.c.ts, events.c.text).where(events.c.id.in_(ids))
+    return list(conn.execute(stmt.order_by(events.c.ts)).all())
