@@ -166,6 +166,9 @@ def evaluate(
     skip_bad_rows: Annotated[bool, typer.Option(help="Skip and count bad rows.")] = False,
     text_column: Annotated[str | None, typer.Option(help="Override the text column.")] = None,
     label_column: Annotated[str | None, typer.Option(help="Override the label column.")] = None,
+    head: Annotated[
+        str | None, typer.Option(help="Multi-task models: the head whose labels the file has.")
+    ] = None,
 ) -> None:
     """Score a fine-tuned model on a labeled file and print its metrics."""
     from tailorml.recipes.evaluate import evaluate_file, save_json
@@ -177,6 +180,7 @@ def evaluate(
             on_bad_rows="skip" if skip_bad_rows else "error",
             text_column=text_column,
             label_column=label_column,
+            head=head,
         )
     except TailorError as exc:
         _fail(exc)

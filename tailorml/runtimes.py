@@ -14,6 +14,8 @@ either
 
 `load_predictor(folder)` picks the runtime; `predictor.predict(texts, pairs)` returns logits as
 a numpy array (batch, num_labels), and `predictor.format(logits)` the labelled predictions.
+A multi-task folder (`"task": "multitask"`, see `tailorml.models.heads`) is an ordinary classifier
+whose logit columns are split into heads: `predict` returns all columns, `format` labels each head.
 """
 
 from __future__ import annotations
@@ -74,15 +76,53 @@ class Predictor:
         """Logits (batch, num_labels) for a batch of texts."""
         return self._run(self.encode(texts, pairs))
 
+    def predict_sorted(
+        self, texts: list[str], chunk: int = 8, pool: Any = None, pairs: list[str] | None = None
+    ) -> np.ndarray:
+        """Logits for many texts, computed in chunks of texts of similar length.
+
+        A batch is padded to its longest text, and on a CPU the padding costs as much as real
+        tokens: sorting by length and running chunks of `chunk` texts keeps padding near zero.
+        With a thread pool (`concurrent.futures.Executor`) the chunks run side by side (torch and
+        onnxruntime release the GIL; give the predictor one thread per worker)."""
+        if not texts:
+            return np.zeros((0, len(self.labels or []) or 1), dtype=np.float32)
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
+        ids: list[list[int]] = enc["input_ids"]
+        types: list[list[int]] | None = enc.get("token_type_ids")
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        parts = [order[i : i + chunk] for i in range(0, len(order), chunk)]
+
+        def run(rows: np.ndarray) -> np.ndarray:
+            width = max(len(ids[r]) for r in rows)
+            pad = self.tokenizer.pad_token_id or 0
+            batch = {
+                "input_ids": np.full((len(rows), width), pad, dtype=np.int64),
+                "attention_mask": np.zeros((len(rows), width), dtype=np.int64),
+            }
+            if types is not None:
+                batch["token_type_ids"] = np.zeros((len(rows), width), dtype=np.int64)
+            for j, r in enumerate(rows):
+                n = len(ids[r])
+                batch["input_ids"][j, :n] = ids[r]
+                batch["attention_mask"][j, :n] = 1
+                if types is not None:
+                    batch["token_type_ids"][j, :n] = types[r]
+            return self._run(batch)
+
+        outs = list(pool.map(run, parts)) if pool is not None else [run(p) for p in parts]
+        logits = np.concatenate(outs)
+        result = np.empty_like(logits)
+        result[order] = logits
+        return result
+
     def _run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
     def format(self, logits: np.ndarray, top_k: int = 3) -> list[dict[str, Any]]:
-        from tailorml.recipes.predict import format_predictions
+        from tailorml.recipes.predict import format_for
 
-        return format_predictions(
-            self.task, logits, self.labels, top_k, self.info.get("multilabel_threshold", 0.5)
-        )
+        return format_for(self.info, logits, top_k)
 
 
 class TorchPredictor(Predictor):

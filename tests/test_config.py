@@ -20,8 +20,11 @@ def test_every_bundled_config_parses(path: Path) -> None:
     if "finwatch" in raw or raw.get("kind"):  # app configs are parsed by their own tests
         pytest.skip("not a run config")
     cfg = load_config(path)
-    assert cfg.data.train is not None
-    assert (REPO / cfg.data.train).is_file(), f"{path.name} names a missing train file"
+    for name, view in cfg.head_views().items():  # one view, or one per head (multi-task)
+        for split in ("train", "eval", "test"):
+            file = getattr(view.data, split)
+            assert split != "train" or file is not None, f"{path.name} {name}: no train file"
+            assert file is None or (REPO / file).is_file(), f"{path.name} names missing {file}"
 
 
 def test_overrides_are_typed() -> None:

@@ -181,38 +181,59 @@ TOPIC_NAMES = ["Earnings", "Macro", "IPO"]
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny topic model and a tiny sentiment model, fine-tuned once per session (~3 s each)."""
+    """A tiny topic model, a tiny sentiment model, and one tiny multi-task model with both
+    heads, each fine-tuned once per session (a few seconds each)."""
     from tailorml.config.load import validate_mapping
     from tailorml.recipes.finetune import finetune
 
     out = {}
+    names = dict(zip(["negative", "neutral", "positive"], TOPIC_NAMES, strict=True))
+    files = {}
     for head in ("topic", "sentiment"):
         tmp = tmp_path_factory.mktemp(f"fw-{head}")
         rows = make_rows(240, 0)
         if head == "topic":
-            names = dict(zip(["negative", "neutral", "positive"], TOPIC_NAMES, strict=True))
             rows = [{"text": r["text"], "label": names[r["label"]]} for r in rows]
-        raw = tiny_config(tmp, data={"train": str(write_csv(tmp / "train.csv", rows))})
+        files[head] = str(write_csv(tmp / "train.csv", rows))
+        raw = tiny_config(tmp, data={"train": files[head]})
         cfg, problems = validate_mapping(raw)
         assert cfg is not None, problems
         finetune(cfg)
         out[head] = tmp / "run" / "model"
+    tmp = tmp_path_factory.mktemp("fw-multitask")
+    raw = tiny_config(tmp)
+    del raw["data"], raw["task"]
+    raw["heads"] = {h: {"data": {"train": f, "max_length": 32}} for h, f in files.items()}
+    cfg, problems = validate_mapping(raw)
+    assert cfg is not None, problems
+    finetune(cfg)
+    out["multitask"] = tmp / "run" / "model"
     return out
 
 
-def test_model_scorer_scores_in_micro_batches(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["multitask", "two-models"])
+def test_model_scorer_scores_in_micro_batches(
+    tiny_models: dict[str, Path], tmp_path: Path, layout: str
+) -> None:
     import random
 
-    c = FinwatchConfig(
-        db=f"sqlite:///{tmp_path / 'm.db'}",
-        batch_size=16,
-        models={"topic": tiny_models["topic"], "sentiment": tiny_models["sentiment"], "threads": 1},
-    )
+    models: dict[str, Any] = {"threads": 2, "chunk_size": 4}
+    if layout == "multitask":
+        models["model"] = tiny_models["multitask"]
+    else:
+        models.update(topic=tiny_models["topic"], sentiment=tiny_models["sentiment"])
+    c = FinwatchConfig(db=f"sqlite:///{tmp_path / 'm.db'}", batch_size=16, models=models)
     scorer = ModelScorer(c.models)
     assert sorted(scorer.topics) == sorted(TOPIC_NAMES)
     calls: list[int] = []
-    orig = scorer.topic.predict
-    scorer.topic.predict = lambda texts, pairs=None: calls.append(len(texts)) or orig(texts)  # type: ignore[method-assign]
+    pred = scorer.multi if layout == "multitask" else scorer.topic
+    orig = pred.predict_sorted
+    pred.predict_sorted = lambda texts, chunk=8, pool=None: (
+        calls.append(len(texts))
+        or orig(  # type: ignore[method-assign]
+            texts, chunk, pool
+        )
+    )
     w = Watcher(c, store.make_engine(c.db), scorer).open()
     rng = random.Random(0)
     evs = []

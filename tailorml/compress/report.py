@@ -56,6 +56,21 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         "|" + "|".join("---" for _ in head) + "|",
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows(result["variants"])]
+    heads = [n for n in (result["variants"][0].get("heads") or {})]
+    if heads:  # a multi-task model: accuracy above is the mean of the heads'
+        lines += [
+            "",
+            "Multi-task model: `accuracy` and `macro F1` above are the means over the heads; "
+            "`agree` is the lowest head's. Per head:",
+            "",
+            "| variant | " + " | ".join(f"{h} acc | {h} macro F1" for h in heads) + " |",
+            "|---|" + "---:|---:|" * len(heads),
+        ]
+        for v in result["variants"]:
+            cells = [
+                f"{v['heads'][h]['accuracy']:.4f} | {v['heads'][h]['macro_f1']:.4f}" for h in heads
+            ]
+            lines.append(f"| {v['name']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         result["message"],

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tailorml.config.schema import RunConfig, cross_field_problems
+from tailorml.config.schema import HeadConfig, RunConfig, cross_field_problems
 from tailorml.errors import ConfigError
 
 
@@ -137,7 +137,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    # A multi-task config keeps data and task under its heads; the unused top-level defaults are
+    # left out so that the dump reads (and re-loads) as the user wrote it.
+    exclude = {"data", "task"} if cfg.heads is not None else {"heads"}
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude=exclude), sort_keys=False)
 
 
 def schema_lines() -> list[tuple[str, str, str, str]]:
@@ -156,4 +159,5 @@ def schema_lines() -> list[tuple[str, str, str, str]]:
             rows.append((prefix + name, type_name, repr(default), field.description or ""))
 
     walk(RunConfig, "")
+    walk(HeadConfig, "heads.<name>.")
     return rows

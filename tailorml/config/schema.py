@@ -6,6 +6,7 @@ so keep it to one line that a user can act on.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -126,6 +127,12 @@ class TrainConfig(_Section):
     log_every_steps: int = Field(10, ge=1, description="Log loss and lr every N steps.")
 
 
+class HeadConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
+    task: TaskConfig = Field(default_factory=TaskConfig)  # type: ignore[arg-type]
+    loss_weight: float = Field(1.0, gt=0, description="Weight of this head's loss in the sum.")
+
+
 class RunConfig(_Section):
     name: str = Field("run", description="Name of the run (used in reports).")
     output_dir: Path = Field(Path("runs/run"), description="Run folder to write.")
@@ -133,6 +140,25 @@ class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)  # type: ignore[arg-type]
     task: TaskConfig = Field(default_factory=TaskConfig)  # type: ignore[arg-type]
     train: TrainConfig = Field(default_factory=TrainConfig)  # type: ignore[arg-type]
+    heads: dict[str, HeadConfig] | None = Field(
+        None,
+        description="Multi-task: one shared encoder, one head per entry (own data and task); "
+        "replaces top-level data/task.",
+    )
+
+    @property
+    def multitask(self) -> bool:
+        return self.heads is not None
+
+    def head_views(self) -> dict[str, RunConfig]:
+        """name -> a single-task view of this config (its data and task, shared model/train).
+        A single-task config is one head named ``""``."""
+        if self.heads is None:
+            return {"": self}
+        return {
+            name: self.model_copy(update={"data": h.data, "task": h.task, "heads": None})
+            for name, h in self.heads.items()
+        }
 
 
 def _get(raw: dict, dotted: str, default: object = None) -> object:
@@ -150,20 +176,40 @@ def cross_field_problems(raw: dict) -> list[str]:
     out: list[str] = []
     if _get(raw, "train.warmup_steps") is not None and _get(raw, "train.warmup_ratio") is not None:
         out.append("Both `train.warmup_steps` and `train.warmup_ratio` are set. Choose one.")
-    task = _get(raw, "task.type", "classification")
-    if task == "pair-classification" and not _get(raw, "data.text_pair_column"):
-        out.append(
-            "`task.type` is pair-classification but `data.text_pair_column` is not set. "
-            "Name the column that holds the second text."
-        )
-    if _get(raw, "data.label_names") is not None and task == "regression":
-        out.append("`data.label_names` is set but `task.type` is regression. Remove label_names.")
+    heads = _get(raw, "heads")
+    views: dict[str, dict] = {"": raw}
+    if isinstance(heads, dict):
+        views = {f"heads.{k}.": v for k, v in heads.items() if isinstance(v, dict)}
+        if not heads:
+            out.append("`heads` is empty. Give at least one head, or remove `heads`.")
+        for name in heads:
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
+                out.append(
+                    f"`heads.{name}`: head names may hold letters, digits, `_` and `-` only."
+                )
+        if _get(raw, "data.train"):
+            out.append(
+                "`data.train` is set at the top level and `heads` is set too. In a multi-task "
+                "config each head has its own data: move it under `heads.<name>.data`."
+            )
+    for prefix, view in views.items():
+        task = _get(view, "task.type", "classification")
+        if task == "pair-classification" and not _get(view, "data.text_pair_column"):
+            out.append(
+                f"`{prefix}task.type` is pair-classification but `{prefix}data.text_pair_column` "
+                "is not set. Name the column that holds the second text."
+            )
+        if _get(view, "data.label_names") is not None and task == "regression":
+            out.append(
+                f"`{prefix}data.label_names` is set but `{prefix}task.type` is regression. "
+                "Remove label_names."
+            )
+        if not _get(view, "data.train"):
+            out.append(f"`{prefix}data.train` is not set. Give the path of the training file.")
     bs, acc = _get(raw, "train.batch_size", 32), _get(raw, "train.grad_accum_steps", 1)
     if isinstance(bs, int) and isinstance(acc, int) and acc > 0 and bs % acc:
         out.append(
             f"`train.batch_size` ({bs}) is not divisible by `train.grad_accum_steps` ({acc}). "
             "Pick values that divide."
         )
-    if not _get(raw, "data.train"):
-        out.append("`data.train` is not set. Give the path of the training file.")
     return out

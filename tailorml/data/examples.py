@@ -32,6 +32,18 @@ class Examples:
     def __len__(self) -> int:
         return len(self.texts)
 
+    @staticmethod
+    def concat(parts: list[Examples], source: str) -> Examples:
+        """Several sets one after the other (e.g. the heads' eval splits of a multi-task run)."""
+        has_pairs = any(p.pairs is not None for p in parts)
+        return Examples(
+            [t for p in parts for t in p.texts],
+            [x for p in parts for x in (p.pairs or [""] * len(p))] if has_pairs else None,
+            [y for p in parts for y in p.labels],
+            source,
+            [n for p in parts for n in p.lines],
+        )
+
     def subset(self, idx: list[int] | np.ndarray, source: str) -> Examples:
         idx = [int(i) for i in idx]
         return Examples(

@@ -19,7 +19,9 @@ def _plt() -> Any:
     return plt
 
 
-def plot_curves(run_dir: Path, plots: Path, task: str) -> list[str]:
+def plot_curves(
+    run_dir: Path, plots: Path, task: str, metric_names: list[str] | None = None
+) -> list[str]:
     rows = read_metrics(run_dir)
     made: list[str] = []
     train = [r for r in rows if r["split"] == "train" and "loss" in r]
@@ -41,7 +43,8 @@ def plot_curves(run_dir: Path, plots: Path, task: str) -> list[str]:
     fig.savefig(plots / "loss.png", dpi=110)
     plt.close(fig)
     made.append("loss.png")
-    names = [m for m in SCALARS[task] if m != "loss" and ev and m in ev[0]]
+    wanted = metric_names if metric_names is not None else SCALARS[task]
+    names = [m for m in wanted if m != "loss" and ev and m in ev[0]]
     if ev and names:
         fig, ax = plt.subplots(figsize=(7, 4))
         for m in names:
@@ -169,6 +172,59 @@ def write_report(run_dir: Path, cfg: RunConfig, results: dict[str, Any], splits:
         lines += [f"![{m}](plots/{m})" for m in made]
     for note in splits.notes:
         lines.append(f"\n_Note: {note}_")
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_multitask_report(
+    run_dir: Path, cfg: RunConfig, results: dict[str, Any], splits: dict[str, Any]
+) -> Path:
+    """report.md of a multi-task run: curves of every head's metrics, then per head its
+    metrics table, confusion matrix and per-class scores on the test split."""
+    assert cfg.heads is not None
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    curve_names = sorted(k for k in results["eval"] if k != "heads" and k != "loss")
+    made = plot_curves(run_dir, plots, "", curve_names)
+    tr = results["train"]
+    lines = [
+        f"# Run report: {cfg.name}",
+        "",
+        f"- multi-task: one `{cfg.model.base}` encoder, heads "
+        + ", ".join(f"**{n}** ({h.task.type})" for n, h in cfg.heads.items()),
+        f"- steps: {tr['steps']}, best step: {tr['best_step']} (by eval {tr['metric_for_best']}),"
+        f" stopped by: {tr['stopped_by']}",
+        "",
+    ]
+    lines += [f"![{m}](plots/{m})" for m in made]
+    for name, head in cfg.heads.items():
+        task = head.task.type
+        sp = splits[name]
+        keys = list(SCALARS[task])
+        lines += [
+            "",
+            f"## Head `{name}` ({task})",
+            "",
+            f"train rows: {len(sp.train)}, eval rows: {len(sp.eval)}, test rows: {len(sp.test)}",
+            "",
+            "| split | " + " | ".join(keys) + " |",
+            "|---|" + "---:|" * len(keys),
+        ]
+        for split in ("eval", "test"):
+            m = results[split]["heads"][name]
+            lines.append(f"| {split} | " + " | ".join(_fmt(m[k]) for k in keys) + " |")
+        test = results["test"]["heads"][name]
+        if "confusion_matrix" in test:
+            file = f"confusion_matrix_{name}.png"
+            plot_confusion(test["confusion_matrix"], test["labels"], plots / file, f"{name}: test")
+            lines += ["", f"![{file}](plots/{file})"]
+        if test.get("per_class"):
+            file = f"per_class_{name}.png"
+            plot_per_class(test["per_class"], plots / file, f"{name}: per-class scores (test)")
+            lines += ["", f"![{file}](plots/{file})"]
+        for note in sp.notes:
+            lines.append(f"\n_Note ({name}): {note}_")
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

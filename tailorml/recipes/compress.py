@@ -31,6 +31,7 @@ from tailorml.compress.measure import all_logits, latency_texts, parity, quality
 from tailorml.compress.select import REFERENCE, accuracy_drop, choose
 from tailorml.data.examples import Examples
 from tailorml.errors import ConfigError, DataError, TailorError
+from tailorml.models.heads import MULTITASK, HeadSpec, head_specs
 from tailorml.train.progress import console
 
 VARIANTS = (
@@ -87,6 +88,38 @@ class RunInputs:
     cfg: Any  # RunConfig of the run (None when config.yaml is absent)
     variants: list[str]
     notes: list[str] = field(default_factory=list)
+    # The heads and their eval rows: one head on every row, or for a multi-task run each head on
+    # its own eval split (the eval examples are the heads' eval splits one after the other).
+    heads: list[tuple[HeadSpec, slice]] = field(default_factory=list)
+
+    @property
+    def multitask(self) -> bool:
+        return self.info.get("task") == MULTITASK
+
+    def quality(self, logits: Any) -> dict[str, Any]:
+        """accuracy and macro-F1; for several heads, each head's and their mean."""
+        per = {
+            h.name: quality(h.task, logits[rows, h.columns], self.eval.labels[rows], h.labels)
+            for h, rows in self.heads
+        }
+        if not self.multitask:
+            return per[""]
+        return {
+            "accuracy": sum(q["accuracy"] for q in per.values()) / len(per),
+            "macro_f1": sum(q["macro_f1"] for q in per.values()) / len(per),
+            "heads": per,
+        }
+
+    def parity(self, ref: Any, got: Any) -> dict[str, Any]:
+        """Drift from fp32; with several heads, agreement is the lowest head's."""
+        if not self.multitask:
+            return parity(ref, got)
+        per = {h.name: parity(ref[rows, h.columns], got[rows, h.columns]) for h, rows in self.heads}
+        return {
+            **parity(ref, got),
+            "agreement": min(p["agreement"] for p in per.values()),
+            "heads": per,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +161,26 @@ def check_inputs(run_dir: str | Path, opts: CompressOptions) -> RunInputs:
             "Give the folder `tailor finetune` wrote (its output_dir)."
         )
     info = read_task_json(model_dir)
-    if info.get("task") not in TASKS:
+    if info.get("task") == MULTITASK:
+        bad = [f"{h.name} ({h.task})" for h in head_specs(info) if h.task not in TASKS]
+        if bad:
+            raise ConfigError(
+                f"{run}: compress supports heads of type {' and '.join(TASKS)}; "
+                f"not {', '.join(bad)}."
+            )
+        trained = [v for v in variants if v in TRAINED or DEPENDS.get(v) in TRAINED]
+        if trained:
+            raise ConfigError(
+                f"{run} is a multi-task run: {', '.join(trained)} would retrain it, which "
+                "compress does for single-task runs only. Choose from torch-int8, onnx-fp32, "
+                "onnx-int8."
+            )
+        if opts.data is not None:
+            raise ConfigError(
+                f"--data: {run} is a multi-task run, measured on each head's eval split from "
+                "its config.yaml. Leave out --data."
+            )
+    elif info.get("task") not in TASKS:
         raise ConfigError(
             f"{run}: compress supports {' and '.join(TASKS)} runs; this one is "
             f"{info.get('task')!r}."
@@ -140,8 +192,19 @@ def check_inputs(run_dir: str | Path, opts: CompressOptions) -> RunInputs:
             f"{run} has no config.yaml, so there is no training data for {need}. Restore the "
             "run's config.yaml or choose --variants torch-int8,onnx-fp32,onnx-int8."
         )
-    ev = _eval_examples(run, info, cfg, opts)
-    return RunInputs(run, model_dir, info, ev, cfg, variants)
+    if info.get("task") == MULTITASK:
+        if cfg is None:
+            raise DataError(f"{run} has no config.yaml: the heads' eval splits cannot be found.")
+        parts = {n: _eval_examples(run, info, v, opts) for n, v in cfg.head_views().items()}
+        ev = Examples.concat(list(parts.values()), "+".join(str(p.source) for p in parts.values()))
+        heads, start = [], 0
+        for h in head_specs(info):
+            heads.append((h, slice(start, start + len(parts[h.name]))))
+            start += len(parts[h.name])
+    else:
+        ev = _eval_examples(run, info, cfg, opts)
+        heads = [(head_specs(info)[0], slice(0, len(ev)))]
+    return RunInputs(run, model_dir, info, ev, cfg, variants, heads=heads)
 
 
 def _run_config(run: Path) -> Any:
@@ -205,7 +268,7 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
     _step(1, steps, "fp32", "scoring the fp32 PyTorch model (the reference)")
     ref_pred = load_predictor(inp.model_dir, threads=opts.threads)
     ref_logits = all_logits(ref_pred, ev.texts, ev.pairs)
-    ref_q = quality(info["task"], ref_logits, ev.labels, info.get("labels"))
+    ref_q = inp.quality(ref_logits)
     entries: dict[str, dict[str, Any]] = {
         REFERENCE: {
             "name": REFERENCE,
@@ -245,8 +308,8 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
                     _publish_onnx(name, src, tmp, source, info, int8=True)
                 pred = load_predictor(tmp, threads=opts.threads)
                 logits = all_logits(pred, ev.texts, ev.pairs)
-                par = parity(ref_logits, logits)
-                entry = _entry(name, pred, tmp, info, logits, ev, par, notes)
+                par = inp.parity(ref_logits, logits)
+                entry = _entry(name, pred, tmp, inp.quality(logits), par, notes)
                 entry["build_s"] = round(time.perf_counter() - t0, 1)
                 atomic_json(tmp / "parity.json", _parity_doc(name, par, entry, run))
             del pred
@@ -551,13 +614,10 @@ def _entry(
     name: str,
     pred: Any,
     folder: Path,
-    info: dict[str, Any],
-    logits: Any,
-    ev: Examples,
-    par: dict[str, float],
+    q: dict[str, Any],
+    par: dict[str, Any],
     notes: dict[str, Any],
 ) -> dict[str, Any]:
-    q = quality(info["task"], logits, ev.labels, info.get("labels"))
     passed = True
     if name in ("torch-int8", "onnx-int8"):
         passed = par["agreement"] >= INT8_MIN_AGREEMENT

@@ -15,6 +15,7 @@ from tailorml.errors import ConfigError
 from tailorml.evaluate.inference import ordered, predict_logits
 from tailorml.evaluate.metrics import compute_metrics
 from tailorml.models.base import load_model_folder
+from tailorml.models.heads import MULTITASK
 
 
 def model_dir(run_dir: str | Path) -> Path:
@@ -56,9 +57,22 @@ def evaluate_file(
     on_bad_rows: str = "error",
     text_column: str | None = None,
     label_column: str | None = None,
+    head: str | None = None,
 ) -> dict[str, Any]:
     folder = model_dir(run_dir)
     model, tokenizer, info = load_model_folder(folder)
+    columns = slice(None)
+    if info.get("task") == MULTITASK:
+        heads = {h["name"]: h for h in info["heads"]}
+        if head not in heads:
+            raise ConfigError(
+                f"{folder} is a multi-task model with heads {sorted(heads)}: pass --head NAME "
+                f"to say whose labels {data} holds."
+            )
+        info = heads[head]
+        columns = slice(info["offset"], info["offset"] + info["size"])
+    elif head is not None:
+        raise ConfigError(f"--head {head}: {folder} is a single-task model; leave out --head.")
     d = data_config_for(
         info, text_column=text_column, label_column=label_column, on_bad_rows=on_bad_rows
     )
@@ -68,7 +82,7 @@ def evaluate_file(
     enc = encode(tokenizer, ex, d.max_length)
     pad_id = tokenizer.pad_token_id or 0
     logits, rows = predict_logits(model, enc, batch_size, pad_id)
-    full = ordered(logits, rows, len(enc))
+    full = ordered(logits, rows, len(enc))[:, columns]
     metrics = compute_metrics(task, full, ex.labels, info.get("labels"))
     metrics["source"] = str(data)
     metrics["skipped_rows"] = len(ex.bad)

@@ -24,7 +24,7 @@ from tailorml.config.load import dump_config
 from tailorml.config.schema import RunConfig
 from tailorml.data.batching import Encoded, collate, encode, plan_batches, shard
 from tailorml.data.prepare import Splits, balance_table, prepare_splits
-from tailorml.errors import ConfigError
+from tailorml.errors import ConfigError, DataError
 from tailorml.evaluate.metrics import (
     DEFAULT_METRIC,
     SCALARS,
@@ -33,6 +33,7 @@ from tailorml.evaluate.metrics import (
     scalar_metrics,
 )
 from tailorml.models.base import build_model, load_tokenizer, resolve_base, write_task_json
+from tailorml.models.heads import MULTITASK, HeadSpec, column_names, layout
 from tailorml.track.logger import RunLogger
 from tailorml.train.checkpoint import (
     latest_checkpoint,
@@ -112,12 +113,20 @@ def finetune(
 
     # ---- everything that can fail on bad input happens before anything is written ----------
     resolve_base(cfg.model.base)
-    if cfg.train.metric_for_best and cfg.train.metric_for_best not in SCALARS[cfg.task.type]:
-        raise ConfigError(
-            f"`train.metric_for_best` = {cfg.train.metric_for_best!r} is not reported for "
-            f"{cfg.task.type}. Choose one of {SCALARS[cfg.task.type]}."
-        )
-    splits = prepare_splits(cfg)
+    views = cfg.head_views()  # head name -> single-task view ("" when there is one task)
+    multi = cfg.multitask
+    if multi and loss_fn is not None:
+        raise ConfigError("A custom training loss is not supported for multi-task (`heads`) runs.")
+    metric = _metric_for_best(cfg, views)
+    all_splits: dict[str, Splits] = {}
+    problems: list[str] = []
+    for name, view in views.items():
+        try:
+            all_splits[name] = prepare_splits(view)
+        except DataError as exc:
+            problems += [f"heads.{name}: {p}" if multi else p for p in exc.problems]
+    if problems:
+        raise DataError(problems)
     out = prepare_run_dir(cfg, resume, overwrite)
     ckpt_dir = out / "checkpoints"
     resume_from = latest_checkpoint(ckpt_dir) if resume else None
@@ -132,23 +141,30 @@ def finetune(
     threads = set_threads(cfg.train.threads, world) if not use_cuda else torch.get_num_threads()
     seed_everything(cfg.train.seed)
 
-    task = cfg.task.type
+    specs = layout([(n, v.task.type, all_splits[n].labels) for n, v in views.items()])
+    weights = {n: (cfg.heads[n].loss_weight if cfg.heads else 1.0) for n in views}
     tokenizer = load_tokenizer(resolve_base(cfg.model.base))
-    model = build_model(cfg.model, task, splits.labels, tokenizer)
-    num_labels = model.config.num_labels
+    if multi:
+        model = build_model(cfg.model, "classification", column_names(specs), tokenizer)
+    else:
+        model = build_model(cfg.model, cfg.task.type, all_splits[""].labels, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     enc = {
-        name: encode(tokenizer, getattr(splits, name), cfg.data.max_length)
-        for name in ("train", "eval", "test")
+        name: {
+            split: encode(tokenizer, getattr(all_splits[name], split), view.data.max_length)
+            for split in ("train", "eval", "test")
+        }
+        for name, view in views.items()
     }
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-        _print_data_summary(cfg, splits, enc, out)
+        summaries = {n: _print_data_summary(v, all_splits[n], enc[n], n) for n, v in views.items()}
+        _atomic_json(out / "data_summary.json", {"heads": summaries} if multi else summaries[""])
 
     # ---- optimisation plan ----------------------------------------------------------------
     t = cfg.train
-    steps_per_epoch = math.ceil(len(enc["train"]) / t.batch_size)
+    steps_per_epoch = sum(math.ceil(len(e["train"]) / t.batch_size) for e in enc.values())
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t, total_steps)
@@ -156,7 +172,6 @@ def finetune(
     raw_model = acc.unwrap_model(model)
     if t.compile:
         model = torch.compile(model)
-    metric = t.metric_for_best or DEFAULT_METRIC[task]
     eval_every = t.eval_every_steps or steps_per_epoch
     save_every = t.save_every_steps or eval_every
 
@@ -177,15 +192,18 @@ def finetune(
             console.print(f"Resumed from {resume_from} (step {state['global_step']}).")
     logger = RunLogger(out, enabled=main, resume_step=state["global_step"] if resume_from else None)
 
-    def evaluate_split(name: str) -> dict[str, Any]:
+    def evaluate_split(split: str) -> dict[str, Any]:
         # The unwrapped model: DDP would broadcast buffers on each forward, and ranks run
         # different numbers of eval batches, so a wrapped forward here would deadlock.
-        logits, loss = _distributed_logits(
-            raw_model, enc[name], t.eval_batch_size, pad_id, acc, task
-        )
-        metrics = compute_metrics(task, logits, enc[name].labels, splits.labels)
-        metrics["loss"] = loss
-        return metrics
+        per: dict[str, dict[str, Any]] = {}
+        for h in specs:
+            e = enc[h.name][split]
+            logits, loss = _distributed_logits(
+                raw_model, e, t.eval_batch_size, pad_id, acc, h.task, h.columns
+            )
+            per[h.name] = compute_metrics(h.task, logits, e.labels, h.labels)
+            per[h.name]["loss"] = loss
+        return _combine_heads(per) if multi else per[""]
 
     def save(tag_dir: Path) -> None:
         acc.wait_for_everyone()
@@ -197,7 +215,7 @@ def finetune(
 
     # ---- the loop --------------------------------------------------------------------------
     micro = t.batch_size // t.grad_accum_steps  # global micro-batch size
-    lengths = enc["train"].lengths
+    lengths = {n: e["train"].lengths for n, e in enc.items()}
     stopped_by: str | None = None
     progress = TrainProgress(total_steps, enabled=main)
     loop_t0, side_seconds, samples_at_start = time.perf_counter(), 0.0, state["samples_seen"]
@@ -206,23 +224,24 @@ def finetune(
     model.train()
     with StopRequested() as stop:
         while state["global_step"] < total_steps and stopped_by is None:
-            batches = plan_batches(
+            batches = plan_epoch(
                 lengths, t.batch_size, t.seed, state["epoch"], bucket=t.bucket_by_length
             )
             while state["batch_in_epoch"] < len(batches):
-                batch = batches[state["batch_in_epoch"]]
+                head_name, batch = batches[state["batch_in_epoch"]]
+                head = next(h for h in specs if h.name == head_name)
                 step_loss = _train_step(
                     model,
                     batch,
                     micro,
-                    enc["train"],
+                    enc[head_name]["train"],
                     pad_id,
-                    task,
-                    num_labels,
+                    head,
                     acc,
                     rank,
                     world,
                     loss_fn,
+                    weights[head_name],
                 )
                 if t.max_grad_norm is not None:
                     acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)
@@ -261,7 +280,7 @@ def finetune(
                     progress.note(
                         f"step {step}: eval {metric}={scal.get(metric, float('nan')):.4f}"
                     )
-                    if is_better(metric, scal[metric], state["best_metric"]):
+                    if is_better(_direction(metric), scal[metric], state["best_metric"]):
                         state.update(best_metric=scal[metric], best_step=step)
                         state["evals_without_improvement"] = 0
                         save(ckpt_dir / "best")
@@ -300,7 +319,7 @@ def finetune(
         from safetensors.torch import load_file
 
         raw_model.load_state_dict(load_file(str(best_dir / "model.safetensors")), strict=False)
-    results = {"eval": evaluate_split("eval"), "test": evaluate_split("test")}
+    results: dict[str, Any] = {"eval": evaluate_split("eval"), "test": evaluate_split("test")}
     replica_diff = _replica_max_diff(raw_model, world)
     results["train"] = {
         "replicas_identical": replica_diff == 0.0,
@@ -317,16 +336,83 @@ def finetune(
     if main:
         for split in ("eval", "test"):
             logger.log(state["global_step"], f"final_{split}", scalar_metrics(results[split]))
-        _save_model(out, raw_model, tokenizer, cfg, splits)
+        _save_model(out, raw_model, tokenizer, cfg, specs)
         _atomic_json(out / "eval.json", results)
-        from tailorml.evaluate.report import write_report
+        from tailorml.evaluate.report import write_multitask_report, write_report
 
-        write_report(out, cfg, results, splits)
-        _print_results(results, task)
+        if multi:
+            write_multitask_report(out, cfg, results, all_splits)
+            for h in specs:
+                _print_results(results, h.task, h.name)
+        else:
+            write_report(out, cfg, results, all_splits[""])
+            _print_results(results, cfg.task.type)
     logger.close()
     acc.wait_for_everyone()
     acc.end_training()
     return results
+
+
+def plan_epoch(
+    lengths: dict[str, Any], batch_size: int, seed: int, epoch: int, bucket: bool = True
+) -> list[tuple[str, Any]]:
+    """(head name, example indices) per global batch of one epoch.
+
+    Each head's examples are planned on their own (length-bucketed, seeded by (seed, epoch));
+    with several heads the batches are interleaved in a seeded random order, so each epoch
+    sees every example of every head once and the heads take turns in proportion to their
+    data. With one head this is exactly `plan_batches`."""
+    import numpy as np
+
+    plans = {
+        name: plan_batches(n_lengths, batch_size, seed + k, epoch, bucket=bucket)
+        for k, (name, n_lengths) in enumerate(lengths.items())
+    }
+    tagged = [(name, b) for name, plan in plans.items() for b in plan]
+    if len(plans) == 1:
+        return tagged
+    order = np.random.default_rng([seed, epoch, 7]).permutation(len(tagged))
+    return [tagged[i] for i in order]
+
+
+def _metric_for_best(cfg: RunConfig, views: dict[str, RunConfig]) -> str:
+    """The eval metric that picks the best checkpoint, checked against what the run reports."""
+    chosen = cfg.train.metric_for_best
+    if not cfg.multitask:
+        task = cfg.task.type
+        if chosen and chosen not in SCALARS[task]:
+            raise ConfigError(
+                f"`train.metric_for_best` = {chosen!r} is not reported for {task}. "
+                f"Choose one of {SCALARS[task]}."
+            )
+        return chosen or DEFAULT_METRIC[task]
+    tasks = {n: v.task.type for n, v in views.items()}
+    common = set.intersection(*(set(SCALARS[t]) for t in tasks.values())) - {"loss"}
+    allowed = ["loss", *(f"mean_{m}" for m in sorted(common))]
+    allowed += [f"{n}/{m}" for n, t in tasks.items() for m in SCALARS[t]]
+    if chosen:
+        if chosen not in allowed:
+            raise ConfigError(
+                f"`train.metric_for_best` = {chosen!r} is not reported for this multi-task run. "
+                f"Choose one of {allowed}."
+            )
+        return chosen
+    defaults = {DEFAULT_METRIC[t] for t in tasks.values()}
+    return f"mean_{defaults.pop()}" if len(defaults) == 1 else "loss"
+
+
+def _combine_heads(per: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Metrics of a multi-task split: each head's under `heads`, flat `head/metric` scalars,
+    and `mean_<metric>` over the heads for metrics every head reports (`loss` = mean loss)."""
+    out: dict[str, Any] = {"heads": per}
+    scalars = {n: scalar_metrics(m) for n, m in per.items()}
+    for n, sc in scalars.items():
+        out.update({f"{n}/{k}": v for k, v in sc.items()})
+    common = set.intersection(*(set(sc) for sc in scalars.values()))
+    for k in sorted(common):
+        vals = [sc[k] for sc in scalars.values()]
+        out["loss" if k == "loss" else f"mean_{k}"] = sum(vals) / len(vals)
+    return out
 
 
 def _train_step(
@@ -335,14 +421,15 @@ def _train_step(
     micro: int,
     enc: Encoded,
     pad_id: int,
-    task: str,
-    num_labels: int,
+    head: HeadSpec,
     acc: Any,
     rank: int,
     world: int,
     loss_fn: LossFn | None = None,
+    weight: float = 1.0,
 ) -> float:
-    """Forward/backward over one global batch split into micro-batches; returns the mean loss."""
+    """Forward/backward over one global batch split into micro-batches; returns the mean loss.
+    The loss sees only `head`'s logit columns (all of them for a single-task model)."""
     import torch
 
     from tailorml.evaluate.inference import task_loss
@@ -359,16 +446,16 @@ def _train_step(
             if len(mine) == 0:  # a rank with nothing in this chunk still joins the all-reduce
                 loss = sum(p.sum() * 0.0 for p in model.parameters())
             else:
-                inputs = collate(enc, mine, pad_id, task, num_labels)
+                inputs = collate(enc, mine, pad_id, head.task, head.size)
                 labels = inputs.pop("labels").to(acc.device)
                 inputs = {k: v.to(acc.device) for k, v in inputs.items()}
                 with acc.autocast():
-                    logits = model(**inputs).logits
+                    logits = model(**inputs).logits[:, head.columns]
                 if loss_fn is None:
-                    per_example = task_loss(task, logits, labels)
+                    per_example = task_loss(head.task, logits, labels)
                 else:
                     per_example = loss_fn(logits, labels, inputs, mine)
-                loss = per_example.sum() / denom
+                loss = per_example.sum() * weight / denom
                 total += float(per_example.detach().sum())
             acc.backward(loss)
     if world > 1:
@@ -376,6 +463,11 @@ def _train_step(
         torch.distributed.all_reduce(t)
         total = float(t.item())
     return total / len(batch)
+
+
+def _direction(metric: str) -> str:
+    """The plain metric name that says whether lower or higher is better."""
+    return metric.rsplit("/", 1)[-1].removeprefix("mean_")
 
 
 class _null:
@@ -427,9 +519,16 @@ def _agree_on_signal(signum: int | None, acc: Any) -> int | None:
 
 
 def _distributed_logits(
-    model: Any, enc: Encoded, batch_size: int, pad_id: int, acc: Any, task: str
+    model: Any,
+    enc: Encoded,
+    batch_size: int,
+    pad_id: int,
+    acc: Any,
+    task: str,
+    columns: slice | None = None,
 ) -> tuple[Any, float]:
-    """Every rank scores its share of the batches; all ranks get all logits (same order)."""
+    """Every rank scores its share of the batches; all ranks get all logits (same order),
+    restricted to `columns` (one head of a multi-task model)."""
     import numpy as np
     import torch
 
@@ -450,6 +549,8 @@ def _distributed_logits(
     all_logits = np.concatenate([p[0] for p in parts])
     all_rows = [r for p in parts for r in p[1]]
     full = ordered(all_logits, all_rows, len(enc))
+    if columns is not None:
+        full = np.ascontiguousarray(full[:, columns])
     y = labels_tensor(enc.labels, task, full.shape[1])
     loss = float(task_loss(task, torch.from_numpy(full), y).mean())
     return full, loss
@@ -461,7 +562,9 @@ def _atomic_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
-def _save_model(out: Path, model: Any, tokenizer: Any, cfg: RunConfig, splits: Splits) -> None:
+def _save_model(
+    out: Path, model: Any, tokenizer: Any, cfg: RunConfig, specs: list[HeadSpec]
+) -> None:
     """RUN_DIR/model: Hugging Face layout + task.json; written to a temp folder, then renamed."""
     final, tmp = out / "model", out / "model.tmp"
     for p in (tmp,):
@@ -469,11 +572,10 @@ def _save_model(out: Path, model: Any, tokenizer: Any, cfg: RunConfig, splits: S
             shutil.rmtree(p)
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
-    write_task_json(
-        tmp,
-        {
+    if cfg.heads is None:
+        info: dict[str, Any] = {
             "task": cfg.task.type,
-            "labels": splits.labels,
+            "labels": specs[0].labels,
             "max_length": cfg.data.max_length,
             "text_column": cfg.data.text_column,
             "text_pair_column": cfg.data.text_pair_column,
@@ -481,23 +583,48 @@ def _save_model(out: Path, model: Any, tokenizer: Any, cfg: RunConfig, splits: S
             "label_separator": cfg.data.label_separator,
             "base": cfg.model.base,
             "multilabel_threshold": 0.5,
-        },
-    )
+        }
+    else:
+        heads = []
+        for h in specs:
+            d = cfg.heads[h.name].data
+            heads.append(
+                {
+                    **h.to_json(),
+                    "text_column": d.text_column,
+                    "text_pair_column": d.text_pair_column,
+                    "label_column": d.label_column,
+                    "label_separator": d.label_separator,
+                    "max_length": d.max_length,
+                }
+            )
+        first = cfg.heads[specs[0].name].data
+        info = {
+            "task": MULTITASK,
+            "heads": heads,
+            "labels": column_names(specs),
+            "max_length": max(h["max_length"] for h in heads),
+            "text_column": first.text_column,
+            "text_pair_column": first.text_pair_column,
+            "base": cfg.model.base,
+        }
+    write_task_json(tmp, info)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
 
 
-def _print_data_summary(cfg: RunConfig, splits: Splits, enc: dict[str, Encoded], out: Path) -> None:
+def _print_data_summary(
+    cfg: RunConfig, splits: Splits, enc: dict[str, Encoded], head: str = ""
+) -> dict[str, Any]:
     from rich.table import Table
 
     summary = splits.summary()
     for name, e in enc.items():
         summary["splits"][name]["truncated"] = e.n_truncated
-        summary["splits"][name]["mean_tokens"] = float(e.lengths.mean())
+        summary["splits"][name]["mean_tokens"] = float(e.lengths.mean()) if len(e) else 0.0
     summary["class_balance"] = balance_table(splits, cfg.task.type)
-    _atomic_json(out / "data_summary.json", summary)
-    table = Table(title="Data", show_edge=False)
+    table = Table(title=f"Data: head {head}" if head else "Data", show_edge=False)
     for col in ("split", "rows", "skipped", "truncated", "mean tokens", "source"):
         table.add_column(col)
     for name in ("train", "eval", "test"):
@@ -518,17 +645,18 @@ def _print_data_summary(cfg: RunConfig, splits: Splits, enc: dict[str, Encoded],
         shown = ", ".join(f"{k}: {v.get('train', 0)}" for k, v in list(bal.items())[:12])
         more = f", ... ({len(bal)} labels)" if len(bal) > 12 else ""
         console.print(f"  class balance (train): {shown}{more}")
+    return summary
 
 
-def _print_results(results: dict[str, Any], task: str) -> None:
+def _print_results(results: dict[str, Any], task: str, head: str = "") -> None:
     from rich.table import Table
 
     keys = [k for k in SCALARS[task]]
-    table = Table(title="Results", show_edge=False)
+    table = Table(title=f"Results: head {head}" if head else "Results", show_edge=False)
     table.add_column("split")
     for k in keys:
         table.add_column(k, justify="right")
     for split in ("eval", "test"):
-        m = results[split]
+        m = results[split]["heads"][head] if head else results[split]
         table.add_row(split, *(f"{m[k]:.4f}" for k in keys))
     console.print(table)

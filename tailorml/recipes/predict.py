@@ -67,6 +67,24 @@ def format_predictions(
     return out
 
 
+def format_for(info: dict[str, Any], logits: np.ndarray, top_k: int) -> list[dict[str, Any]]:
+    """Labelled predictions for a model folder's logits. A multi-task model gives one
+    prediction per head: `{"heads": {name: {label, score, top_k, ...}}}`."""
+    from tailorml.models.heads import MULTITASK, head_specs
+
+    if info.get("task") != MULTITASK:
+        return format_predictions(
+            info["task"], logits, info.get("labels"), top_k, info.get("multilabel_threshold", 0.5)
+        )
+    per_head = {
+        h.name: format_predictions(
+            h.task, logits[:, h.columns], h.labels, top_k, h.multilabel_threshold
+        )
+        for h in head_specs(info)
+    }
+    return [{"heads": {n: preds[i] for n, preds in per_head.items()}} for i in range(len(logits))]
+
+
 def predict_rows(
     run_dir: str | Path, rows: list[dict[str, Any]], top_k: int = 3, batch_size: int = 64
 ) -> Iterator[dict[str, Any]]:
@@ -88,9 +106,7 @@ def predict_with(
     enc = encode(tokenizer, ex, int(info.get("max_length", 128)))
     logits, idx = predict_logits(model, enc, batch_size, tokenizer.pad_token_id or 0)
     full = ordered(logits, idx, len(enc))
-    preds = format_predictions(
-        info["task"], full, info.get("labels"), top_k, info.get("multilabel_threshold", 0.5)
-    )
+    preds = format_for(info, full, top_k)
     for row, pred in zip(rows, preds, strict=True):
         yield {"input": row["text"], **({"input_pair": row["text_pair"]} if pairs else {}), **pred}
 
@@ -102,4 +118,11 @@ def default_columns(run_dir: str | Path) -> tuple[str, str | None]:
     return info.get("text_column") or "text", info.get("text_pair_column")
 
 
-__all__ = ["Path", "default_columns", "format_predictions", "predict_rows", "read_inputs"]
+__all__ = [
+    "Path",
+    "default_columns",
+    "format_for",
+    "format_predictions",
+    "predict_rows",
+    "read_inputs",
+]

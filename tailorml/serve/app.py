@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tailorml import runtime  # noqa: F401  (OMP_WAIT_POLICY etc. before torch loads)
+from tailorml.models.heads import MULTITASK
 from tailorml.serve.batcher import MicroBatcher, QueueFull
 from tailorml.serve.metrics import Metrics
 from tailorml.serve.settings import ServeSettings
@@ -70,12 +71,18 @@ class PredictRequest(BaseModel):
     )
 
 
-class Prediction(BaseModel):
+class HeadPrediction(BaseModel):
     label: str | None = Field(None, description="Best label (classification tasks).")
     score: float | None = Field(None, description="Probability of `label`.")
     scores: dict[str, float] | None = Field(None, description="Probability of every label.")
     labels: list[str] | None = Field(None, description="Labels above threshold (multilabel).")
     value: float | None = Field(None, description="Predicted value (regression).")
+
+
+class Prediction(HeadPrediction):
+    heads: dict[str, HeadPrediction] | None = Field(
+        None, description="Multi-task models: one prediction per head, by head name."
+    )
 
 
 class PredictResponse(BaseModel):
@@ -129,6 +136,11 @@ def model_card(folder: Path, info: dict[str, Any], runtime_name: str) -> dict[st
         "pair": bool(info.get("text_pair_column")) or info["task"] == "pair-classification",
         # Column names of the training data: `tailor predict --url` reads files with them.
         "columns": {"text": info.get("text_column"), "text_pair": info.get("text_pair_column")},
+        "heads": [
+            {"name": h["name"], "task": h["task"], "labels": h.get("labels")}
+            for h in info.get("heads") or []
+        ]
+        or None,
     }
 
 
@@ -136,18 +148,25 @@ def to_predictions(predictor: Any, logits: Any) -> list[dict[str, Any]]:
     """Logits (batch, num_labels) -> the API's prediction objects."""
     if predictor.task == "regression":
         return [{"value": float(v)} for v in logits.reshape(-1)]
-    n = logits.shape[1]
-    out = []
-    for p in predictor.format(logits, top_k=n):
-        item: dict[str, Any] = {
-            "label": p["label"],
-            "score": p["score"],
-            "scores": {t["label"]: t["score"] for t in p["top_k"]},
-        }
-        if "labels" in p:
-            item["labels"] = p["labels"]
-        out.append(item)
-    return out
+    formatted = predictor.format(logits, top_k=logits.shape[1])
+    if predictor.task == MULTITASK:
+        return [
+            {"heads": {name: _api_item(h) for name, h in p["heads"].items()}} for p in formatted
+        ]
+    return [_api_item(p) for p in formatted]
+
+
+def _api_item(p: dict[str, Any]) -> dict[str, Any]:
+    if "value" in p:
+        return {"value": p["value"]}
+    item: dict[str, Any] = {
+        "label": p["label"],
+        "score": p["score"],
+        "scores": {t["label"]: t["score"] for t in p["top_k"]},
+    }
+    if "labels" in p:
+        item["labels"] = p["labels"]
+    return item
 
 
 # ----------------------------------------------------------------------------- the gate (ASGI)

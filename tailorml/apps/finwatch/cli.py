@@ -318,19 +318,19 @@ def demo(
 @app.command()
 def train(
     config: Annotated[
-        Path, typer.Argument(help="YAML with `topic:` and `sentiment:` run configs.")
+        Path, typer.Argument(help="Multi-task run config with heads `topic` and `sentiment`.")
     ],
-    overrides: Annotated[list[str] | None, typer.Argument(help="e.g. topic.train.epochs=1")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing run folders.")] = False,
-    only: Annotated[
-        list[str] | None, typer.Option(help="Train only this head (topic or sentiment).")
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="e.g. train.epochs=1 heads.topic.data.limit=500")
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
 ) -> None:
-    """Fine-tune the topic and the sentiment model (two models on the same base encoder)."""
-    from tailorml.apps.finwatch.train import train_both
+    """Fine-tune one encoder with a topic head and a sentiment head (a multi-task run)."""
+    from tailorml.apps.finwatch.train import train_model
 
     try:
-        res = train_both(config, overrides or [], overwrite=overwrite, only=only)
+        res = train_model(config, overrides or [], overwrite=overwrite, resume=resume)
     except TailorError as exc:
         _fail(exc)
         return

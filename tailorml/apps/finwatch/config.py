@@ -48,18 +48,30 @@ class WebhookConfig(_Section):
 class ModelsConfig(_Section):
     scorer: Literal["model", "labels"] = Field(
         "model",
-        description="`model` scores texts with the two model folders; `labels` trusts the "
-        "`labels` field of each event (replayed labeled streams, to test the detector alone).",
+        description="`model` scores texts with the model(s); `labels` trusts the `labels` field "
+        "of each event (replayed labeled streams, to test the detector alone).",
     )
+    model: Path | None = Field(
+        None,
+        description="One multi-task model folder with a topic and a sentiment head "
+        "(`tailor finwatch train` writes it; RUN_DIR/model or RUN_DIR/compressed/<variant>).",
+    )
+    topic_head: str = Field("topic", description="Head of `model` that gives the topic.")
+    sentiment_head: str = Field("sentiment", description="Head of `model` giving the sentiment.")
     topic: Path | None = Field(
-        None, description="Topic model folder (RUN_DIR/model or compressed)."
+        None, description="Or two models: a topic model folder (used when `model` is not set)."
     )
-    sentiment: Path | None = Field(None, description="Sentiment model folder.")
+    sentiment: Path | None = Field(None, description="... and a sentiment model folder.")
     negative_label: str = Field("Bearish", description="Sentiment label counted as negative.")
     positive_label: str = Field("Bullish", description="Sentiment label counted as positive.")
     threads: int | None = Field(None, ge=1, description="Inference threads; null = all cores.")
     parallel: bool = Field(
-        True, description="Run the two models side by side, each on half of the threads."
+        True,
+        description="Split the work over the threads: length-sorted chunks side by side "
+        "(one model) or the two models side by side.",
+    )
+    chunk_size: int = Field(
+        8, ge=1, description="Texts per model call: a micro-batch is sorted by length and cut."
     )
 
 
@@ -96,12 +108,12 @@ class FinwatchConfig(_Section):
                 f"detect_window ({self.detect_window}) is not one of windows {self.windows}; "
                 "add it to windows."
             )
-        if self.models.scorer == "model" and (
-            self.models.topic is None or self.models.sentiment is None
-        ):
+        m = self.models
+        if m.scorer == "model" and m.model is None and (m.topic is None or m.sentiment is None):
             raise ValueError(
-                "models.scorer is `model` but models.topic or models.sentiment is not set; give "
-                "both model folders (tailor finwatch train writes them) or use scorer: labels."
+                "models.scorer is `model` but no model is set: give models.model (the multi-task "
+                "folder `tailor finwatch train` writes), or models.topic and models.sentiment, "
+                "or use scorer: labels."
             )
         for topic, over in self.per_topic.items():
             try:

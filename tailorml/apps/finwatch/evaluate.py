@@ -21,7 +21,16 @@ from typing import Any
 from tailorml.apps.finwatch.config import FinwatchConfig
 from tailorml.apps.finwatch.events import Event
 from tailorml.apps.finwatch.pipeline import Watcher
-from tailorml.apps.finwatch.replay import make_stream, random_surges, topic_texts, truth_json
+from tailorml.apps.finwatch.replay import (
+    SENT_CSV,
+    SENT_HELDOUT_CSV,
+    TOPIC_CSV,
+    TOPIC_HELDOUT_CSV,
+    make_stream,
+    random_surges,
+    topic_texts,
+    truth_json,
+)
 from tailorml.apps.finwatch.scorer import Scorer, make_scorer
 from tailorml.apps.finwatch.store import make_engine
 
@@ -109,12 +118,15 @@ def evaluate(
     w = cfg.detect_window
     pools: dict[str, list[str]] | None = None
     topics_for_surges: list[str] | None = None
+    topic_csv, sent_csv = TOPIC_CSV, SENT_CSV
     if cfg.models.scorer == "model":
-        # Score every text a stream can carry once (the models are deterministic per text), then
-        # inject, as surges on T, texts the models themselves score as topic T and negative: the
-        # truth is then defined in the models' own terms, and the background carries their errors.
+        # Replay texts the models were not trained on (the valid splits). Score every text a
+        # stream can carry once (the models are deterministic per text), then inject, as surges
+        # on T, texts the models themselves score as topic T and negative: the truth is then
+        # defined in the models' own terms, and the background carries their errors.
+        topic_csv, sent_csv = TOPIC_HELDOUT_CSV, SENT_HELDOUT_CSV
         scorer = CachedScorer(scorer)
-        scorer.prime(topic_texts())
+        scorer.prime(topic_texts(topic_csv, sent_csv))
         pools = {}
         for text, (topic, sent, _p) in scorer.cache.items():
             if sent == "negative":
@@ -144,6 +156,8 @@ def evaluate(
             seed=seed * 1000 + k,
             window_s=w,
             surge_texts=pools,
+            topic_csv=topic_csv,
+            sent_csv=sent_csv,
         )
         truth = truth_json(surges)
         with tempfile.TemporaryDirectory() as tmp:
@@ -174,7 +188,11 @@ def evaluate(
     days = streams * hours / 24
     return {
         "scorer": cfg.models.scorer,
-        "models": {"topic": str(cfg.models.topic), "sentiment": str(cfg.models.sentiment)}
+        "models": (
+            {"model": str(cfg.models.model)}
+            if cfg.models.model is not None
+            else {"topic": str(cfg.models.topic), "sentiment": str(cfg.models.sentiment)}
+        )
         if cfg.models.scorer == "model"
         else None,
         "streams": streams,

@@ -29,6 +29,9 @@ from typing import Any, TextIO
 REPO = Path(__file__).resolve().parents[3]
 TOPIC_CSV = REPO / "data/twitter_fin_topic/topic_train.csv"
 SENT_CSV = REPO / "data/twitter_fin_sentiment/sent_train.csv"
+# Texts the models were not trained on: the model-scored evaluation replays these.
+TOPIC_HELDOUT_CSV = REPO / "data/twitter_fin_topic/topic_valid.csv"
+SENT_HELDOUT_CSV = REPO / "data/twitter_fin_sentiment/sent_valid.csv"
 TOPICS = [
     "Analyst Update",
     "Fed | Central Banks",
@@ -161,9 +164,9 @@ def make_stream(
     return events
 
 
-def topic_texts() -> list[str]:
+def topic_texts(topic_csv: Path = TOPIC_CSV, sent_csv: Path = SENT_CSV) -> list[str]:
     """Every text a replayed stream can carry (topic rows and Bearish sentiment rows)."""
-    texts = [t for t, _ in _read(TOPIC_CSV)] + [t for t, lab in _read(SENT_CSV) if lab == 0]
+    texts = [t for t, _ in _read(topic_csv)] + [t for t, lab in _read(sent_csv) if lab == 0]
     return list(dict.fromkeys(texts))
 
 

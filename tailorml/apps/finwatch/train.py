@@ -1,9 +1,9 @@
-"""`tailor finwatch train`: the topic and the sentiment model, each through the fine-tuning engine.
+"""`tailor finwatch train`: one encoder, two heads (topic and sentiment), through the engine.
 
-Two models on the same base encoder, not one encoder with two heads: the engine trains one
-classification head per run, and the two bundled sets are disjoint tweet collections (no tweet
-has both a topic and a sentiment label), so a shared encoder would need alternating-batch
-multi-task training the engine does not have yet. Two models cost two encoder passes per event.
+The config is an ordinary multi-task run config (`heads:` with a `topic` and a `sentiment` head);
+the two bundled tweet sets are disjoint collections (no tweet has both labels), and the engine's
+multi-task loop alternates batches between the heads. One encoder pass per event then gives both
+answers, half the cost of two models (measured in docs/benchmarks-finwatch.md).
 """
 
 from __future__ import annotations
@@ -11,37 +11,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tailorml.config.load import apply_overrides, read_yaml, validate_mapping
+from tailorml.config.load import load_config
 from tailorml.errors import ConfigError
 
+HEADS = ("topic", "sentiment")
 
-def train_both(
-    config: Path, overrides: list[str], overwrite: bool = False, only: list[str] | None = None
+
+def train_model(
+    config: Path, overrides: list[str], overwrite: bool = False, resume: bool = False
 ) -> dict[str, Any]:
     from tailorml.recipes.finetune import finetune
 
-    raw = apply_overrides(read_yaml(config), overrides)
-    out: dict[str, Any] = {}
-    problems: list[str] = []
-    cfgs: dict[str, Any] = {}
-    for head in only or ["topic", "sentiment"]:
-        if head not in raw:
-            problems.append(
-                f"`{head}` is missing in {config}: give a run config for the {head} model."
-            )
-            continue
-        cfg, probs = validate_mapping(raw[head])
-        problems += [f"{head}: {p}" for p in probs]
-        cfgs[head] = cfg
-    if problems:
-        raise ConfigError(problems)
-    for head, cfg in cfgs.items():
-        res = finetune(cfg, overwrite=overwrite)
-        out[head] = {
-            "model": str(Path(cfg.output_dir) / "model"),
-            **{
-                split: {k: res[split].get(k) for k in ("accuracy", "macro_f1")}
+    cfg = load_config(config, overrides)
+    missing = [h for h in HEADS if cfg.heads is None or h not in cfg.heads]
+    if missing:
+        raise ConfigError(
+            f"{config}: finwatch needs a multi-task config with heads `topic` and `sentiment`; "
+            f"missing: {', '.join(f'heads.{h}' for h in missing)}. See configs/finwatch-train.yaml."
+        )
+    res = finetune(cfg, resume=resume, overwrite=overwrite)
+    return {
+        "model": str(Path(cfg.output_dir) / "model"),
+        "heads": {
+            h: {
+                split: {k: round(res[split]["heads"][h][k], 4) for k in ("accuracy", "macro_f1")}
                 for split in ("eval", "test")
-            },
-        }
-    return out
+            }
+            for h in HEADS
+        },
+        "train_samples_per_s": res["train"]["train_samples_per_s"],
+    }
