@@ -20,9 +20,10 @@ import sqlalchemy as sa
 
 from tailorml.apps.finwatch import store
 from tailorml.apps.finwatch.config import FinwatchConfig
+from tailorml.apps.finwatch.events import Event
 from tailorml.apps.finwatch.pipeline import Watcher
 from tailorml.apps.finwatch.replay import TOPICS, Surge, make_stream
-from tailorml.apps.finwatch.scorer import LabelScorer, ModelScorer
+from tailorml.apps.finwatch.scorer import LabelScorer, ModelScorer, make_scorer
 from tailorml.apps.finwatch.sources import read_stream
 from tailorml.apps.finwatch.trends import window_counts
 
@@ -407,3 +408,43 @@ def test_evaluate_with_models_injects_texts_the_models_score_negative(
     assert {t["topic"] for t in res["per_stream"][0]["truth"]} <= set(TOPIC_NAMES)
     assert res["true_alerts"] + res["false_alerts"] == res["alerts"]
     assert res["recall"] is not None and 0 <= res["recall"] <= 1
+
+
+def test_scoring_through_tailor_serve_matches_local(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """models.url: the watcher scores through a real `tailor serve` app on 127.0.0.1 serving the
+    multi-task model, and stores what scoring the same folder locally gives."""
+    from tailorml.apps.finwatch.scorer import RemoteScorer
+    from tailorml.errors import ConfigError
+    from tailorml.runtimes import load_predictor
+
+    from .serve_helpers import ThreadServer
+
+    texts = [f"{FILL[i % len(FILL)]} {(NEG + POS)[i % 16]} shares" for i in range(30)]
+    evs = [{"id": f"r{i}", "time": START + 30 * i, "text": t} for i, t in enumerate(texts)]
+    local = ModelScorer(
+        FinwatchConfig(models={"model": tiny_models["multitask"], "threads": 1}).models
+    )
+    want = local.score([Event(id=e["id"], time=0.0, text=e["text"]) for e in evs])
+    with ThreadServer(load_predictor(tiny_models["multitask"], threads=1)) as srv:
+        c = FinwatchConfig(
+            db=f"sqlite:///{tmp_path / 'r.db'}", batch_size=8, models={"url": srv.url}
+        )
+        w = Watcher(c, store.make_engine(c.db), make_scorer(c.models)).open()
+        assert isinstance(w.scorer, RemoteScorer)
+        assert sorted(w.scorer.topics) == sorted(TOPIC_NAMES)
+        assert w.ingest(evs, "t").accepted == 30
+        with w.engine.connect() as conn:
+            rows = {r.id: r for r in conn.execute(sa.select(store.events))}
+        for e, (topic, sent, p_neg) in zip(evs, want, strict=True):
+            r = rows[e["id"]]
+            assert (r.topic, r.sentiment) == (topic, sent)
+            assert r.p_negative == pytest.approx(p_neg, abs=1e-5)
+        w.engine.dispose()
+    # A service of a single-task model is refused with the fix.
+    with (
+        ThreadServer(load_predictor(tiny_models["topic"], threads=1)) as srv,
+        pytest.raises(ConfigError, match="heads"),
+    ):
+        make_scorer(FinwatchConfig(models={"url": srv.url}).models)

@@ -56,6 +56,11 @@ class ModelsConfig(_Section):
         description="One multi-task model folder with a topic and a sentiment head "
         "(`tailor finwatch train` writes it; RUN_DIR/model or RUN_DIR/compressed/<variant>).",
     )
+    url: str | None = Field(
+        None,
+        description="Or score through a `tailor serve` service of such a model, e.g. "
+        "http://127.0.0.1:8000 (API key from $TAILORML_API_KEY).",
+    )
     topic_head: str = Field("topic", description="Head of `model` that gives the topic.")
     sentiment_head: str = Field("sentiment", description="Head of `model` giving the sentiment.")
     topic: Path | None = Field(
@@ -109,11 +114,12 @@ class FinwatchConfig(_Section):
                 "add it to windows."
             )
         m = self.models
-        if m.scorer == "model" and m.model is None and (m.topic is None or m.sentiment is None):
+        two = m.topic is not None and m.sentiment is not None
+        if m.scorer == "model" and m.model is None and m.url is None and not two:
             raise ValueError(
                 "models.scorer is `model` but no model is set: give models.model (the multi-task "
-                "folder `tailor finwatch train` writes), or models.topic and models.sentiment, "
-                "or use scorer: labels."
+                "folder `tailor finwatch train` writes), models.url (a `tailor serve` service of "
+                "it), or models.topic and models.sentiment; or use scorer: labels."
             )
         for topic, over in self.per_topic.items():
             try:

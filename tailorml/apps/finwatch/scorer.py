@@ -111,6 +111,46 @@ class ModelScorer:
         return [(t, s, float(p)) for t, s, p in zip(topics, sents, p_neg, strict=True)]
 
 
+class RemoteScorer:
+    """Scores through a `tailor serve` service of a multi-task model (`models.url`): several
+    watchers can share one model service, and the service's batching, auth and metrics apply.
+    Requests that mean "try again" (429, 503, connection refused) are retried by the client; if
+    scoring still fails, ingest raises before anything of the micro-batch is committed (nor the
+    source position), so a restarted watcher scores it again: no event is lost."""
+
+    def __init__(self, cfg: ModelsConfig):
+        from tailorml.client import Client
+
+        assert cfg.url is not None
+        self.cfg = cfg
+        self.client = Client(cfg.url, api_key=os.environ.get("TAILORML_API_KEY"), retries=20)
+        card = self.client.model()
+        heads = {h["name"]: h for h in card.get("heads") or []}
+        missing = [n for n in (cfg.topic_head, cfg.sentiment_head) if n not in heads]
+        if missing:
+            raise ConfigError(
+                f"models.url {cfg.url} serves a model with heads {sorted(heads) or 'none'}, not "
+                f"{', '.join(map(repr, missing))}. Serve the multi-task model `tailor finwatch "
+                "train` writes, or set models.topic_head / models.sentiment_head."
+            )
+        self.topics = list(heads[cfg.topic_head]["labels"] or [])
+        self._labels = list(heads[cfg.sentiment_head]["labels"] or [])
+        self._norm = {lab: _norm(lab, cfg) for lab in self._labels}
+
+    def problem(self, event: Event) -> str | None:
+        return None
+
+    def score(self, events: list[Event]) -> list[tuple[str, str, float]]:
+        out = []
+        for p in self.client.predict([e.text for e in events]):
+            heads = p["heads"]
+            scores = heads[self.cfg.sentiment_head]["scores"]
+            p_neg = sum(v for lab, v in scores.items() if self._norm[lab] == "negative")
+            sentiment = self._norm[heads[self.cfg.sentiment_head]["label"]]
+            out.append((heads[self.cfg.topic_head]["label"], sentiment, float(p_neg)))
+        return out
+
+
 class LabelScorer:
     def __init__(self, cfg: ModelsConfig, topics: list[str] | None = None):
         self.cfg = cfg
@@ -130,4 +170,8 @@ class LabelScorer:
 
 
 def make_scorer(cfg: ModelsConfig) -> Scorer:
-    return ModelScorer(cfg) if cfg.scorer == "model" else LabelScorer(cfg)
+    if cfg.scorer == "labels":
+        return LabelScorer(cfg)
+    if cfg.url is not None and cfg.model is None:
+        return RemoteScorer(cfg)
+    return ModelScorer(cfg)
