@@ -10,7 +10,7 @@ micro-batch is sorted by length and cut into small chunks (little padding), run 
 from __future__ import annotations
 
 import os
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -45,6 +45,16 @@ def _softmax(x: np.ndarray) -> np.ndarray:  # (batch, classes)
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _require_heads(cfg: ModelsConfig, heads: dict[str, Any], where: str) -> None:
+    missing = [n for n in (cfg.topic_head, cfg.sentiment_head) if n not in heads]
+    if missing:
+        raise ConfigError(
+            f"{where} heads {sorted(heads) or 'none'}, not {', '.join(map(repr, missing))}. "
+            "Use the multi-task model `tailor finwatch train` writes, or set "
+            "models.topic_head / models.sentiment_head."
+        )
+
+
 class ModelScorer:
     """One multi-task model (one encoder pass gives topic and sentiment) or two models."""
 
@@ -68,13 +78,7 @@ class ModelScorer:
         if cfg.model is not None:
             self.multi = load_predictor(cfg.model, threads=threads)
             heads = {h.name: h for h in head_specs(self.multi.info)}
-            missing = [n for n in (cfg.topic_head, cfg.sentiment_head) if n not in heads]
-            if missing:
-                raise ConfigError(
-                    f"models.model {cfg.model} has heads {sorted(heads)}, not "
-                    f"{', '.join(map(repr, missing))}. Set models.topic_head / "
-                    "models.sentiment_head, or train it with `tailor finwatch train`."
-                )
+            _require_heads(cfg, heads, f"models.model {cfg.model} has")
             t_head, s_head = heads[cfg.topic_head], heads[cfg.sentiment_head]
             self._t_cols, self._s_cols = t_head.columns, s_head.columns
             self.topics = list(t_head.labels or [])
@@ -126,13 +130,7 @@ class RemoteScorer:
         self.client = Client(cfg.url, api_key=os.environ.get("TAILORML_API_KEY"), retries=20)
         card = self.client.model()
         heads = {h["name"]: h for h in card.get("heads") or []}
-        missing = [n for n in (cfg.topic_head, cfg.sentiment_head) if n not in heads]
-        if missing:
-            raise ConfigError(
-                f"models.url {cfg.url} serves a model with heads {sorted(heads) or 'none'}, not "
-                f"{', '.join(map(repr, missing))}. Serve the multi-task model `tailor finwatch "
-                "train` writes, or set models.topic_head / models.sentiment_head."
-            )
+        _require_heads(cfg, heads, f"models.url {cfg.url} serves a model with")
         self.topics = list(heads[cfg.topic_head]["labels"] or [])
         self._labels = list(heads[cfg.sentiment_head]["labels"] or [])
         self._norm = {lab: _norm(lab, cfg) for lab in self._labels}
