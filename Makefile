@@ -3,6 +3,8 @@
 #                compress (quantize, prune, distill, ONNX) and choose a variant within 1 point
 #   make test    create .venv with dev tools, run the default test suite
 #   make check   ruff lint + format check, mypy, tests
+#   make finwatch  train the finwatch model (one encoder, topic + sentiment heads), compress it to
+#                ONNX int8, replay a day with a negative surge through the watcher (~40 min, 2 cores)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -16,7 +18,7 @@ DEMO_CONFIG ?= configs/finsent.yaml
 COMPRESS_OPTS ?= --variants onnx-int8
 DEMO_RUN ?= runs/finsent
 
-.PHONY: demo test test-all check lint format typecheck install dev clean
+.PHONY: demo finwatch test test-all check lint format typecheck install dev clean
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +39,11 @@ demo: $(BIN)/.installed
 	$(BIN)/tailor finetune $(DEMO_CONFIG) --overwrite $(DEMO_OVERRIDES)
 	$(BIN)/tailor compress $(DEMO_RUN) $(COMPRESS_OPTS)
 	@echo "Report: $(DEMO_RUN)/report.md and plots/; compression: $(DEMO_RUN)/compression.md"
+
+finwatch: $(BIN)/.installed
+	$(BIN)/tailor finwatch train configs/finwatch-train.yaml --overwrite
+	$(BIN)/tailor compress runs/finwatch-model --variants onnx-int8
+	$(BIN)/tailor finwatch demo configs/finwatch.yaml
 
 test: $(BIN)/.dev-installed
 	$(BIN)/python -m pytest -q -m "not slow" --timeout=900

@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--onnx", type=Path, required=True, help="its onnx-int8 folder")
     ap.add_argument("--events", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--chunk", type=int, default=8)
+    ap.add_argument("--chunk", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="skip the slow fp32 variants")
@@ -82,7 +82,7 @@ def main() -> None:
         variants["fp32, one padded batch"] = (multi(args.model, b, False), b, n_slow)
         variants[f"fp32, sorted chunks of {c}"] = (multi(args.model, c, True), b, n_slow)
     variants["onnx-int8, one padded batch"] = (multi(args.onnx, b, False), b, args.events)
-    for chunk in sorted({1, 4, c, 16}):
+    for chunk in sorted({1, 4, 8, c, 16}):
         variants[f"onnx-int8, sorted chunks of {chunk}"] = (
             multi(args.onnx, chunk, True),
             b,

@@ -76,7 +76,7 @@ class ModelsConfig(_Section):
         "(one model) or the two models side by side.",
     )
     chunk_size: int = Field(
-        8, ge=1, description="Texts per model call: a micro-batch is sorted by length and cut."
+        4, ge=1, description="Texts per model call: a micro-batch is sorted by length and cut."
     )
 
 
