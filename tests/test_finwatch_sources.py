@@ -333,6 +333,31 @@ def test_demo_command_fires_the_alert() -> None:
     assert "ALERT Energy | Oil" in r.stdout
 
 
+def test_demo_with_the_model_scores_held_out_tweets(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """`demo CONFIG` with a model: surges are made of texts the model scores as the topic and
+    negative; a topic the model never gives is refused with the topics that work."""
+    import yaml
+
+    cfg = tmp_path / "fw.yaml"
+    models = {"model": str(tiny_models["multitask"]), "threads": 1}
+    cfg.write_text(yaml.safe_dump({"finwatch": {"models": models}}), encoding="utf-8")
+    r = subprocess.run([*CLI, "demo", str(cfg)], env=ENV, capture_output=True, text=True)
+    assert r.returncode != 0 and "--topic 'Energy | Oil'" in r.stderr, r.stderr[-2000:]
+    ok = [t for t in TOPIC_NAMES if repr(t) in r.stderr.rpartition("Choose one of")[2]]
+    assert ok, r.stderr[-2000:]
+    r = subprocess.run(
+        [*CLI, "demo", str(cfg), "--topic", ok[0], "--intensity", "3"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"surge on {ok[0]!r} " in r.stdout and "events stored" in r.stdout
+
+
 def test_cli_watch_http_with_webhook_delivers_alerts(tmp_path: Path) -> None:
     from .finwatch_services import Receiver
 

@@ -272,6 +272,9 @@ def demo(
     overrides: Overrides = None,
     topic: Annotated[str, typer.Option(help="Topic to inject the surge on.")] = "Energy | Oil",
     at_hours: Annotated[float, typer.Option(help="Surge start, hours into the stream.")] = 18.0,
+    intensity: Annotated[
+        float, typer.Option(help="Surge rate as a multiple of the topic's own rate.")
+    ] = 1.5,
 ) -> None:
     """One command: replay 24 h with a negative surge injected, watch it, show the alert."""
     from tailorml.apps.finwatch.replay import make_stream, parse_surge
@@ -286,11 +289,34 @@ def demo(
             ov.append("models.scorer=labels")
         try:
             cfg, engine, watcher = _open(config, ov)
-            s = parse_surge(f"{topic}@{at_hours}:45:1.5", 1767571200.0)
+            s = parse_surge(f"{topic}@{at_hours}:45:{intensity}", 1767571200.0)
         except (TailorError, ValueError) as exc:
             _fail(TailorError(str(exc)))
             return
-        events = make_stream(24, [s], start=1767571200.0, seed=7)
+        extra: dict[str, Any] = {}
+        if cfg.models.scorer == "model":
+            # The models score the texts: replay held-out tweets, and make the surge of texts
+            # the models score as this topic and negative (as `evaluate` does).
+            from tailorml.apps.finwatch.evaluate import MIN_POOL, model_surge_pools
+            from tailorml.apps.finwatch.replay import SENT_HELDOUT_CSV, TOPIC_HELDOUT_CSV
+
+            typer.echo("scoring the held-out tweets once (the replay repeats them)", err=True)
+            watcher.scorer, pools = model_surge_pools(watcher.scorer)
+            if len(pools.get(topic, [])) < MIN_POOL:
+                ok = sorted(t for t, v in pools.items() if len(v) >= MIN_POOL)
+                _fail(
+                    TailorError(
+                        f"--topic {topic!r}: the models score fewer than {MIN_POOL} held-out "
+                        f"tweets as this topic and negative. Choose one of {ok}."
+                    )
+                )
+                return
+            extra = {
+                "surge_texts": pools,
+                "topic_csv": TOPIC_HELDOUT_CSV,
+                "sent_csv": SENT_HELDOUT_CSV,
+            }
+        events = make_stream(24, [s], start=1767571200.0, seed=7, **extra)
         path = Path(tmp) / "stream.jsonl"
         path.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
         typer.echo(

@@ -58,6 +58,21 @@ class CachedScorer:
         return [self.cache[e.text] for e in events]
 
 
+MIN_POOL = 20  # fewest distinct texts a topic needs to carry injected surges (model scoring)
+
+
+def model_surge_pools(scorer: Scorer) -> tuple[CachedScorer, dict[str, list[str]]]:
+    """For model-scored replays: score every held-out text once, and pool, per topic, the texts
+    the models score as that topic and negative (what a surge on it is made of)."""
+    cached = CachedScorer(scorer)
+    cached.prime(topic_texts(TOPIC_HELDOUT_CSV, SENT_HELDOUT_CSV))
+    pools: dict[str, list[str]] = {}
+    for text, (topic, sent, _p) in cached.cache.items():
+        if sent == "negative":
+            pools.setdefault(topic, []).append(text)
+    return cached, pools
+
+
 def match(alerts: list[dict[str, Any]], truth: list[dict[str, Any]], w: int) -> dict[str, Any]:
     used: set[int] = set()
     delays: list[float] = []
@@ -125,13 +140,8 @@ def evaluate(
         # on T, texts the models themselves score as topic T and negative: the truth is then
         # defined in the models' own terms, and the background carries their errors.
         topic_csv, sent_csv = TOPIC_HELDOUT_CSV, SENT_HELDOUT_CSV
-        scorer = CachedScorer(scorer)
-        scorer.prime(topic_texts(topic_csv, sent_csv))
-        pools = {}
-        for text, (topic, sent, _p) in scorer.cache.items():
-            if sent == "negative":
-                pools.setdefault(topic, []).append(text)
-        topics_for_surges = sorted(t for t, v in pools.items() if len(v) >= 20)
+        scorer, pools = model_surge_pools(scorer)
+        topics_for_surges = sorted(t for t, v in pools.items() if len(v) >= MIN_POOL)
     totals = {"surges": 0, "detected": 0, "alerts": 0, "true_alerts": 0, "false_alerts": 0}
     delays: list[float] = []
     per_stream = []
