@@ -99,3 +99,15 @@ def cls_config(tmp_path: Path, cls_data: dict[str, Path]) -> dict[str, Any]:
             "test": str(cls_data["test"]),
         },
     )
+
+
+def assert_same_weights(run_a: Path | str, run_b: Path | str) -> None:
+    """The two runs' saved models hold bit-identical tensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    a = load_file(str(Path(run_a) / "model" / "model.safetensors"))
+    b = load_file(str(Path(run_b) / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -18,7 +18,15 @@ from tailorml.config.load import validate_mapping
 from tailorml.errors import ConfigError, DataError
 from tailorml.recipes.finetune import finetune
 
-from .conftest import REPO, make_rows, tiny_config, write_config, write_csv, write_jsonl
+from .conftest import (
+    REPO,
+    assert_same_weights,
+    make_rows,
+    tiny_config,
+    write_config,
+    write_csv,
+    write_jsonl,
+)
 
 CLI = [sys.executable, "-m", "tailorml.cli"]
 
@@ -146,11 +154,7 @@ def test_resume_is_exact(tmp_path: Path, cls_data: dict[str, Path]) -> None:
     ckpts = sorted(p.name for p in (Path(part.output_dir) / "checkpoints").iterdir())
     assert "step-11" in ckpts and not (Path(part.output_dir) / "eval.json").exists()
     finetune(part, resume=True)
-    a = load_file(str(Path(full.output_dir) / "model" / "model.safetensors"))
-    b = load_file(str(Path(part.output_dir) / "model" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_weights(full.output_dir, part.output_dir)
     steps = [
         json.loads(x)["step"]
         for x in (Path(part.output_dir) / "metrics.jsonl").read_text().splitlines()

@@ -13,7 +13,7 @@ import pytest
 from tailorml.config.load import dump_config, load_config, validate_mapping
 from tailorml.errors import ConfigError, DataError
 
-from .conftest import make_rows, tiny_config, write_config, write_csv
+from .conftest import assert_same_weights, make_rows, tiny_config, write_config, write_csv
 
 TOPICS = {"sports": ["match", "goal", "league"], "tech": ["chip", "software", "cloud"]}
 
@@ -250,9 +250,6 @@ def test_finwatch_train_cli(tmp_path: Path) -> None:
 def test_multitask_resume_is_exact(tmp_path: Path) -> None:
     """Interrupted mid-epoch and resumed, a multi-task run ends with the weights of an
     uninterrupted one: the interleaved head order is replayed exactly."""
-    import torch
-    from safetensors.torch import load_file
-
     from tailorml.recipes.finetune import finetune
 
     def cfg(name: str) -> Any:
@@ -266,8 +263,4 @@ def test_multitask_resume_is_exact(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         finetune(part, stop_after_steps=13)
     finetune(part, resume=True)
-    a = load_file(str(Path(full.output_dir) / "model" / "model.safetensors"))
-    b = load_file(str(Path(part.output_dir) / "model" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_weights(full.output_dir, part.output_dir)
