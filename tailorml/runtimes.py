@@ -92,10 +92,10 @@ class Predictor:
         types: list[list[int]] | None = enc.get("token_type_ids")
         order = np.argsort([len(x) for x in ids], kind="stable")
         parts = [order[i : i + chunk] for i in range(0, len(order), chunk)]
+        pad = self.tokenizer.pad_token_id or 0
 
         def run(rows: np.ndarray) -> np.ndarray:
             width = max(len(ids[r]) for r in rows)
-            pad = self.tokenizer.pad_token_id or 0
             batch = {
                 "input_ids": np.full((len(rows), width), pad, dtype=np.int64),
                 "attention_mask": np.zeros((len(rows), width), dtype=np.int64),

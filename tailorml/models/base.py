@@ -13,6 +13,7 @@ from typing import Any
 
 from tailorml.config.schema import ModelConfig
 from tailorml.errors import ConfigError
+from tailorml.models.heads import head_size
 
 KNOWN = ("minilm", "tiny")
 PROBLEM_TYPES = {
@@ -77,7 +78,7 @@ def build_model(cfg: ModelConfig, task: str, labels: list[str] | None, tokenizer
     from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
 
     quiet_transformers()
-    num_labels = 1 if task == "regression" else len(labels or [])
+    num_labels = head_size(task, labels)
     head: dict[str, Any] = {"num_labels": num_labels, "problem_type": PROBLEM_TYPES[task]}
     if labels:
         head["id2label"] = dict(enumerate(labels))

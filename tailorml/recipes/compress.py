@@ -528,6 +528,26 @@ def _train_batches(inp: RunInputs, n: int = 256, batch: int = 32) -> list[dict[s
     ]
 
 
+def _retrain(
+    inp: RunInputs,
+    model: Any,
+    work: Path,
+    tmp: Path,
+    name: str,
+    epochs: float,
+    opts: CompressOptions,
+    loss_fn: Any = None,
+) -> None:
+    """Fine-tune a reshaped model (pruned, or a student) on the run's own data through the
+    engine, then publish its weights into the variant folder `tmp`."""
+    from tailorml.recipes.finetune import finetune
+
+    init, run_dir = work / f"{name}-init", work / f"{name}-run"
+    _save_init(model, inp.model_dir, init, inp.info)
+    finetune(_recovery_config(inp, init, run_dir, epochs, opts), overwrite=True, loss_fn=loss_fn)
+    _finish_trained(run_dir, tmp, inp.info, name)
+
+
 def _finish_trained(run_dir: Path, tmp: Path, info: dict[str, Any], name: str) -> None:
     import json
 
@@ -545,7 +565,6 @@ def _build_pruned(
 ) -> None:
     from tailorml.compress import prune
     from tailorml.models.base import load_classifier
-    from tailorml.recipes.finetune import finetune
 
     model = load_classifier(inp.model_dir)
     before = prune.count_params(model)
@@ -559,11 +578,7 @@ def _build_pruned(
         f"{model.config.tailorml_ffn_per_layer}); recovery fine-tune, "
         f"{opts.recovery_epochs:g} epoch(s):"
     )
-    init = work / "pruned-init"
-    _save_init(model, inp.model_dir, init, inp.info)
-    cfg = _recovery_config(inp, init, work / "pruned-run", opts.recovery_epochs, opts)
-    finetune(cfg, overwrite=True)
-    _finish_trained(work / "pruned-run", tmp, inp.info, "pruned")
+    _retrain(inp, model, work, tmp, "pruned", opts.recovery_epochs, opts)
     notes.update(
         params_before=before,
         params=after,
@@ -579,7 +594,6 @@ def _build_distilled(
     from tailorml.compress.distill import DistillLoss, make_student
     from tailorml.compress.prune import count_params, encoder_layers
     from tailorml.models.base import load_classifier
-    from tailorml.recipes.finetune import finetune
 
     teacher = load_classifier(inp.model_dir)
     n_teacher = len(encoder_layers(teacher))
@@ -590,12 +604,8 @@ def _build_distilled(
         f"{student.config.tailorml_student_of_layers}), {count_params(student) / 1e6:.2f}M "
         f"parameters; distillation, {opts.distill_epochs:g} epoch(s):"
     )
-    init = work / "distilled-init"
-    _save_init(student, inp.model_dir, init, inp.info)
-    cfg = _recovery_config(inp, init, work / "distilled-run", opts.distill_epochs, opts)
     loss = DistillLoss(teacher, opts.distill_temperature, opts.distill_alpha)
-    finetune(cfg, overwrite=True, loss_fn=loss)
-    _finish_trained(work / "distilled-run", tmp, inp.info, "distilled")
+    _retrain(inp, student, work, tmp, "distilled", opts.distill_epochs, opts, loss)
     notes.update(
         layers=k,
         teacher_layers=student.config.tailorml_student_of_layers,

@@ -15,7 +15,7 @@ from tailorml.errors import ConfigError
 from tailorml.evaluate.inference import ordered, predict_logits
 from tailorml.evaluate.metrics import compute_metrics
 from tailorml.models.base import load_model_folder
-from tailorml.models.heads import MULTITASK
+from tailorml.models.heads import MULTITASK, head_specs
 
 
 def model_dir(run_dir: str | Path) -> Path:
@@ -69,8 +69,8 @@ def evaluate_file(
                 f"{folder} is a multi-task model with heads {sorted(heads)}: pass --head NAME "
                 f"to say whose labels {data} holds."
             )
+        columns = next(h.columns for h in head_specs(info) if h.name == head)
         info = heads[head]
-        columns = slice(info["offset"], info["offset"] + info["size"])
     elif head is not None:
         raise ConfigError(f"--head {head}: {folder} is a single-task model; leave out --head.")
     d = data_config_for(

@@ -142,6 +142,7 @@ def finetune(
     seed_everything(cfg.train.seed)
 
     specs = layout([(n, v.task.type, all_splits[n].labels) for n, v in views.items()])
+    spec_of = {h.name: h for h in specs}
     weights = {n: (cfg.heads[n].loss_weight if cfg.heads else 1.0) for n in views}
     tokenizer = load_tokenizer(resolve_base(cfg.model.base))
     if multi:
@@ -229,7 +230,7 @@ def finetune(
             )
             while state["batch_in_epoch"] < len(batches):
                 head_name, batch = batches[state["batch_in_epoch"]]
-                head = next(h for h in specs if h.name == head_name)
+                head = spec_of[head_name]
                 step_loss = _train_step(
                     model,
                     batch,

@@ -8,7 +8,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -26,7 +26,7 @@ Overrides = Annotated[
 ]
 
 
-def _fail(exc: TailorError) -> None:
+def _fail(exc: TailorError) -> NoReturn:
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(2)
 
@@ -38,13 +38,22 @@ def _logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _open(config: Path | None, overrides: list[str] | None) -> tuple[Any, Any, Any]:
+def _config(config: Path | None, overrides: list[str] | None) -> Any:
+    """The finwatch config, or exit with the problems (each names the field and the fix)."""
     from tailorml.apps.finwatch.config import load_finwatch_config
+
+    try:
+        return load_finwatch_config(config, overrides)
+    except TailorError as exc:
+        _fail(exc)
+
+
+def _open(config: Path | None, overrides: list[str] | None) -> tuple[Any, Any, Any]:
     from tailorml.apps.finwatch.pipeline import Watcher
     from tailorml.apps.finwatch.scorer import make_scorer
     from tailorml.apps.finwatch.store import make_engine
 
-    cfg = load_finwatch_config(config, overrides)
+    cfg = _config(config, overrides)
     engine = make_engine(cfg.db)
     watcher = Watcher(cfg, engine, make_scorer(cfg.models)).open()
     return cfg, engine, watcher
@@ -93,7 +102,6 @@ def watch(
         cfg, engine, watcher = _open(config, overrides)
     except TailorError as exc:
         _fail(exc)
-        return
     if not (file or stdin or http or redis):
         _fail(TailorError("Give a source: --file PATH, --stdin, --http HOST:PORT or --redis URL."))
     notifier = Notifier(engine, cfg.webhook) if cfg.webhook.url else None
@@ -183,15 +191,10 @@ def dashboard(
     """Serve the dashboard (trend charts, volume, alerts with their events; live refresh)."""
     import uvicorn
 
-    from tailorml.apps.finwatch.config import load_finwatch_config
     from tailorml.apps.finwatch.server import create_app
     from tailorml.apps.finwatch.store import make_engine, migrate
 
-    try:
-        cfg = load_finwatch_config(config, overrides)
-    except TailorError as exc:
-        _fail(exc)
-        return
+    cfg = _config(config, overrides)
     engine = make_engine(cfg.db)
     migrate(engine)
     typer.echo(f"finwatch dashboard on http://{host}:{port}/", err=True)
@@ -226,7 +229,6 @@ def replay(
         surges = [parse_surge(s, t0) for s in surge or []]
     except ValueError as exc:
         _fail(TailorError(str(exc)))
-        return
     events = make_stream(hours, surges, rate_per_min=rate, start=t0, seed=seed)
     if truth:
         truth.write_text(json.dumps(truth_json(surges), indent=2), encoding="utf-8")
@@ -254,15 +256,10 @@ def evaluate(
     ),
 ) -> None:
     """Replay streams with injected surges; report precision, recall, delay, false alerts/day."""
-    from tailorml.apps.finwatch.config import load_finwatch_config
     from tailorml.apps.finwatch.evaluate import evaluate as run
     from tailorml.apps.finwatch.evaluate import save
 
-    try:
-        cfg = load_finwatch_config(config, overrides)
-    except TailorError as exc:
-        _fail(exc)
-        return
+    cfg = _config(config, overrides)
     logging.getLogger("tailorml.finwatch").setLevel(logging.ERROR)
     res = run(
         cfg,
@@ -308,7 +305,6 @@ def demo(
             s = parse_surge(f"{topic}@{at_hours}:45:{intensity}", 1767571200.0)
         except (TailorError, ValueError) as exc:
             _fail(TailorError(str(exc)))
-            return
         extra: dict[str, Any] = {}
         if cfg.models.scorer == "model":
             # The models score the texts: replay held-out tweets, and make the surge of texts
@@ -326,7 +322,6 @@ def demo(
                         f"tweets as this topic and negative. Choose one of {ok}."
                     )
                 )
-                return
             extra = {
                 "surge_texts": pools,
                 "topic_csv": TOPIC_HELDOUT_CSV,
@@ -375,5 +370,4 @@ def train(
         res = train_model(config, overrides or [], overwrite=overwrite, resume=resume)
     except TailorError as exc:
         _fail(exc)
-        return
     typer.echo(json.dumps(res, indent=2))
