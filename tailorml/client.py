@@ -8,8 +8,9 @@
 
 Long lists are split into requests of at most the server's `max_inputs`. Answers that mean "try
 again" (429 queue full, 503 loading or draining, a connection refused or closed before any answer
-came) are retried with backoff — a prediction is a pure function, so retrying never duplicates an
-effect. Every other refusal raises `ServiceError` carrying the server's message.
+came) are retried with backoff (doubling, capped at `backoff_max_s`) — a prediction is a pure
+function, so retrying never duplicates an effect. Every other refusal raises `ServiceError`
+carrying the server's message.
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ class Client:
         retries: int = 5,
         backoff_s: float = 0.1,
         chunk_size: int | None = None,
+        backoff_max_s: float = 5.0,
     ):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.url = url.rstrip("/")
         self.retries = retries
         self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
         self._chunk = chunk_size
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
         self._model: dict[str, Any] | None = None
@@ -108,14 +111,14 @@ class Client:
                 if last:
                     raise ServiceError(f"cannot reach {self.url}{path}: {exc}") from None
                 time.sleep(delay)
-                delay *= 2
+                delay = min(delay * 2, self.backoff_max_s)
                 continue
             except httpx.TimeoutException:
                 raise ServiceError(f"{self.url}{path}: no answer in time") from None
             if resp.status_code in RETRY_STATUS and not last:
                 wait = resp.headers.get("retry-after", "")
                 time.sleep(float(wait) if wait.replace(".", "", 1).isdigit() else delay)
-                delay *= 2
+                delay = min(delay * 2, self.backoff_max_s)
                 continue
             if resp.status_code >= 400:
                 raise ServiceError(_message(resp), resp.status_code)

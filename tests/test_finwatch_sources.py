@@ -319,6 +319,7 @@ def test_evaluate_reports_detection_figures(tmp_path: Path) -> None:
         cwd=Path(__file__).resolve().parents[1],
     )
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "stream 1/1: " in r.stderr and "surges detected" in r.stderr  # progress per stream
     res = json.loads((tmp_path / "finwatch_eval.json").read_text())
     assert res["surges"] == 4 and res["simulated_days"] == 1
     assert res["true_alerts"] + res["false_alerts"] == res["alerts"]

@@ -21,7 +21,7 @@ from tailorml.recipes.finetune import finetune
 from tailorml.runtimes import load_predictor
 
 from .conftest import REPO, make_rows, tiny_config, write_csv, write_jsonl
-from .serve_helpers import ProcessServer, ThreadServer
+from .serve_helpers import ProcessServer, ThreadServer, free_port
 
 KEY = "test-key-0123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -488,6 +488,22 @@ def test_cli_sigterm_drains_under_load(cls_model: Path, tmp_path: Path) -> None:
     assert answered >= len(ok) >= 10
     assert "Traceback" not in log, log
     assert rc is not None
+
+
+def test_client_backoff_is_capped(monkeypatch: Any) -> None:
+    """Retrying an unreachable service waits longer each time, but never more than the cap
+    (finwatch retries 20 times: uncapped doubling from 0.1 s would wait about a day)."""
+    import tailorml.client as client_mod
+    from tailorml.client import Client, ServiceError
+
+    slept: list[float] = []
+    monkeypatch.setattr(client_mod.time, "sleep", slept.append)
+    with (
+        Client(f"http://127.0.0.1:{free_port()}", retries=5, backoff_s=0.1, backoff_max_s=0.5) as c,
+        pytest.raises(ServiceError, match="cannot reach"),
+    ):
+        c.model()
+    assert slept == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
 
 
 def test_workers_client_and_predict_url(cls_model: Path, tmp_path: Path) -> None:

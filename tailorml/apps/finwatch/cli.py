@@ -270,6 +270,7 @@ def evaluate(
         intensity=intensity,
         minutes=minutes,
         seed=seed,
+        progress=lambda line: typer.echo(line, err=True),
     )
     js, png = save(res, out)
     shown = {k: v for k, v in res.items() if k not in ("per_stream", "detector")}

@@ -15,6 +15,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,10 @@ def evaluate(
     minutes: float = 30.0,
     seed: int = 0,
     scorer: Scorer | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
+    """`progress`, when given, gets a line per step (scoring the texts, then each stream)."""
+    say = progress or (lambda _line: None)
     scorer = scorer or make_scorer(cfg.models)
     w = cfg.detect_window
     pools: dict[str, list[str]] | None = None
@@ -140,6 +144,7 @@ def evaluate(
         # on T, texts the models themselves score as topic T and negative: the truth is then
         # defined in the models' own terms, and the background carries their errors.
         topic_csv, sent_csv = TOPIC_HELDOUT_CSV, SENT_HELDOUT_CSV
+        say("scoring every held-out tweet once with the model (streams repeat them)")
         scorer, pools = model_surge_pools(scorer)
         topics_for_surges = sorted(t for t, v in pools.items() if len(v) >= MIN_POOL)
     totals = {"surges": 0, "detected": 0, "alerts": 0, "true_alerts": 0, "false_alerts": 0}
@@ -173,6 +178,10 @@ def evaluate(
         with tempfile.TemporaryDirectory() as tmp:
             alerts, perf = run_stream(cfg, events, scorer, Path(tmp))
         m = match(alerts, truth, w)
+        say(
+            f"stream {k + 1}/{streams}: {perf['events']} events in {perf['seconds']:.0f} s, "
+            f"{m['detected']}/{m['surges']} surges detected, {m['false_alerts']} false alert(s)"
+        )
         for key in totals:
             totals[key] += m[key]
         delays += m["delays"]

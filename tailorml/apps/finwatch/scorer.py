@@ -118,8 +118,9 @@ class ModelScorer:
 class RemoteScorer:
     """Scores through a `tailor serve` service of a multi-task model (`models.url`): several
     watchers can share one model service, and the service's batching, auth and metrics apply.
-    Requests that mean "try again" (429, 503, connection refused) are retried by the client; if
-    scoring still fails, ingest raises before anything of the micro-batch is committed (nor the
+    Requests that mean "try again" (429, 503, connection refused) are retried by the client, for
+    about a minute and a half (backoff doubling from 0.1 s, at most 5 s apart); if scoring still
+    fails, ingest raises before anything of the micro-batch is committed (nor the
     source position), so a restarted watcher scores it again: no event is lost."""
 
     def __init__(self, cfg: ModelsConfig):
