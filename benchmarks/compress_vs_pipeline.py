@@ -40,9 +40,10 @@ def main() -> None:
     from transformers import pipeline
 
     from tailorml.compress.measure import latency_texts
+    from tailorml.config.compress import CompressOptions
     from tailorml.models.base import quiet_transformers
-    from tailorml.recipes.compress import CompressOptions, check_inputs
-    from tailorml.runtimes import load_predictor
+    from tailorml.predictors import load_predictor
+    from tailorml.recipes.compress import check_inputs
 
     quiet_transformers()
     torch.set_num_threads(args.threads)

@@ -104,15 +104,17 @@ def run_hf(args: argparse.Namespace, out: Path, warmup: int, grouped: bool) -> d
     from tailorml.data.examples import build_examples, infer_labels
     from tailorml.data.readers import read_table
     from tailorml.models.base import packaged_minilm_path, quiet_transformers
+    from tailorml.tasks import get_task
 
     quiet_transformers()
     torch.set_num_threads(args.threads)
     names = args.label_names.split(",")
     d = DataConfig(label_names=names, max_length=args.max_length)
+    task = get_task("classification")
     tr_table = read_table(args.train)
-    labels = infer_labels(tr_table, d, "classification")
-    train = build_examples(tr_table, d, "classification", labels, "train")
-    ev = build_examples(read_table(args.eval), d, "classification", labels, "eval")
+    labels = infer_labels(tr_table, d, task)
+    train = build_examples(tr_table, d, task, labels, "train")
+    ev = build_examples(read_table(args.eval), d, task, labels, "eval")
     path = str(packaged_minilm_path())
     tok = AutoTokenizer.from_pretrained(path)
 

@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--texts", default=str(REPO / "data/twitter_fin_sentiment/sent_valid.csv"))
     args = ap.parse_args()
 
-    from tailorml.runtimes import load_predictor
+    from tailorml.predictors import load_predictor
     from tailorml.serve.batcher import plan_groups
 
     with open(args.texts, newline="", encoding="utf-8") as fh:
@@ -42,8 +42,7 @@ def main() -> None:
     bs = args.batch
 
     def lengths(chunk: list[str]) -> list[int]:
-        enc = p.tokenizer(chunk, truncation=True, max_length=p.max_length)
-        return [len(x) for x in enc["input_ids"]]
+        return p.lengths(chunk)
 
     def single() -> None:
         for t in texts:

@@ -6,11 +6,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-from tailorml import runtime  # noqa: F401  (env defaults before torch is imported)
 from tailorml.errors import TailorError
 
 app = typer.Typer(
@@ -19,7 +18,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-config_app = typer.Typer(help="Inspect the run config.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
 # Apps: each one is its own typer sub-app in tailorml/apps/<name>/cli.py.
@@ -28,7 +27,7 @@ from tailorml.apps.finwatch.cli import app as finwatch_app  # noqa: E402
 app.add_typer(finwatch_app, name="finwatch")
 
 
-def _fail(exc: TailorError) -> None:
+def _fail(exc: TailorError) -> NoReturn:
     from tailorml.train.progress import console
 
     console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
@@ -53,7 +52,6 @@ def finetune(
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _launch_torchrun(nproc, config, overrides or [], resume, overwrite)
-        return
     try:
         cfg = load_config(config, overrides or [])
         run(cfg, resume=resume, overwrite=overwrite)
@@ -65,21 +63,21 @@ def finetune(
 
 def _launch_torchrun(
     nproc: int, config: Path, overrides: list[str], resume: bool, overwrite: bool
-) -> None:
+) -> NoReturn:
     """Re-run this command under torchrun with `nproc` local processes."""
     import subprocess
 
     from tailorml.config.load import load_config
+    from tailorml.launch import torchrun_command
 
     try:
         load_config(config, overrides)  # fail fast, once, before starting processes
     except TailorError as exc:
         _fail(exc)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += [f"--nproc_per_node={nproc}", "-m", "tailorml.cli", "finetune", str(config), *overrides]
-    cmd += ["--resume"] if resume else []
-    cmd += ["--overwrite"] if overwrite else []
-    raise typer.Exit(subprocess.call(cmd))
+    args = ["finetune", str(config), *overrides]
+    args += ["--resume"] if resume else []
+    args += ["--overwrite"] if overwrite else []
+    raise typer.Exit(subprocess.call(torchrun_command(nproc, args)))
 
 
 @app.command()
@@ -87,19 +85,15 @@ def validate(
     config: Annotated[Path, typer.Argument(help="YAML run config.")],
     overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides.")] = None,
 ) -> None:
-    """Check a config and its data files; report every problem at once."""
-    from tailorml.config.load import apply_overrides, read_yaml, validate_mapping
+    """Check a config, its base model and its data (files, columns, every row); report every
+    problem at once."""
+    from tailorml.recipes.validate import validate_config
     from tailorml.train.progress import console
 
-    problems: list[str] = []
     try:
-        raw = apply_overrides(read_yaml(config), overrides or [])
-        cfg, problems = validate_mapping(raw)
+        problems = validate_config(config, overrides or [])
     except TailorError as exc:
         _fail(exc)
-        return
-    if cfg is not None:
-        problems.extend(_check_inputs(cfg))
     if problems:
         console.print(f"[bold red]{config}: {len(problems)} problem(s)[/]")
         for p in problems:
@@ -108,59 +102,75 @@ def validate(
     console.print(f"[green]{config}: OK[/]")
 
 
-def _check_inputs(cfg: Any) -> list[str]:
-    """Files exist, columns exist, model base resolves — without loading the model."""
-    from tailorml.data.readers import read_table
-    from tailorml.models.base import resolve_base
-
-    problems: list[str] = []
-    try:
-        resolve_base(cfg.model.base)
-    except TailorError as exc:
-        problems.extend(exc.problems)
-    d = cfg.data
-    cols: dict[str, str | None] = {
-        "data.text_column": d.text_column,
-        "data.label_column": d.label_column,
-    }
-    if cfg.task.type == "pair-classification":
-        cols["data.text_pair_column"] = d.text_pair_column
-    for key in ("train", "eval", "test"):
-        path = getattr(d, key)
-        if path is None:
-            continue
-        try:
-            read_table(path, limit=5, key=f"data.{key}").require_columns(cols)
-        except TailorError as exc:
-            problems.extend(exc.problems)
-    return problems
+SCHEMAS = {
+    "run": ("tailorml.config.schema", "RunConfig"),
+    "compress": ("tailorml.config.compress", "CompressOptions"),
+    "serve": ("tailorml.serve.settings", "ServeSettings"),
+}
 
 
 @config_app.command("schema")
 def config_schema(
+    which: Annotated[
+        str, typer.Argument(help="run (a run config), compress or serve (their --config files).")
+    ] = "run",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON Schema instead.")] = False,
 ) -> None:
     """Print every config field with its type, default and doc."""
+    import importlib
+
     from rich.console import Console
     from rich.table import Table
 
     from tailorml.config.load import schema_lines
-    from tailorml.config.schema import RunConfig
 
+    if which not in SCHEMAS:
+        _fail(TailorError(f"No schema {which!r}. Choose one of: {', '.join(SCHEMAS)}."))
+    module, name = SCHEMAS[which]
+    model = getattr(importlib.import_module(module), name)
     if as_json:
-        print(json.dumps(RunConfig.model_json_schema(), indent=2))
+        print(json.dumps(model.model_json_schema(), indent=2))
         return
     table = Table(show_edge=False, show_lines=False)
     for col in ("key", "type", "default", "description"):
         table.add_column(col, overflow="fold")
-    for row in schema_lines():
+    for row in schema_lines(model):
         table.add_row(*row)
     Console(width=160).print(table)
 
 
 @app.command()
+def tasks() -> None:
+    """List the task types (`task.type`), what each predicts and what its data looks like."""
+    from rich.console import Console
+
+    from tailorml.tasks import all_tasks
+
+    out = Console(width=120)
+    for t in all_tasks():
+        rows, data = t.example_rows(2, seed=0)
+        columns = {"text_column": "text", "label_column": "label", **data}
+        out.print(f"[bold]{t.name}[/]: {t.description}", highlight=False)
+        cols = f"text: `{columns['text_column']}`"
+        if t.pair:
+            cols += f", second text: `{columns['text_pair_column']}`"
+        out.print(f"  columns   {cols}, label: `{columns['label_column']}`", highlight=False)
+        out.print(f"  label     {t.label_help}", highlight=False)
+        out.print(
+            f"  metrics   {', '.join(t.metrics)} (best checkpoint by {t.default_metric})",
+            highlight=False,
+        )
+        out.print(f"  example   {json.dumps(rows[0])}", highlight=False)
+        if data:
+            keys = " ".join(f"data.{k}={v}" for k, v in data.items())
+            out.print(f"  config    {keys}", highlight=False)
+
+
+@app.command()
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder (or its model/ folder).")],
+    run_dir: Annotated[
+        Path, typer.Argument(help="Run folder, RUN_DIR/model or RUN_DIR/compressed/<variant>.")
+    ],
     data: Annotated[Path, typer.Option(help="Labeled file (.csv/.jsonl/.parquet).")],
     output: Annotated[Path | None, typer.Option(help="Write metrics JSON here.")] = None,
     skip_bad_rows: Annotated[bool, typer.Option(help="Skip and count bad rows.")] = False,
@@ -170,8 +180,9 @@ def evaluate(
         str | None, typer.Option(help="Multi-task models: the head whose labels the file has.")
     ] = None,
 ) -> None:
-    """Score a fine-tuned model on a labeled file and print its metrics."""
-    from tailorml.recipes.evaluate import evaluate_file, save_json
+    """Score a model folder (torch or ONNX) on a labeled file and print its metrics."""
+    from tailorml.files import atomic_json
+    from tailorml.recipes.evaluate import evaluate_file
 
     try:
         metrics = evaluate_file(
@@ -184,16 +195,18 @@ def evaluate(
         )
     except TailorError as exc:
         _fail(exc)
-        return
     if output:
-        save_json(output, metrics)
+        atomic_json(output, metrics)
     shown = {k: v for k, v in metrics.items() if not isinstance(v, dict | list)}
     print(json.dumps(shown, indent=2))
 
 
 @app.command()
 def predict(
-    run_dir: Annotated[Path | None, typer.Argument(help="Run folder or model folder.")] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Argument(help="Run folder, RUN_DIR/model or RUN_DIR/compressed/<variant>."),
+    ] = None,
     input: Annotated[str, typer.Option("--input", "-i", help="File, or - for stdin.")] = "-",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="JSONL out.")] = None,
     top_k: Annotated[int, typer.Option(help="Scores of the k best labels.")] = 3,
@@ -207,7 +220,8 @@ def predict(
     ] = None,
 ) -> None:
     """Predict labels for texts; writes JSONL (input, label, score, top_k)."""
-    from tailorml.recipes.predict import default_columns, predict_rows, read_inputs
+    from tailorml.data.inputs import read_inputs
+    from tailorml.recipes.predict import default_columns, predict_rows
 
     if url is not None:
         from tailorml.serve.remote import predict_remote
@@ -218,49 +232,55 @@ def predict(
             _fail(exc)
         return
     if run_dir is None:
-        from tailorml.train.progress import console
-
-        console.print("[red]error:[/] give a RUN_DIR (or a model folder), or --url.")
-        raise typer.Exit(2)
+        _fail(TailorError("give a RUN_DIR (or a model folder), or --url."))
     try:
         col, pair = default_columns(run_dir)
         rows = read_inputs(input, text_column or col, pair)
-        preds = predict_rows(run_dir, rows, top_k=top_k)
-        _write_jsonl(preds, output)
+        _write_jsonl(predict_rows(run_dir, rows, top_k=top_k), output)
     except TailorError as exc:
         _fail(exc)
+
+
+def _compress_doc(name: str) -> str:
+    from tailorml.config.compress import CompressOptions
+
+    return str(CompressOptions.model_fields[name].description)
 
 
 @app.command()
 def compress(
     run_dir: Annotated[Path, typer.Argument(help="Run folder written by `tailor finetune`.")],
-    budget: Annotated[
-        float, typer.Option(help="Largest accuracy drop allowed, in points (1.0 = 1%).")
-    ] = 1.0,
-    variants: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--variants",
-            help="Comma-separated: torch-int8, onnx-fp32, onnx-int8, pruned, pruned-onnx-int8, "
-            "distilled, distilled-onnx-int8 (default: all).",
-        ),
+    config: Annotated[
+        Path | None,
+        typer.Option(help="YAML of these options (`tailor config schema compress`); flags win."),
     ] = None,
-    threads: Annotated[int, typer.Option(help="Threads for every measurement (pinned).")] = 1,
-    repeats: Annotated[int, typer.Option(help="Timed repetitions (medians are reported).")] = 3,
-    latency_texts: Annotated[int, typer.Option(help="Eval texts timed per repetition.")] = 100,
-    data: Annotated[Path | None, typer.Option(help="Eval file (default: run's eval).")] = None,
-    prune_heads: Annotated[float, typer.Option(help="Share of heads removed.")] = 0.25,
-    prune_ffn: Annotated[float, typer.Option(help="Share of FFN neurons removed.")] = 0.5,
-    recovery_epochs: Annotated[float, typer.Option(help="Fine-tune epochs after pruning.")] = 1.0,
-    student_layers: Annotated[int | None, typer.Option(help="Student layers (half).")] = None,
-    distill_epochs: Annotated[float, typer.Option(help="Distillation epochs.")] = 3.0,
-    train_threads: Annotated[int | None, typer.Option(help="Threads for training.")] = None,
+    budget: Annotated[float | None, typer.Option(help=_compress_doc("budget"))] = None,
+    variants: Annotated[
+        list[str] | None, typer.Option("--variants", help=_compress_doc("variants"))
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help=_compress_doc("threads"))] = None,
+    repeats: Annotated[int | None, typer.Option(help=_compress_doc("repeats"))] = None,
+    latency_texts: Annotated[int | None, typer.Option(help=_compress_doc("latency_texts"))] = None,
+    data: Annotated[Path | None, typer.Option(help=_compress_doc("data"))] = None,
+    prune_heads: Annotated[float | None, typer.Option(help=_compress_doc("prune_heads"))] = None,
+    prune_ffn: Annotated[float | None, typer.Option(help=_compress_doc("prune_ffn"))] = None,
+    recovery_epochs: Annotated[
+        float | None, typer.Option(help=_compress_doc("recovery_epochs"))
+    ] = None,
+    student_layers: Annotated[
+        int | None, typer.Option(help=_compress_doc("student_layers"))
+    ] = None,
+    distill_epochs: Annotated[
+        float | None, typer.Option(help=_compress_doc("distill_epochs"))
+    ] = None,
+    train_threads: Annotated[int | None, typer.Option(help=_compress_doc("train_threads"))] = None,
 ) -> None:
     """Quantize, prune, distill and export a run; measure each variant; choose within budget."""
-    from tailorml.recipes.compress import CompressOptions
+    from tailorml.config.compress import CompressOptions
+    from tailorml.config.load import load_options
     from tailorml.recipes.compress import compress as run
 
-    opts = CompressOptions(
+    flags = dict(
         budget=budget,
         variants=variants,
         threads=threads,
@@ -275,6 +295,7 @@ def compress(
         train_threads=train_threads,
     )
     try:
+        opts = load_options(CompressOptions, config, flags, "compress")
         run(run_dir, opts)
     except TailorError as exc:
         _fail(exc)
@@ -288,11 +309,9 @@ def _write_jsonl(items: Any, output: Path | None) -> None:
             sys.stdout.write(json.dumps(item, ensure_ascii=False) + "\n")
         sys.stdout.flush()
         return
-    tmp = output.with_suffix(output.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for item in items:
-            fh.write(json.dumps(item, ensure_ascii=False) + "\n")
-    tmp.replace(output)
+    from tailorml.files import atomic_jsonl
+
+    atomic_jsonl(output, items)
 
 
 # `tailor serve` lives in tailorml/serve/cli.py.
@@ -302,6 +321,9 @@ app.command("serve")(_serve)
 
 
 def main() -> None:
+    from tailorml import env
+
+    env.setup()  # before any command imports torch
     app()
 
 

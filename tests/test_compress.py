@@ -22,6 +22,7 @@ from tailorml.compress.onnx_export import attention_shape, export_onnx, optimize
 from tailorml.compress.select import accuracy_drop, choose
 from tailorml.config.load import validate_mapping
 from tailorml.errors import ConfigError, DataError
+from tailorml.predictors import load_predictor
 from tailorml.recipes.compress import (
     EXPORT_ATOL,
     VARIANTS,
@@ -30,7 +31,6 @@ from tailorml.recipes.compress import (
     compress,
 )
 from tailorml.recipes.finetune import finetune
-from tailorml.runtimes import load_predictor
 
 from .conftest import REPO, make_rows, tiny_config, write_csv
 
@@ -129,7 +129,7 @@ def test_onnx_export_parity_on_random_padded_inputs(tmp_path: Path) -> None:
 
 def test_torch_int8_parity(tmp_path: Path) -> None:
     """PyTorch dynamic int8 stays within 0.25 of the fp32 logits on random padded inputs."""
-    from tailorml.runtimes import _quantize_linear
+    from tailorml.predictors.torch_runtime import quantize_linear as _quantize_linear
 
     model = tiny_model()
     q = _quantize_linear(tiny_model())
@@ -143,7 +143,7 @@ def test_torch_int8_parity(tmp_path: Path) -> None:
 
 
 def test_pruning_removes_heads_and_neurons_and_stays_loadable(tmp_path: Path) -> None:
-    from tailorml.models.base import load_classifier
+    from tailorml.models.classifier import load_classifier
 
     model = tiny_model(heads=4, hidden=32)
     before = prune.count_params(model)
@@ -436,7 +436,7 @@ def test_real_minilm_export_quantize_and_prune(tmp_path: Path) -> None:
     assert by["onnx-fp32"]["notes"]["onnx_fusions"]["Attention"] == 6
     assert by["fp32"]["size_bytes"] / by["onnx-int8"]["size_bytes"] >= 3.5
 
-    from tailorml.models.base import load_classifier
+    from tailorml.models.classifier import load_classifier
 
     model = load_classifier(run / "model")
     heads = [torch.rand(12) for _ in range(6)]

@@ -10,6 +10,7 @@ from tailorml.data.batching import plan_batches
 from tailorml.data.examples import build_examples, infer_labels, stratified_split
 from tailorml.data.readers import read_table
 from tailorml.errors import DataError
+from tailorml.tasks import get_task
 
 from .conftest import make_rows, write_csv, write_jsonl
 
@@ -39,16 +40,16 @@ def test_bad_rows_are_reported_with_file_and_line(tmp_path: Path) -> None:
     )
     cfg = DataConfig(train=train)
     table = read_table(train)
-    labels = infer_labels(table, cfg, "classification")
+    labels = infer_labels(table, cfg, get_task("classification"))
     with pytest.raises(DataError) as err:
-        build_examples(table, cfg, "classification", labels, "train")
+        build_examples(table, cfg, get_task("classification"), labels, "train")
     msg = str(err.value)
     assert f"{train}:3: empty text" in msg
     assert f"{train}:4: missing label" in msg
     assert f"{train}:5: undecodable bytes" in msg
     assert "on_bad_rows: skip" in msg
     skip = DataConfig(train=train, on_bad_rows="skip")
-    ex = build_examples(read_table(train), skip, "classification", labels, "train")
+    ex = build_examples(read_table(train), skip, get_task("classification"), labels, "train")
     assert ex.texts == ["good news", "fine"] and len(ex.bad) == 3
 
 
@@ -58,7 +59,7 @@ def test_unseen_eval_label(tmp_path: Path) -> None:
     )
     cfg = DataConfig(train=ev)
     with pytest.raises(DataError, match=r"eval.csv:3: label 'maybe' in eval was not seen in train"):
-        build_examples(read_table(ev), cfg, "classification", ["neg", "pos"], "eval")
+        build_examples(read_table(ev), cfg, get_task("classification"), ["neg", "pos"], "eval")
 
 
 def test_nan_label_in_regression(tmp_path: Path) -> None:
@@ -67,13 +68,15 @@ def test_nan_label_in_regression(tmp_path: Path) -> None:
     )
     # json.dumps writes NaN, which Python's json reads back as float('nan')
     with pytest.raises(DataError, match=r"r.jsonl:2: missing label \(NaN\)"):
-        build_examples(read_table(f), DataConfig(train=f), "regression", None, "train")
+        build_examples(read_table(f), DataConfig(train=f), get_task("regression"), None, "train")
 
 
 def test_wrong_columns_suggest_close_matches(tmp_path: Path) -> None:
     f = write_csv(tmp_path / "t.csv", [{"Text": "x", "labels": "a"}])
     with pytest.raises(DataError) as err:
-        build_examples(read_table(f), DataConfig(train=f), "classification", ["a"], "train")
+        build_examples(
+            read_table(f), DataConfig(train=f), get_task("classification"), ["a"], "train"
+        )
     msg = str(err.value)
     assert "column 'text' (from `data.text_column`) not found" in msg and "'Text'" in msg
     assert "column 'label' (from `data.label_column`)" in msg and "'labels'" in msg
@@ -96,35 +99,35 @@ def test_missing_and_empty_files(tmp_path: Path) -> None:
 def test_integer_labels_take_names_and_numeric_order(tmp_path: Path) -> None:
     rows = [{"text": f"t{i}", "label": i % 11} for i in range(33)]
     f = write_csv(tmp_path / "n.csv", rows)
-    assert infer_labels(read_table(f), DataConfig(train=f), "classification") == [
+    assert infer_labels(read_table(f), DataConfig(train=f), get_task("classification")) == [
         str(i) for i in range(11)
     ]
     g = write_csv(tmp_path / "s.csv", [{"text": "a", "label": 2}, {"text": "b", "label": 0}])
     cfg = DataConfig(train=g, label_names=["Bearish", "Bullish", "Neutral"])
-    labels = infer_labels(read_table(g), cfg, "classification")
+    labels = infer_labels(read_table(g), cfg, get_task("classification"))
     assert labels == ["Bearish", "Bullish", "Neutral"]
-    ex = build_examples(read_table(g), cfg, "classification", labels, "train")
+    ex = build_examples(read_table(g), cfg, get_task("classification"), labels, "train")
     assert ex.labels == [2, 0]
 
 
 def test_multilabel_separator_and_lists(tmp_path: Path) -> None:
     f = write_csv(tmp_path / "m.csv", [{"text": "a", "label": "x;y"}, {"text": "b", "label": "y"}])
     cfg = DataConfig(train=f)
-    labels = infer_labels(read_table(f), cfg, "multilabel")
+    labels = infer_labels(read_table(f), cfg, get_task("multilabel"))
     assert labels == ["x", "y"]
-    ex = build_examples(read_table(f), cfg, "multilabel", labels, "train")
+    ex = build_examples(read_table(f), cfg, get_task("multilabel"), labels, "train")
     assert ex.labels == [[0, 1], [1]]
     j = write_jsonl(tmp_path / "m.jsonl", [{"text": "a", "label": ["y", "x"]}])
-    ex = build_examples(read_table(j), DataConfig(train=j), "multilabel", labels, "train")
+    ex = build_examples(read_table(j), DataConfig(train=j), get_task("multilabel"), labels, "train")
     assert ex.labels == [[0, 1]]
 
 
 def test_stratified_split_keeps_class_shares(tmp_path: Path) -> None:
     f = write_csv(tmp_path / "t.csv", make_rows(300))
     cfg = DataConfig(train=f)
-    labels = infer_labels(read_table(f), cfg, "classification")
-    ex = build_examples(read_table(f), cfg, "classification", labels, "train")
-    keep, hold = stratified_split(ex, 0.2, 0, "classification", "eval")
+    labels = infer_labels(read_table(f), cfg, get_task("classification"))
+    ex = build_examples(read_table(f), cfg, get_task("classification"), labels, "train")
+    keep, hold = stratified_split(ex, 0.2, 0, True, "eval")
     assert len(hold) == 60 and len(keep) == 240
     assert sorted(np.bincount(hold.labels).tolist()) == [20, 20, 20]
     assert not set(keep.lines) & set(hold.lines)

@@ -293,11 +293,11 @@ def test_evaluate_and_predict_cli(
 
 
 def test_load_predictor_matches_the_trained_model(cls_config: dict[str, Any]) -> None:
-    """runtimes.load_predictor (no training code) gives the logits of the saved model."""
+    """predictors.load_predictor (no training code) gives the logits of the saved model."""
     import numpy as np
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tailorml.runtimes import load_predictor
+    from tailorml.predictors import load_predictor
 
     cfg = cfg_of(cls_config)
     finetune(cfg)

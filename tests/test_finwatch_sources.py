@@ -454,7 +454,7 @@ def test_scoring_through_tailor_serve_matches_local(
     multi-task model, and stores what scoring the same folder locally gives."""
     from tailorml.apps.finwatch.scorer import RemoteScorer
     from tailorml.errors import ConfigError
-    from tailorml.runtimes import load_predictor
+    from tailorml.predictors import load_predictor
 
     from .serve_helpers import ThreadServer
 

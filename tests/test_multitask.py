@@ -60,9 +60,9 @@ def test_multitask_config_errors_name_the_head(tmp_path: Path) -> None:
 
 
 def test_multitask_trains_both_heads_and_saves_one_model(tmp_path: Path) -> None:
-    from tailorml.models.heads import head_specs, split_logits
+    from tailorml.predictors import load_predictor
     from tailorml.recipes.finetune import finetune
-    from tailorml.runtimes import load_predictor
+    from tailorml.tasks.heads import head_specs, split_logits
 
     cfg = load_config(write_config(tmp_path, mt_config(tmp_path)))
     res = finetune(cfg)
@@ -108,7 +108,7 @@ def test_multitask_trains_both_heads_and_saves_one_model(tmp_path: Path) -> None
 
 
 def test_multitask_plan_interleaves_heads_and_covers_each_example_once() -> None:
-    from tailorml.recipes.finetune import plan_epoch
+    from tailorml.data.batching import plan_epoch
 
     lengths = {"a": np.arange(100) % 7 + 3, "b": np.arange(40) % 5 + 3}
     plan = plan_epoch(lengths, 8, seed=0, epoch=0)
@@ -144,8 +144,8 @@ def test_multitask_bad_rows_name_the_head(tmp_path: Path) -> None:
 def test_predict_sorted_matches_one_padded_batch(tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
+    from tailorml.predictors import load_predictor
     from tailorml.recipes.finetune import finetune
-    from tailorml.runtimes import load_predictor
 
     raw = mt_config(tmp_path, epochs=1)
     finetune(load_config(write_config(tmp_path, raw)))
@@ -172,8 +172,8 @@ def mt_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_multitask_compresses_per_head_and_serves_heads(mt_run: Path) -> None:
     import httpx
 
+    from tailorml.predictors import load_predictor
     from tailorml.recipes.compress import CompressOptions, compress
-    from tailorml.runtimes import load_predictor
 
     from .serve_helpers import ThreadServer
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from tailorml.config.load import validate_mapping
+from tailorml.predictors import load_predictor
 from tailorml.recipes.finetune import finetune
-from tailorml.runtimes import load_predictor
 
 from .conftest import REPO, make_rows, tiny_config, write_csv, write_jsonl
 from .serve_helpers import ProcessServer, ThreadServer, free_port

@@ -3,12 +3,13 @@ build never leaves a half-written variant that `load_predictor` would pick up.""
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from tailorml.tasks.folder import variant_task_json, write_task_json
 
 # Tokenizer files copied next to every exported model (whichever the tokenizer wrote).
 TOKENIZER_FILES = (
@@ -53,19 +54,10 @@ def copy_tokenizer(src: Path, dst: Path) -> None:
 
 
 def write_task(dst: Path, info: dict[str, Any], **extra: Any) -> None:
-    """task.json of a variant: the run's task info plus how to run this folder."""
-    keep = {k: v for k, v in info.items() if k not in ("runtime", "onnx_file", "torch_int8_state")}
-    keep.pop("torch_dynamic_int8", None)
-    keep.update(extra)
-    (dst / "task.json").write_text(json.dumps(keep, indent=2) + "\n", encoding="utf-8")
+    """task.json of a variant: the run's heads and columns plus how to run this folder."""
+    write_task_json(dst, variant_task_json(info, **extra))
 
 
 def folder_size(path: Path) -> int:
     """Bytes on disk of every file in a folder (model + tokenizer + metadata)."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from tailorml.config.schema import HeadConfig, RunConfig, cross_field_problems
 from tailorml.errors import ConfigError
+
+T = TypeVar("T", bound=BaseModel)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -85,34 +87,97 @@ def _field_names(model: type[BaseModel]) -> list[str]:
     return list(model.model_fields)
 
 
-def _suggest(loc: tuple[Any, ...]) -> str:
+def _model_of(ann: Any) -> type[BaseModel] | None:
+    """The section class behind an annotation: `Model`, `Model | None`, `dict[str, Model]`."""
+    import typing
+
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in typing.get_args(ann):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _suggest(loc: tuple[Any, ...], root: type[BaseModel] = RunConfig) -> str:
     """For an unknown key, suggest the closest known key of that section."""
-    section: type[BaseModel] = RunConfig
-    for part in loc[:-1]:
-        field = section.model_fields.get(str(part))
-        ann = getattr(field, "annotation", None) if field else None
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            section = ann
-        else:
+    section: type[BaseModel] | None = root
+    parts = list(loc[:-1])
+    i = 0
+    while i < len(parts):
+        assert section is not None
+        field = section.model_fields.get(str(parts[i]))
+        if field is None:
             return ""
+        ann = field.annotation
+        nxt = _model_of(ann)
+        if nxt is None:
+            return ""
+        if "dict[" in str(ann):  # a mapping of sections (heads): skip its key
+            i += 1
+        section = nxt
+        i += 1
+    assert section is not None
     close = difflib.get_close_matches(str(loc[-1]), _field_names(section), n=1)
     return f" Did you mean `{'.'.join(map(str, loc[:-1] + (close[0],)))}`?" if close else ""
 
 
-def describe_validation_error(exc: ValidationError) -> list[str]:
+def describe_validation_error(
+    exc: ValidationError,
+    root: type[BaseModel] = RunConfig,
+    schema_cmd: str = "tailor config schema",
+) -> list[str]:
+    """One line per problem, naming the key (with a did-you-mean for unknown keys)."""
     problems = []
     for err in exc.errors():
         loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
             problems.append(
-                f"Unknown key `{key}`.{_suggest(loc)} Run `tailor config schema` to list the keys."
+                f"Unknown key `{key}`.{_suggest(loc, root)} Run `{schema_cmd}` to list the keys."
             )
         else:
             value = err.get("input")
             shown = repr(value) if not isinstance(value, dict) else "a mapping"
             problems.append(f"`{key}` = {shown}: {err['msg']}.")
     return problems
+
+
+def lenient_config(raw: dict[str, Any]) -> RunConfig | None:
+    """The config with every invalid or unknown key dropped (its default used instead), so that
+    the checks that need a config (files, rows, model base) still run on everything else: one
+    mistyped key must not hide a missing data file. None if it cannot be repaired."""
+    import copy
+
+    current = copy.deepcopy(raw)
+    for _ in range(20):
+        try:
+            return RunConfig.model_validate(current)
+        except ValidationError as exc:
+            for err in exc.errors():
+                node: Any = current
+                loc = list(err["loc"])
+                for part in loc[:-1]:
+                    node = node.get(part) if isinstance(node, dict) else None
+                if isinstance(node, dict) and loc:
+                    node.pop(loc[-1], None)
+                elif not loc:
+                    return None
+    return None
+
+
+def load_options(cls: type[T], path: str | Path | None, flags: dict[str, Any], command: str) -> T:
+    """Options of a command: a YAML file's values (`--config`), then the flags given (None =
+    not given). Errors name the key or flag and list every problem."""
+    values: dict[str, Any] = read_yaml(path) if path is not None else {}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return cls.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(
+            describe_validation_error(exc, cls, f"tailor config schema {command}")
+        ) from None
 
 
 def validate_mapping(raw: dict[str, Any]) -> tuple[RunConfig | None, list[str]]:
@@ -140,10 +205,12 @@ def dump_config(cfg: RunConfig) -> str:
     # A multi-task config keeps data and task under its heads; the unused top-level defaults are
     # left out so that the dump reads (and re-loads) as the user wrote it.
     exclude = {"data", "task"} if cfg.heads is not None else {"heads"}
+    if cfg.distill.teacher is None:  # only a distillation run shows the section
+        exclude.add("distill")
     return yaml.safe_dump(cfg.model_dump(mode="json", exclude=exclude), sort_keys=False)
 
 
-def schema_lines() -> list[tuple[str, str, str, str]]:
+def schema_lines(root: type[BaseModel] = RunConfig) -> list[tuple[str, str, str, str]]:
     """(key, type, default, doc) for every field, for `tailor config schema`."""
     rows: list[tuple[str, str, str, str]] = []
 
@@ -153,11 +220,22 @@ def schema_lines() -> list[tuple[str, str, str, str]]:
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, f"{prefix}{name}.")
                 continue
+            if name == "heads" and model is RunConfig:
+                continue  # listed below, per head
             type_name = str(ann).replace("typing.", "").replace("pathlib.", "")
             type_name = type_name.replace("<class '", "").replace("'>", "")
             default = field.get_default(call_default_factory=True)
             rows.append((prefix + name, type_name, repr(default), field.description or ""))
 
-    walk(RunConfig, "")
-    walk(HeadConfig, "heads.<name>.")
+    walk(root, "")
+    if root is RunConfig:
+        rows.append(
+            (
+                "heads",
+                "dict[str, head] | None",
+                "None",
+                RunConfig.model_fields["heads"].description or "",
+            )
+        )
+        walk(HeadConfig, "heads.<name>.")
     return rows

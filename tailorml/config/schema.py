@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-TaskType = Literal["classification", "multilabel", "regression", "pair-classification"]
+if TYPE_CHECKING:
+    from tailorml.tasks.base import Task
+
 OnBadRows = Literal["error", "skip"]
 
 
@@ -75,7 +77,10 @@ class ModelConfig(_Section):
 
 
 class TaskConfig(_Section):
-    type: TaskType = Field("classification", description="What the model predicts.")
+    type: str = Field(
+        "classification",
+        description="What the model predicts: a registered task type (`tailor tasks` lists them).",
+    )
 
 
 class TrainConfig(_Section):
@@ -127,6 +132,18 @@ class TrainConfig(_Section):
     log_every_steps: int = Field(10, ge=1, description="Log loss and lr every N steps.")
 
 
+class DistillConfig(_Section):
+    teacher: Path | None = Field(
+        None,
+        description="Teacher model folder (RUN_DIR/model) whose soft labels the model learns "
+        "(knowledge distillation); null = none.",
+    )
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature of the soft labels.")
+    alpha: float = Field(
+        0.5, ge=0, le=1, description="Weight of the soft-label loss; the rest on gold labels."
+    )
+
+
 class HeadConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
     task: TaskConfig = Field(default_factory=TaskConfig)  # type: ignore[arg-type]
@@ -140,6 +157,7 @@ class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)  # type: ignore[arg-type]
     task: TaskConfig = Field(default_factory=TaskConfig)  # type: ignore[arg-type]
     train: TrainConfig = Field(default_factory=TrainConfig)  # type: ignore[arg-type]
+    distill: DistillConfig = Field(default_factory=DistillConfig)  # type: ignore[arg-type]
     heads: dict[str, HeadConfig] | None = Field(
         None,
         description="Multi-task: one shared encoder, one head per entry (own data and task); "
@@ -170,6 +188,19 @@ def _get(raw: dict, dotted: str, default: object = None) -> object:
     return node
 
 
+def task_of(view: dict, prefix: str, problems: list[str]) -> Task | None:
+    """The registered task a (head's) raw config names; an unknown name is added to `problems`."""
+    from tailorml.errors import ConfigError
+    from tailorml.tasks import get_task
+
+    name = _get(view, "task.type", "classification")
+    try:
+        return get_task(str(name), f"{prefix}task.type")
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return None
+
+
 def cross_field_problems(raw: dict) -> list[str]:
     """Checks that involve several fields, run on the raw (merged) mapping so that they are
     reported together with field errors. Each message names the fields and the fix."""
@@ -193,17 +224,10 @@ def cross_field_problems(raw: dict) -> list[str]:
                 "config each head has its own data: move it under `heads.<name>.data`."
             )
     for prefix, view in views.items():
-        task = _get(view, "task.type", "classification")
-        if task == "pair-classification" and not _get(view, "data.text_pair_column"):
-            out.append(
-                f"`{prefix}task.type` is pair-classification but `{prefix}data.text_pair_column` "
-                "is not set. Name the column that holds the second text."
-            )
-        if _get(view, "data.label_names") is not None and task == "regression":
-            out.append(
-                f"`{prefix}data.label_names` is set but `{prefix}task.type` is regression. "
-                "Remove label_names."
-            )
+        task = task_of(view, prefix, out)
+        data = _get(view, "data", {})
+        if task is not None and isinstance(data, dict):
+            out.extend(task.config_problems(prefix, data))
         if not _get(view, "data.train"):
             out.append(f"`{prefix}data.train` is not set. Give the path of the training file.")
     bs, acc = _get(raw, "train.batch_size", 32), _get(raw, "train.grad_accum_steps", 1)

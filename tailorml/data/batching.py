@@ -86,15 +86,34 @@ def plan_batches(
     return [batches[i] for i in perm]
 
 
+def plan_epoch(
+    lengths: dict[str, np.ndarray], batch_size: int, seed: int, epoch: int, bucket: bool = True
+) -> list[tuple[str, np.ndarray]]:
+    """(head name, example indices) per global batch of one epoch.
+
+    Each head's examples are planned on their own (length-bucketed, seeded by (seed + k, epoch)
+    for the k-th head); with several heads the batches are interleaved in a seeded random order,
+    so each epoch sees every example of every head once and the heads take turns in proportion
+    to their data. With one head this is exactly `plan_batches`."""
+    plans = {
+        name: plan_batches(n_lengths, batch_size, seed + k, epoch, bucket=bucket)
+        for k, (name, n_lengths) in enumerate(lengths.items())
+    }
+    tagged = [(name, b) for name, plan in plans.items() for b in plan]
+    if len(plans) == 1:
+        return tagged
+    order = np.random.default_rng([seed, epoch, 7]).permutation(len(tagged))
+    return [tagged[i] for i in order]
+
+
 def shard(batch: np.ndarray, rank: int, world: int) -> np.ndarray:
     """This rank's slice of a global batch (interleaved, so lengths stay balanced)."""
     return batch[rank::world]
 
 
-def collate(
-    enc: Encoded, idx: np.ndarray, pad_id: int, task: str, num_labels: int, with_labels: bool = True
-) -> dict[str, torch.Tensor]:
-    """Pad a batch to its own longest example. Returns tensors of shape (batch, seq_len)."""
+def collate(enc: Encoded, idx: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad a batch to its own longest example. Returns tensors of shape (batch, seq_len); the
+    targets come from the task (`Task.label_tensor`)."""
     seqs = [enc.input_ids[i] for i in idx]
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -109,17 +128,4 @@ def collate(
             t = enc.token_type_ids[i]
             tt[r, : len(t)] = torch.as_tensor(t, dtype=torch.long)
         out["token_type_ids"] = tt
-    if with_labels:
-        out["labels"] = labels_tensor([enc.labels[i] for i in idx], task, num_labels)
     return out
-
-
-def labels_tensor(ys: list[Any], task: str, num_labels: int) -> torch.Tensor:
-    if task == "regression":
-        return torch.tensor(ys, dtype=torch.float32)
-    if task == "multilabel":
-        t = torch.zeros((len(ys), num_labels), dtype=torch.float32)
-        for r, ids in enumerate(ys):
-            t[r, ids] = 1.0
-        return t
-    return torch.tensor(ys, dtype=torch.long)

@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tailorml.config.schema import DataConfig
 from tailorml.data.readers import BadRow, Table, has_surrogates, is_missing
 from tailorml.errors import DataError
 
-CLASS_TASKS = ("classification", "pair-classification")
+if TYPE_CHECKING:
+    from tailorml.config.schema import DataConfig
+    from tailorml.tasks.base import Task
 
 
 @dataclass
@@ -99,39 +100,35 @@ def label_order(keys: set[str], label_names: list[str] | None) -> list[str]:
     return sorted(keys)
 
 
-def infer_labels(table: Table, cfg: DataConfig, task: str) -> list[str]:
-    """Collect the label set of the training table (rows with missing labels are skipped here;
-    they are reported by `build_examples`)."""
-    keys: set[str] = set()
-    for row in table.rows:
-        value = row.get(cfg.label_column)
-        if is_missing(value):
-            continue
-        if task == "multilabel":
-            keys.update(canonical_label(v, cfg.label_names) for v in split_multi(value, cfg.label_separator))
-        else:
-            keys.add(canonical_label(value, cfg.label_names))
-    return label_order(keys, cfg.label_names)
+def infer_labels(table: Table, cfg: DataConfig, task: Task) -> list[str] | None:
+    """The label vocabulary of the training table (None when the task has no classes). Rows with
+    missing labels are skipped here; `build_examples` reports them."""
+    if not task.has_labels:
+        return None
+    values = (row.get(cfg.label_column) for row in table.rows)
+    return task.infer_labels((v for v in values if _missing_label(v) is None), cfg)
 
 
 def build_examples(
     table: Table,
     cfg: DataConfig,
-    task: str,
+    task: Task,
     labels: list[str] | None,
     role: str,
     require_labels: bool = True,
 ) -> Examples:
-    """Check and convert rows. `labels` is the training label list (None for regression)."""
+    """Check and convert rows: the columns the task reads (a text, a second text for pair
+    tasks, the label), each value checked. `labels` is the training vocabulary (None when the
+    task has no classes)."""
     cols: dict[str, str | None] = {"data.text_column": cfg.text_column}
-    if task == "pair-classification":
+    if task.pair:
         cols["data.text_pair_column"] = cfg.text_pair_column
     if require_labels:
         cols["data.label_column"] = cfg.label_column
     table.require_columns(cols)
     index = {name: i for i, name in enumerate(labels or [])}
     texts: list[str] = []
-    pairs: list[str] | None = [] if task == "pair-classification" else None
+    pairs: list[str] | None = [] if task.pair else None
     ys: list[Any] = []
     lines: list[int] = []
     bad = list(table.bad)
@@ -175,59 +172,38 @@ def _text_problem(value: Any, what: str) -> str | None:
     return None
 
 
-def _label(
-    value: Any, cfg: DataConfig, task: str, index: dict[str, int], role: str
-) -> tuple[Any, str | None]:
+def _missing_label(value: Any) -> str | None:
+    """Why `value` is no label at all (the same rule for the vocabulary and the row checks)."""
     if is_missing(value):
-        return None, "missing label (NaN)" if isinstance(value, float) else "missing label"
+        return "missing label (NaN)" if isinstance(value, float) else "missing label"
     if isinstance(value, str) and value.strip().lower() in ("nan", "null", "none"):
-        return None, f"missing label ({value.strip()})"
+        return f"missing label ({value.strip()})"
     if isinstance(value, str) and has_surrogates(value):
-        return None, "undecodable bytes in label (not UTF-8)"
-    if task == "regression":
-        try:
-            y = float(value)
-        except (TypeError, ValueError):
-            return None, f"label {value!r} is not a number"
-        if not np.isfinite(y):
-            return None, f"label {value!r} is not a finite number"
-        return y, None
-    if task == "multilabel":
-        keys = [canonical_label(v, cfg.label_names) for v in split_multi(value, cfg.label_separator)]
-        unseen = [k for k in keys if k not in index]
-        if unseen:
-            return None, f"label(s) {unseen} in {role} were not seen in train"
-        return sorted({index[k] for k in keys}), None
-    key = canonical_label(value, cfg.label_names)
-    if key not in index:
-        return None, f"label {key!r} in {role} was not seen in train"
-    return index[key], None
+        return "undecodable bytes in label (not UTF-8)"
+    return None
+
+
+def _label(
+    value: Any, cfg: DataConfig, task: Task, index: dict[str, int], role: str
+) -> tuple[Any, str | None]:
+    reason = _missing_label(value)
+    if reason is not None:
+        return None, reason
+    return task.parse_label(value, cfg, index, role)
 
 
 def stratified_split(
-    ex: Examples, fraction: float, seed: int, task: str, name: str
+    ex: Examples, fraction: float, seed: int, stratify: bool, name: str
 ) -> tuple[Examples, Examples]:
-    """Hold out `fraction` of `ex` (stratified by class when every class has 2+ rows)."""
+    """Hold out `fraction` of `ex` (with `stratify`, by class when every class has 2+ rows)."""
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(ex))
     strat = None
-    if task in CLASS_TASKS:
+    if stratify:
         counts = Counter(ex.labels)
         n_hold = max(1, round(fraction * len(ex)))
         if min(counts.values()) >= 2 and n_hold >= len(counts):
             strat = ex.labels
     keep, hold = train_test_split(idx, test_size=fraction, random_state=seed, stratify=strat)
     return ex.subset(sorted(keep), ex.source), ex.subset(sorted(hold), f"{ex.source} ({name} split)")
-
-
-def class_balance(ex: Examples, labels: list[str] | None, task: str) -> dict[str, int]:
-    if task in CLASS_TASKS and labels:
-        counts = Counter(ex.labels)
-        return {labels[i]: counts.get(i, 0) for i in range(len(labels))}
-    if task == "multilabel" and labels:
-        c: Counter[int] = Counter()
-        for ys in ex.labels:
-            c.update(ys)
-        return {labels[i]: c.get(i, 0) for i in range(len(labels))}
-    return {}

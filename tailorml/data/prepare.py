@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tailorml.config.schema import RunConfig
-from tailorml.data.examples import (
-    Examples,
-    build_examples,
-    class_balance,
-    infer_labels,
-    stratified_split,
-)
+from tailorml.data.examples import Examples, build_examples, infer_labels, stratified_split
 from tailorml.data.readers import read_table
 from tailorml.errors import DataError
+
+if TYPE_CHECKING:
+    from tailorml.config.schema import RunConfig
+    from tailorml.tasks.base import Task
+
+SPLITS = ("train", "eval", "test")
 
 
 @dataclass
@@ -22,13 +21,12 @@ class Splits:
     train: Examples
     eval: Examples
     test: Examples
-    labels: list[str] | None  # None for regression
+    labels: list[str] | None  # None when the task has no classes
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        task_labels = self.labels
-        out: dict[str, Any] = {"labels": task_labels, "splits": {}, "notes": self.notes}
-        for name in ("train", "eval", "test"):
+        out: dict[str, Any] = {"labels": self.labels, "splits": {}, "notes": self.notes}
+        for name in SPLITS:
             ex: Examples = getattr(self, name)
             out["splits"][name] = {
                 "source": ex.source,
@@ -37,15 +35,24 @@ class Splits:
             }
         return out
 
+    def balance(self, task: Task) -> dict[str, dict[str, int]]:
+        """label -> {split: count} for the class-balance report ({} without classes)."""
+        out: dict[str, dict[str, int]] = {}
+        for name in SPLITS:
+            for label, n in task.balance(getattr(self, name).labels, self.labels).items():
+                out.setdefault(label, {})[name] = n
+        return out
 
-def prepare_splits(cfg: RunConfig) -> Splits:
-    """Read and check every split. Raises DataError listing every problem found."""
-    d, task = cfg.data, cfg.task.type
+
+def prepare_splits(cfg: RunConfig, task: Task) -> Splits:
+    """Read and check every split of a (one-head) config. Raises DataError listing every
+    problem found."""
+    d = cfg.data
     if d.train is None:
         raise DataError("`data.train` is not set. Give the path of the training file.")
     problems: list[str] = []
     tables = {}
-    for key in ("train", "eval", "test"):
+    for key in SPLITS:
         path = getattr(d, key)
         if path is None:
             continue
@@ -56,11 +63,11 @@ def prepare_splits(cfg: RunConfig) -> Splits:
     if problems:
         raise DataError(problems)
 
-    labels = None if task == "regression" else infer_labels(tables["train"], d, task)
-    if labels is not None and len(labels) < 2 and task != "multilabel":
+    labels = infer_labels(tables["train"], d, task)
+    if labels is not None and len(labels) < task.min_labels:
         raise DataError(
             f"{d.train}: column {d.label_column!r} has {len(labels)} distinct label(s); "
-            "classification needs at least 2. Check `data.label_column`."
+            f"{task.name} needs at least {task.min_labels}. Check `data.label_column`."
         )
     built: dict[str, Examples] = {}
     for key, table in tables.items():
@@ -76,20 +83,13 @@ def prepare_splits(cfg: RunConfig) -> Splits:
     skipped = {k: len(v.bad) for k, v in built.items() if v.bad}
     if skipped:
         notes.append(f"skipped bad rows: {skipped}")
+    seed, strat = cfg.train.seed, task.stratify
+    kind = "stratified split" if strat else "random split"
     if "test" not in built:
-        train, built["test"] = stratified_split(train, d.test_fraction, cfg.train.seed, task, "test")
-        notes.append(f"test: {d.test_fraction:.0%} stratified split of train (seed {cfg.train.seed})")
+        train, built["test"] = stratified_split(train, d.test_fraction, seed, strat, "test")
+        notes.append(f"test: {d.test_fraction:.0%} {kind} of train (seed {seed})")
     if "eval" not in built:
-        train, built["eval"] = stratified_split(train, d.eval_fraction, cfg.train.seed, task, "eval")
-        notes.append(f"eval: {d.eval_fraction:.0%} stratified split of train (seed {cfg.train.seed})")
+        train, built["eval"] = stratified_split(train, d.eval_fraction, seed, strat, "eval")
+        notes.append(f"eval: {d.eval_fraction:.0%} {kind} of train (seed {seed})")
     train.bad = built["train"].bad
     return Splits(train, built["eval"], built["test"], labels, notes)
-
-
-def balance_table(splits: Splits, task: str) -> dict[str, dict[str, int]]:
-    """label -> {split: count} for the class-balance report."""
-    out: dict[str, dict[str, int]] = {}
-    for name in ("train", "eval", "test"):
-        for label, n in class_balance(getattr(splits, name), splits.labels, task).items():
-            out.setdefault(label, {})[name] = n
-    return out

@@ -33,7 +33,7 @@ def predict_logits(
     rows: list[int] = []
     ctx = autocast if autocast is not None else contextlib.nullcontext
     for b in batches[rank::world]:
-        inputs = collate(enc, b, pad_id, task="", num_labels=0, with_labels=False)
+        inputs = collate(enc, b, pad_id)
         inputs = {k: v.to(device) for k, v in inputs.items()}
         with ctx():
             logits = model(**inputs).logits  # (batch, num_labels)
@@ -51,15 +51,3 @@ def ordered(logits: np.ndarray, rows: list[int], n: int) -> np.ndarray:
     out = np.zeros((n, logits.shape[1]), dtype=logits.dtype)
     out[np.asarray(rows, dtype=np.int64)] = logits
     return out
-
-
-def task_loss(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-example loss, shape (batch,): the same definitions as transformers' heads."""
-    import torch.nn.functional as F
-
-    if task == "regression":
-        return F.mse_loss(logits.view(-1).float(), labels.float(), reduction="none")
-    if task == "multilabel":
-        per = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none")
-        return per.mean(dim=1)
-    return F.cross_entropy(logits.float(), labels, reduction="none")

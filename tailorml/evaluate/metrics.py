@@ -1,4 +1,4 @@
-"""Metrics for each task, computed from model outputs (logits) and gold labels."""
+"""Metric functions over predictions and gold labels; each task (tailorml/tasks/) picks its own."""
 
 from __future__ import annotations
 
@@ -7,25 +7,15 @@ from typing import Any
 import numpy as np
 
 LOWER_IS_BETTER = {"loss", "mse", "mae", "rmse"}
-DEFAULT_METRIC = {
-    "classification": "accuracy",
-    "pair-classification": "accuracy",
-    "multilabel": "micro_f1",
-    "regression": "mse",
-}
-# Scalar metrics each task reports (used to validate `train.metric_for_best`).
-SCALARS = {
-    "classification": ["loss", "accuracy", "macro_f1", "weighted_f1"],
-    "pair-classification": ["loss", "accuracy", "macro_f1", "weighted_f1"],
-    "multilabel": ["loss", "micro_f1", "macro_f1", "subset_accuracy"],
-    "regression": ["loss", "mse", "mae", "rmse", "r2", "pearson"],
-}
 
 
 def is_better(metric: str, new: float, old: float | None) -> bool:
+    """Whether `new` beats `old` for `metric` (also `head/mse`, `mean_loss`: the plain metric
+    name decides the direction)."""
     if old is None:
         return True
-    return new < old if metric in LOWER_IS_BETTER else new > old
+    plain = metric.rsplit("/", 1)[-1].removeprefix("mean_")
+    return new < old if plain in LOWER_IS_BETTER else new > old
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -36,23 +26,6 @@ def softmax(x: np.ndarray) -> np.ndarray:
     z = x - x.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def compute_metrics(
-    task: str, logits: np.ndarray, labels: Any, label_names: list[str] | None
-) -> dict[str, Any]:
-    """All metrics for one split. `logits`: (n, num_labels); `labels` as stored in Examples."""
-    if task == "regression":
-        return regression_metrics(logits.reshape(-1), np.asarray(labels, dtype=np.float64))
-    if task == "multilabel":
-        k = logits.shape[1]
-        gold = np.zeros((len(labels), k), dtype=np.int64)
-        for r, ids in enumerate(labels):
-            gold[r, ids] = 1
-        return multilabel_metrics(sigmoid(logits) >= 0.5, gold, label_names or [])
-    return classification_metrics(
-        logits.argmax(-1), np.asarray(labels, dtype=np.int64), label_names or []
-    )
 
 
 def _per_class(names: list[str], p: Any, r: Any, f: Any, s: Any) -> dict[str, dict[str, float]]:

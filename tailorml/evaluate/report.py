@@ -5,8 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tailorml.config.schema import RunConfig
-from tailorml.evaluate.metrics import SCALARS
+from tailorml.files import atomic_write_text
+from tailorml.tasks.heads import (
+    HeadSpec,
+    curve_metrics,
+    file_suffix,
+    head_metrics,
+    heads_summary,
+    section_title,
+)
 from tailorml.track.logger import read_metrics
 
 
@@ -19,9 +26,7 @@ def _plt() -> Any:
     return plt
 
 
-def plot_curves(
-    run_dir: Path, plots: Path, task: str, metric_names: list[str] | None = None
-) -> list[str]:
+def plot_curves(run_dir: Path, plots: Path, metric_names: list[str]) -> list[str]:
     rows = read_metrics(run_dir)
     made: list[str] = []
     train = [r for r in rows if r["split"] == "train" and "loss" in r]
@@ -43,8 +48,7 @@ def plot_curves(
     fig.savefig(plots / "loss.png", dpi=110)
     plt.close(fig)
     made.append("loss.png")
-    wanted = metric_names if metric_names is not None else SCALARS[task]
-    names = [m for m in wanted if m != "loss" and ev and m in ev[0]]
+    names = [m for m in metric_names if m != "loss" and ev and m in ev[0]]
     if ev and names:
         fig, ax = plt.subplots(figsize=(7, 4))
         for m in names:
@@ -121,110 +125,65 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def write_report(run_dir: Path, cfg: RunConfig, results: dict[str, Any], splits: Any) -> Path:
-    task = cfg.task.type
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
-    made = plot_curves(run_dir, plots, task)
-    test = results["test"]
-    if "confusion_matrix" in test:
-        plot_confusion(
-            test["confusion_matrix"], test["labels"], plots / "confusion_matrix.png", "Test"
-        )
-        made.append("confusion_matrix.png")
-    if test.get("per_class"):
-        plot_per_class(test["per_class"], plots / "per_class.png", "Per-class scores (test)")
-        made.append("per_class.png")
-
-    keys = [k for k in SCALARS[task]]
-    lines = [
-        f"# Run report: {cfg.name}",
-        "",
-        f"- task: **{task}**, base model: `{cfg.model.base}`",
-        f"- train rows: {len(splits.train)}, eval rows: {len(splits.eval)}, "
-        f"test rows: {len(splits.test)}",
-        f"- steps: {results['train']['steps']}, best step: {results['train']['best_step']} "
-        f"(by eval {results['train']['metric_for_best']}), stopped by: "
-        f"{results['train']['stopped_by']}",
-        "",
-        "## Metrics",
-        "",
-        "| split | " + " | ".join(keys) + " |",
-        "|---|" + "---:|" * len(keys),
-    ]
-    for split in ("eval", "test"):
-        lines.append(f"| {split} | " + " | ".join(_fmt(results[split][k]) for k in keys) + " |")
-    if test.get("per_class"):
-        lines += [
-            "",
-            "## Per-class scores (test)",
-            "",
-            "| label | precision | recall | f1 | support |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for name, m in test["per_class"].items():
-            lines.append(
-                f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "
-                f"{m['support']} |"
-            )
-    if made:
-        lines += ["", "## Plots", ""]
-        lines += [f"![{m}](plots/{m})" for m in made]
-    for note in splits.notes:
-        lines.append(f"\n_Note: {note}_")
-    path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def write_multitask_report(
-    run_dir: Path, cfg: RunConfig, results: dict[str, Any], splits: dict[str, Any]
+def write_report(
+    run_dir: Path,
+    name: str,
+    base: str,
+    heads: list[HeadSpec],
+    results: dict[str, Any],
+    splits: dict[str, Any],
 ) -> Path:
-    """report.md of a multi-task run: curves of every head's metrics, then per head its
-    metrics table, confusion matrix and per-class scores on the test split."""
-    assert cfg.heads is not None
+    """report.md of a run: the loss and metric curves, then per head (one section per named head;
+    a single-task run has one unnamed head) its metrics table, confusion matrix and per-class
+    scores on the test split. `splits`: head name -> its Splits."""
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
-    curve_names = sorted(k for k in results["eval"] if k != "heads" and k != "loss")
-    made = plot_curves(run_dir, plots, "", curve_names)
+    made = plot_curves(run_dir, plots, curve_metrics(heads, results["eval"]))
     tr = results["train"]
     lines = [
-        f"# Run report: {cfg.name}",
+        f"# Run report: {name}",
         "",
-        f"- multi-task: one `{cfg.model.base}` encoder, heads "
-        + ", ".join(f"**{n}** ({h.task.type})" for n, h in cfg.heads.items()),
+        f"- {heads_summary(heads, base)}",
         f"- steps: {tr['steps']}, best step: {tr['best_step']} (by eval {tr['metric_for_best']}),"
         f" stopped by: {tr['stopped_by']}",
         "",
     ]
     lines += [f"![{m}](plots/{m})" for m in made]
-    for name, head in cfg.heads.items():
-        task = head.task.type
-        sp = splits[name]
-        keys = list(SCALARS[task])
+    for head in heads:
+        sp, keys, title = splits[head.name], list(head.kind.metrics), section_title(head)
+        suffix, where = file_suffix(head), f"{head.name}: test" if head.name else "Test"
+        lines += ["", f"## {title}" if title else "## Metrics", ""]
         lines += [
-            "",
-            f"## Head `{name}` ({task})",
-            "",
             f"train rows: {len(sp.train)}, eval rows: {len(sp.eval)}, test rows: {len(sp.test)}",
             "",
             "| split | " + " | ".join(keys) + " |",
             "|---|" + "---:|" * len(keys),
         ]
         for split in ("eval", "test"):
-            m = results[split]["heads"][name]
+            m = head_metrics(results[split], head.name)
             lines.append(f"| {split} | " + " | ".join(_fmt(m[k]) for k in keys) + " |")
-        test = results["test"]["heads"][name]
+        test = head_metrics(results["test"], head.name)
+        if test.get("per_class"):
+            lines += [
+                "",
+                "| label | precision | recall | f1 | support |",
+                "|---|---:|---:|---:|---:|",
+            ]
+            for label, m in test["per_class"].items():
+                lines.append(
+                    f"| {label} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "
+                    f"{m['support']} |"
+                )
         if "confusion_matrix" in test:
-            file = f"confusion_matrix_{name}.png"
-            plot_confusion(test["confusion_matrix"], test["labels"], plots / file, f"{name}: test")
+            file = f"confusion_matrix{suffix}.png"
+            plot_confusion(test["confusion_matrix"], test["labels"], plots / file, where)
             lines += ["", f"![{file}](plots/{file})"]
         if test.get("per_class"):
-            file = f"per_class_{name}.png"
-            plot_per_class(test["per_class"], plots / file, f"{name}: per-class scores (test)")
+            file = f"per_class{suffix}.png"
+            plot_per_class(test["per_class"], plots / file, f"{where}: per-class scores")
             lines += ["", f"![{file}](plots/{file})"]
         for note in sp.notes:
-            lines.append(f"\n_Note ({name}): {note}_")
+            lines.append(f"\n_Note{f' ({head.name})' if head.name else ''}: {note}_")
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path

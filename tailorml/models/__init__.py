@@ -1,0 +1,39 @@
+"""Models by family: every task names the family its heads live in (`Task.family`), and the
+family builds the model for a list of heads. A new family (a causal LM, an image network) is one
+more entry here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tailorml.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tailorml.config.schema import ModelConfig
+    from tailorml.tasks.heads import HeadSpec
+
+
+def model_family(heads: list[HeadSpec]) -> str:
+    """The one family all heads share (heads of different families cannot share a model)."""
+    families = {h.kind.family for h in heads}
+    if len(families) != 1:
+        kinds = ", ".join(f"{h.name or 'the model'}: {h.task} ({h.kind.family})" for h in heads)
+        raise ConfigError(
+            f"These heads cannot share one model: {kinds}. Train them as separate runs."
+        )
+    return families.pop()
+
+
+# family -> (module, function) building a model for a list of heads; imported when used.
+BUILDERS = {"sequence-classifier": ("tailorml.models.classifier", "build_classifier")}
+
+
+def build_model(cfg: ModelConfig, heads: list[HeadSpec], tokenizer: Any) -> Any:
+    """A fresh model for `heads` on the configured base."""
+    import importlib
+
+    family = model_family(heads)
+    if family not in BUILDERS:  # pragma: no cover - every registered task names a known family
+        raise ConfigError(f"No model builder for the {family!r} family.")
+    module, name = BUILDERS[family]
+    return getattr(importlib.import_module(module), name)(cfg, heads, tokenizer)

@@ -6,7 +6,9 @@
     -> RUN_DIR/compression.json (list of variants), compression_summary.json, compression.md, .png
 
 Every variant folder RUN_DIR/compressed/<variant>/ runs on its own with
-`tailorml.runtimes.load_predictor` (ONNX variants need only onnxruntime and the tokenizer).
+`tailorml.predictors.load_predictor` (ONNX variants need only onnxruntime and the tokenizer).
+The pruned and distilled variants are retrained by a `tailor finetune` stage in a child process
+(tailorml/launch.py), on the run's own config with the reshaped model as its base.
 """
 
 from __future__ import annotations
@@ -19,34 +21,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tailorml import runtime  # noqa: F401  (thread/env defaults before torch loads)
-from tailorml.compress.folders import (
-    atomic_json,
-    copy_tokenizer,
-    folder_size,
-    staged,
-    write_task,
-)
-from tailorml.compress.measure import all_logits, latency_texts, parity, quality, time_predictor
+from tailorml import env
+from tailorml.compress.folders import copy_tokenizer, folder_size, staged, write_task
+from tailorml.compress.measure import all_logits, drift, latency_texts, time_predictor
 from tailorml.compress.select import REFERENCE, accuracy_drop, choose
+from tailorml.config.compress import VARIANTS, CompressOptions
 from tailorml.data.examples import Examples
 from tailorml.errors import ConfigError, DataError, TailorError
-from tailorml.models.heads import MULTITASK, HeadSpec, head_specs
+from tailorml.files import atomic_json
+from tailorml.tasks.folder import ModelInfo, head_data_config, read_model_info
+from tailorml.tasks.heads import HeadSpec, mean_over_heads, with_heads
 from tailorml.train.progress import console
 
-VARIANTS = (
-    "torch-int8",
-    "onnx-fp32",
-    "onnx-int8",
-    "pruned",
-    "pruned-onnx-int8",
-    "distilled",
-    "distilled-onnx-int8",
-)
 # A combination needs its torch source built first.
 DEPENDS = {"pruned-onnx-int8": "pruned", "distilled-onnx-int8": "distilled"}
 TRAINED = {"pruned", "distilled"}
-TASKS = ("classification", "pair-classification")
+# compress budgets accuracy: a head must report it (and macro-F1, shown beside it).
+JUDGED_BY = ("accuracy", "macro_f1")
 
 # Stated tolerances. An fp32 ONNX export must reproduce its PyTorch source: a larger drift is an
 # exporter bug and stops the command. int8 variants must agree with fp32 on this share of eval
@@ -60,66 +51,39 @@ class ParityError(TailorError):
 
 
 @dataclass
-class CompressOptions:
-    budget: float = 1.0  # largest accuracy drop allowed, in points
-    variants: list[str] | None = None  # None = all
-    threads: int = 1  # intra-op threads for every measurement (pinned)
-    repeats: int = 3  # timed passes over the latency texts
-    latency_texts: int = 100  # eval texts used for latency (batch 1 and batch 32)
-    data: Path | None = None  # eval file; default: the run's eval split
-    prune_heads: float = 0.25  # share of attention heads removed per layer
-    prune_ffn: float = 0.5  # share of FFN neurons removed per layer
-    recovery_epochs: float = 1.0  # fine-tuning after pruning
-    student_layers: int | None = None  # default: half the teacher's layers
-    distill_epochs: float = 3.0
-    distill_temperature: float = 2.0
-    distill_alpha: float = 0.5  # weight of the soft-label loss
-    train_threads: int | None = None  # threads for recovery/distillation (None = all cores)
-    train_limit: int | None = None  # use only the first N training rows (quick runs)
-    keep_work: bool = False  # keep compressed/.work (recovery and distillation runs)
-
-
-@dataclass
 class RunInputs:
     run: Path
     model_dir: Path
-    info: dict[str, Any]
+    model: ModelInfo
     eval: Examples
     cfg: Any  # RunConfig of the run (None when config.yaml is absent)
     variants: list[str]
     notes: list[str] = field(default_factory=list)
-    # The heads and their eval rows: one head on every row, or for a multi-task run each head on
-    # its own eval split (the eval examples are the heads' eval splits one after the other).
+    # The heads and their eval rows: the one head on every row, or for a multi-task run each head
+    # on its own eval split (the eval examples are the heads' eval splits one after the other).
     heads: list[tuple[HeadSpec, slice]] = field(default_factory=list)
 
     @property
-    def multitask(self) -> bool:
-        return self.info.get("task") == MULTITASK
+    def info(self) -> dict[str, Any]:
+        return self.model.raw
 
     def quality(self, logits: Any) -> dict[str, Any]:
-        """accuracy and macro-F1; for several heads, each head's and their mean."""
-        per = {
-            h.name: quality(h.task, logits[rows, h.columns], self.eval.labels[rows], h.labels)
-            for h, rows in self.heads
-        }
-        if not self.multitask:
-            return per[""]
-        return {
-            "accuracy": sum(q["accuracy"] for q in per.values()) / len(per),
-            "macro_f1": sum(q["macro_f1"] for q in per.values()) / len(per),
-            "heads": per,
-        }
+        """accuracy and macro-F1 (with several heads: each head's, and their means)."""
+        per = {}
+        for h, rows in self.heads:
+            m = h.kind.compute_metrics(logits[rows, h.columns], self.eval.labels[rows], h.labels)
+            per[h.name] = {k: float(m[k]) for k in JUDGED_BY}
+        return mean_over_heads(per, JUDGED_BY)
 
     def parity(self, ref: Any, got: Any) -> dict[str, Any]:
-        """Drift from fp32; with several heads, agreement is the lowest head's."""
-        if not self.multitask:
-            return parity(ref, got)
-        per = {h.name: parity(ref[rows, h.columns], got[rows, h.columns]) for h, rows in self.heads}
-        return {
-            **parity(ref, got),
-            "agreement": min(p["agreement"] for p in per.values()),
-            "heads": per,
+        """Drift from fp32 over every column; agreement is the lowest head's (each task says
+        when two outputs give the same answer)."""
+        per = {
+            h.name: {"agreement": h.kind.agreement(ref[rows, h.columns], got[rows, h.columns], h)}
+            for h, rows in self.heads
         }
+        worst = min(p["agreement"] for p in per.values())
+        return with_heads({**drift(ref, got), "agreement": worst}, per)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +110,7 @@ def parse_variants(names: list[str] | None) -> list[str]:
 
 
 def check_inputs(run_dir: str | Path, opts: CompressOptions) -> RunInputs:
-    from tailorml.models.base import read_task_json
+    from tailorml.tasks import all_tasks
 
     run = Path(run_dir)
     variants = parse_variants(opts.variants)
@@ -160,14 +124,16 @@ def check_inputs(run_dir: str | Path, opts: CompressOptions) -> RunInputs:
             f"{run} is not a tailorml run folder: no model/task.json and model/config.json. "
             "Give the folder `tailor finetune` wrote (its output_dir)."
         )
-    info = read_task_json(model_dir)
-    if info.get("task") == MULTITASK:
-        bad = [f"{h.name} ({h.task})" for h in head_specs(info) if h.task not in TASKS]
-        if bad:
-            raise ConfigError(
-                f"{run}: compress supports heads of type {' and '.join(TASKS)}; "
-                f"not {', '.join(bad)}."
-            )
+    model = read_model_info(model_dir)
+    judged = [t.name for t in all_tasks() if set(JUDGED_BY) <= set(t.metrics)]
+    bad = [h for h in model.heads if h.task not in judged]
+    if bad:
+        what = ", ".join(f"{h.name} ({h.task})" if h.name else repr(h.task) for h in bad)
+        raise ConfigError(
+            f"{run}: compress keeps accuracy within a budget, so it takes {' and '.join(judged)} "
+            f"models; this one is {what}."
+        )
+    if not model.single:  # what compress cannot do yet for several heads, said up front
         trained = [v for v in variants if v in TRAINED or DEPENDS.get(v) in TRAINED]
         if trained:
             raise ConfigError(
@@ -180,11 +146,6 @@ def check_inputs(run_dir: str | Path, opts: CompressOptions) -> RunInputs:
                 f"--data: {run} is a multi-task run, measured on each head's eval split from "
                 "its config.yaml. Leave out --data."
             )
-    elif info.get("task") not in TASKS:
-        raise ConfigError(
-            f"{run}: compress supports {' and '.join(TASKS)} runs; this one is "
-            f"{info.get('task')!r}."
-        )
     cfg = _run_config(run)
     if cfg is None and (set(variants) & TRAINED):
         need = ", ".join(v for v in variants if v in TRAINED or DEPENDS.get(v) in TRAINED)
@@ -192,19 +153,13 @@ def check_inputs(run_dir: str | Path, opts: CompressOptions) -> RunInputs:
             f"{run} has no config.yaml, so there is no training data for {need}. Restore the "
             "run's config.yaml or choose --variants torch-int8,onnx-fp32,onnx-int8."
         )
-    if info.get("task") == MULTITASK:
-        if cfg is None:
-            raise DataError(f"{run} has no config.yaml: the heads' eval splits cannot be found.")
-        parts = {n: _eval_examples(run, info, v, opts) for n, v in cfg.head_views().items()}
-        ev = Examples.concat(list(parts.values()), "+".join(str(p.source) for p in parts.values()))
-        heads, start = [], 0
-        for h in head_specs(info):
-            heads.append((h, slice(start, start + len(parts[h.name]))))
-            start += len(parts[h.name])
-    else:
-        ev = _eval_examples(run, info, cfg, opts)
-        heads = [(head_specs(info)[0], slice(0, len(ev)))]
-    return RunInputs(run, model_dir, info, ev, cfg, variants, heads=heads)
+    parts = {h.name: _eval_examples(run, h, cfg, opts) for h in model.heads}
+    ev = Examples.concat(list(parts.values()), "+".join(str(p.source) for p in parts.values()))
+    heads, start = [], 0
+    for h in model.heads:
+        heads.append((h, slice(start, start + len(parts[h.name]))))
+        start += len(parts[h.name])
+    return RunInputs(run, model_dir, model, ev, cfg, variants, heads=heads)
 
 
 def _run_config(run: Path) -> Any:
@@ -214,23 +169,22 @@ def _run_config(run: Path) -> Any:
     return load_config(path) if path.is_file() else None
 
 
-def _eval_examples(run: Path, info: dict[str, Any], cfg: Any, opts: CompressOptions) -> Examples:
+def _eval_examples(run: Path, head: HeadSpec, cfg: Any, opts: CompressOptions) -> Examples:
+    """`head`'s eval rows: --data, else the run's own eval split (from its config.yaml)."""
     from tailorml.data.examples import build_examples
     from tailorml.data.prepare import prepare_splits
     from tailorml.data.readers import read_table
-    from tailorml.recipes.evaluate import data_config_for
 
     if opts.data is not None:
-        d = data_config_for(info)
         table = read_table(opts.data, key="--data")
-        return build_examples(table, d, info["task"], info.get("labels"), role="--data")
+        return build_examples(table, head_data_config(head), head.kind, head.labels, "--data")
     if cfg is None:
         raise DataError(
             f"{run} has no eval data: no config.yaml to find the run's eval split. Pass "
             "--data FILE (a labeled file with the run's text and label columns)."
         )
     try:
-        splits = prepare_splits(cfg)
+        splits = prepare_splits(cfg.head_views()[head.name], head.kind)
     except DataError as exc:
         raise DataError(
             [
@@ -248,9 +202,10 @@ def _eval_examples(run: Path, info: dict[str, Any], cfg: Any, opts: CompressOpti
 
 def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[str, Any]:
     """Build, measure and choose; returns compression.json's content."""
+    env.setup()
     import torch
 
-    from tailorml.runtimes import load_predictor
+    from tailorml.predictors import load_predictor
 
     opts = opts or CompressOptions()
     inp = check_inputs(run_dir, opts)
@@ -379,13 +334,13 @@ DESCRIBE = {
 def _build_torch_int8(model_dir: Path, tmp: Path, info: dict[str, Any]) -> None:
     import torch
 
-    from tailorml.models.base import load_classifier
-    from tailorml.runtimes import _quantize_linear
+    from tailorml.models.classifier import load_classifier
+    from tailorml.predictors.torch_runtime import quantize_linear
 
     model = load_classifier(model_dir)
     if getattr(model.config, "tailorml_pruned", False):  # pragma: no cover - not offered
         raise ConfigError("torch-int8 of a pruned model is not supported; use onnx-int8.")
-    q = _quantize_linear(model.eval())
+    q = quantize_linear(model.eval())
     torch.save(q.state_dict(), str(tmp / "model_int8.pt"))
     model.config.save_pretrained(str(tmp))
     copy_tokenizer(model_dir, tmp)
@@ -411,7 +366,7 @@ def _onnx_fp32(
     from transformers import AutoTokenizer
 
     from tailorml.compress.onnx_export import attention_shape, export_onnx, optimize_onnx
-    from tailorml.models.base import load_classifier
+    from tailorml.models.classifier import load_classifier
 
     key = str(source.resolve())
     if key in cache:
@@ -434,19 +389,18 @@ def _onnx_fp32(
 def _check_export(model: Any, tok: Any, path: Path, ev: Examples, n: int = 64) -> None:
     """Fail loudly when the fp32 ONNX graph drifts from PyTorch on eval texts (padded batches)."""
     import numpy as np
-    import onnxruntime as ort
     import torch
 
-    opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    from tailorml.predictors.onnx_runtime import make_session, run_session
+
+    sess = make_session(path)
     names = {i.name for i in sess.get_inputs()}
     worst = 0.0
     for i in range(0, min(n, len(ev)), 16):
         pairs = ev.pairs[i : i + 16] if ev.pairs is not None else None
         enc = tok(ev.texts[i : i + 16], pairs, padding=True, truncation=True, return_tensors="np")
         feed = {k: v.astype(np.int64) for k, v in enc.items() if k in names}
-        (got,) = sess.run(["logits"], feed)
+        got = run_session(sess, feed)
         with torch.inference_mode():
             want = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
         worst = max(worst, float(np.abs(got - want).max()))
@@ -478,14 +432,16 @@ def _publish_onnx(
     )
 
 
-def _recovery_config(inp: RunInputs, base: Path, out_dir: Path, epochs: float, opts: Any) -> Any:
-    """The run's own config, with the compressed model as base and a short schedule."""
+def _recovery_config(
+    inp: RunInputs, base: Path, out_dir: Path, epochs: float, opts: CompressOptions
+) -> Any:
+    """The run's own config, with the reshaped model as base and a short schedule."""
     from tailorml.config.load import validate_mapping
 
     raw = inp.cfg.model_dump(mode="json")
     raw["name"] = f"{raw.get('name', 'run')}-{out_dir.name}"
-    raw["output_dir"] = str(out_dir)
-    raw["model"]["base"] = str(base)
+    raw["output_dir"] = str(out_dir.resolve())
+    raw["model"]["base"] = str(base.resolve())
     t = raw["train"]
     t.update(epochs=epochs, max_steps=None, eval_every_steps=None, save_every_steps=None)
     t.update(keep_checkpoints=1, early_stopping_patience=None, threads=opts.train_threads)
@@ -500,11 +456,13 @@ def _recovery_config(inp: RunInputs, base: Path, out_dir: Path, epochs: float, o
 def _save_init(model: Any, model_dir: Path, dst: Path, info: dict[str, Any]) -> None:
     from transformers import AutoTokenizer
 
+    from tailorml.tasks.folder import write_task_json
+
     if dst.exists():
         shutil.rmtree(dst)
     model.save_pretrained(str(dst), safe_serialization=True)
     AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(dst))
-    write_task(dst, info)
+    write_task_json(dst, info)
 
 
 def _train_batches(inp: RunInputs, n: int = 256, batch: int = 32) -> list[dict[str, Any]]:
@@ -515,17 +473,19 @@ def _train_batches(inp: RunInputs, n: int = 256, batch: int = 32) -> list[dict[s
     from tailorml.data.batching import collate, encode
     from tailorml.data.prepare import prepare_splits
 
-    splits = prepare_splits(inp.cfg)
+    (head, _), task = inp.heads[0], inp.heads[0][0].kind
+    splits = prepare_splits(inp.cfg, task)
     sub = splits.train.subset(list(range(min(n, len(splits.train)))), "importance")
     tok = AutoTokenizer.from_pretrained(str(inp.model_dir))
-    enc = encode(tok, sub, int(inp.info.get("max_length", 128)))
+    enc = encode(tok, sub, inp.model.max_length)
     pad = tok.pad_token_id or 0
-    k = len(inp.info.get("labels") or [])
     idx = np.arange(len(enc))
-    return [
-        collate(enc, idx[i : i + batch], pad, inp.info["task"], k)
-        for i in range(0, len(idx), batch)
-    ]
+    out = []
+    for i in range(0, len(idx), batch):
+        rows = idx[i : i + batch]
+        labels = task.label_tensor([enc.labels[r] for r in rows], head.size)
+        out.append({**collate(enc, rows, pad), "labels": labels})
+    return out
 
 
 def _retrain(
@@ -536,15 +496,22 @@ def _retrain(
     name: str,
     epochs: float,
     opts: CompressOptions,
-    loss_fn: Any = None,
+    distill: dict[str, Any] | None = None,
 ) -> None:
-    """Fine-tune a reshaped model (pruned, or a student) on the run's own data through the
-    engine, then publish its weights into the variant folder `tmp`."""
-    from tailorml.recipes.finetune import finetune
+    """Fine-tune a reshaped model (pruned, or a student) on the run's own data: a `tailor
+    finetune` stage in a child process, on the run's config with the reshaped model as base (and
+    the run's model as teacher for a student); then publish its weights into `tmp`."""
+    from tailorml.config.load import dump_config
+    from tailorml.launch import run_stage
 
     init, run_dir = work / f"{name}-init", work / f"{name}-run"
     _save_init(model, inp.model_dir, init, inp.info)
-    finetune(_recovery_config(inp, init, run_dir, epochs, opts), overwrite=True, loss_fn=loss_fn)
+    cfg = _recovery_config(inp, init, run_dir, epochs, opts)
+    if distill is not None:
+        cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update=distill)})
+    cfg_path = work / f"{name}.yaml"
+    cfg_path.write_text(dump_config(cfg), encoding="utf-8")
+    run_stage(["finetune", str(cfg_path), "--overwrite"], f"The {name} fine-tune")
     _finish_trained(run_dir, tmp, inp.info, name)
 
 
@@ -564,7 +531,7 @@ def _build_pruned(
     inp: RunInputs, work: Path, tmp: Path, opts: CompressOptions, notes: dict[str, Any]
 ) -> None:
     from tailorml.compress import prune
-    from tailorml.models.base import load_classifier
+    from tailorml.models.classifier import load_classifier
 
     model = load_classifier(inp.model_dir)
     before = prune.count_params(model)
@@ -591,9 +558,9 @@ def _build_pruned(
 def _build_distilled(
     inp: RunInputs, work: Path, tmp: Path, opts: CompressOptions, notes: dict[str, Any]
 ) -> None:
-    from tailorml.compress.distill import DistillLoss, make_student
+    from tailorml.compress.distill import make_student
     from tailorml.compress.prune import count_params, encoder_layers
-    from tailorml.models.base import load_classifier
+    from tailorml.models.classifier import load_classifier
 
     teacher = load_classifier(inp.model_dir)
     n_teacher = len(encoder_layers(teacher))
@@ -604,8 +571,12 @@ def _build_distilled(
         f"{student.config.tailorml_student_of_layers}), {count_params(student) / 1e6:.2f}M "
         f"parameters; distillation, {opts.distill_epochs:g} epoch(s):"
     )
-    loss = DistillLoss(teacher, opts.distill_temperature, opts.distill_alpha)
-    _retrain(inp, student, work, tmp, "distilled", opts.distill_epochs, opts, loss)
+    teacher_of = {
+        "teacher": str(inp.model_dir.resolve()),
+        "temperature": opts.distill_temperature,
+        "alpha": opts.distill_alpha,
+    }
+    _retrain(inp, student, work, tmp, "distilled", opts.distill_epochs, opts, teacher_of)
     notes.update(
         layers=k,
         teacher_layers=student.config.tailorml_student_of_layers,

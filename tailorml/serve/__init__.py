@@ -1,7 +1,7 @@
 """Serve a model folder over HTTP: micro-batching, auth, limits, health and Prometheus metrics.
 
 `tailor serve PATH` runs `tailorml.serve.server.run(ServeSettings(...))`; the app itself is built
-by `tailorml.serve.app.create_app`. A served model is a folder (see `tailorml.runtimes`), never
+by `tailorml.serve.app.create_app`. A served model is a folder (see `tailorml.predictors`), never
 training code, and a replica holds no state between requests, so any number of them can sit
 behind a load balancer.
 """

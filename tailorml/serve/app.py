@@ -29,11 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tailorml import runtime  # noqa: F401  (OMP_WAIT_POLICY etc. before torch loads)
-from tailorml.models.heads import MULTITASK
 from tailorml.serve.batcher import MicroBatcher, QueueFull
 from tailorml.serve.metrics import Metrics
 from tailorml.serve.settings import ServeSettings
+from tailorml.tasks.heads import named_heads, specs_from_info
 
 log = logging.getLogger("uvicorn.error")
 
@@ -133,40 +132,21 @@ def model_card(folder: Path, info: dict[str, Any], runtime_name: str) -> dict[st
         "task": info["task"],
         "labels": info.get("labels"),
         "max_length": int(info.get("max_length", 128)),
-        "pair": bool(info.get("text_pair_column")) or info["task"] == "pair-classification",
+        "pair": any(h.kind.pair for h in specs_from_info(info))
+        or bool(info.get("text_pair_column")),
         # Column names of the training data: `tailor predict --url` reads files with them.
         "columns": {"text": info.get("text_column"), "text_pair": info.get("text_pair_column")},
         "heads": [
-            {"name": h["name"], "task": h["task"], "labels": h.get("labels")}
-            for h in info.get("heads") or []
+            {"name": h.name, "task": h.task, "labels": h.labels}
+            for h in named_heads(specs_from_info(info))
         ]
         or None,
     }
 
 
 def to_predictions(predictor: Any, logits: Any) -> list[dict[str, Any]]:
-    """Logits (batch, num_labels) -> the API's prediction objects."""
-    if predictor.task == "regression":
-        return [{"value": float(v)} for v in logits.reshape(-1)]
-    formatted = predictor.format(logits, top_k=logits.shape[1])
-    if predictor.task == MULTITASK:
-        return [
-            {"heads": {name: _api_item(h) for name, h in p["heads"].items()}} for p in formatted
-        ]
-    return [_api_item(p) for p in formatted]
-
-
-def _api_item(p: dict[str, Any]) -> dict[str, Any]:
-    if "value" in p:
-        return {"value": p["value"]}
-    item: dict[str, Any] = {
-        "label": p["label"],
-        "score": p["score"],
-        "scores": {t["label"]: t["score"] for t in p["top_k"]},
-    }
-    if "labels" in p:
-        item["labels"] = p["labels"]
-    return item
+    """Logits (batch, columns) -> the API's prediction objects (each task formats its head)."""
+    return list(predictor.api_outputs(logits))
 
 
 # ----------------------------------------------------------------------------- the gate (ASGI)
@@ -340,7 +320,7 @@ def create_app(settings: ServeSettings, predictor: Any = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from tailorml.runtimes import load_predictor
+        from tailorml.predictors import load_predictor
 
         pred = predictor
         if pred is None:
@@ -353,11 +333,9 @@ def create_app(settings: ServeSettings, predictor: Any = None) -> FastAPI:
         await run_in_threadpool(
             pred.predict, ["warm-up"], pairs
         )  # first call allocates; not a client's
-        max_len = pred.max_length
 
         def lengths(texts: list[str], pairs: list[str] | None) -> list[int]:
-            enc = pred.tokenizer(texts, pairs, truncation=True, max_length=max_len)
-            return [len(ids) for ids in enc["input_ids"]]
+            return list(pred.lengths(texts, pairs))
 
         def on_batch(n: int, seconds: float) -> None:
             m.batch_size.observe(n)
@@ -613,4 +591,7 @@ def _loc(parts: list[str]) -> str:
 
 def app_from_env() -> Any:
     """Factory for worker processes: settings come from TAILORML_SERVE_SETTINGS."""
+    from tailorml import env
+
+    env.setup()
     return create_app(ServeSettings.from_env())

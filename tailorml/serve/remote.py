@@ -13,7 +13,7 @@ from tailorml.serve.settings import ENV_API_KEY
 def predict_remote(
     url: str, api_key: str | None, source: str, top_k: int, text_column: str | None
 ) -> Iterator[dict[str, Any]]:
-    from tailorml.recipes.predict import read_inputs
+    from tailorml.data.inputs import read_inputs
 
     with Client(url, api_key=api_key or os.environ.get(ENV_API_KEY)) as client:
         card = client.model()

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 
-from tailorml import runtime  # noqa: F401  (OMP_WAIT_POLICY etc., inherited by workers)
+from tailorml import env
 from tailorml.errors import ConfigError
 from tailorml.serve.settings import ENV_API_KEY, ENV_SETTINGS, ServeSettings
 
@@ -23,11 +23,10 @@ log = logging.getLogger("uvicorn.error")
 
 def check(settings: ServeSettings) -> None:
     """Fail early, with the fix, before any worker starts."""
-    from tailorml.recipes.evaluate import model_dir
-    from tailorml.runtimes import read_task
+    from tailorml.tasks.folder import read_model_info, resolve_model_dir
 
-    folder = model_dir(settings.model)
-    read_task(folder)
+    folder = resolve_model_dir(settings.model)
+    read_model_info(folder)
     settings.model = str(folder)
     if settings.max_queue < settings.max_inputs:
         raise ConfigError(
@@ -48,6 +47,7 @@ def is_loopback(host: str) -> bool:
 def run(settings: ServeSettings, log_level: str = "info") -> None:
     import uvicorn
 
+    env.setup()  # OMP_WAIT_POLICY etc., inherited by worker processes
     check(settings)
     if not is_loopback(settings.host) and not settings.api_key:
         logging.getLogger("tailorml").warning(

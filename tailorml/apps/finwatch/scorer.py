@@ -1,7 +1,7 @@
 """Topic and sentiment for a micro-batch of events.
 
 `ModelScorer` runs a multi-task model folder (one encoder, a topic head and a sentiment head) or
-two single-task folders through `tailorml.runtimes.load_predictor`, so a torch run folder, a
+two single-task folders through `tailorml.predictors.load_predictor`, so a torch run folder, a
 dynamic-int8 one or an ONNX export from the compression stage all plug in unchanged. Each
 micro-batch is sorted by length and cut into small chunks (little padding), run side by side.
 `LabelScorer` trusts the `labels` of replayed labeled events (to measure the detector alone).
@@ -17,7 +17,7 @@ import numpy as np
 from tailorml.apps.finwatch.config import ModelsConfig
 from tailorml.apps.finwatch.events import Event
 from tailorml.errors import ConfigError
-from tailorml.models.heads import head_specs
+from tailorml.tasks.heads import named_heads
 
 SENTIMENTS = ("negative", "neutral", "positive")
 
@@ -61,7 +61,7 @@ class ModelScorer:
     def __init__(self, cfg: ModelsConfig):
         from concurrent.futures import ThreadPoolExecutor
 
-        from tailorml.runtimes import load_predictor
+        from tailorml.predictors import load_predictor
 
         self.cfg = cfg
         cores = cfg.threads or os.cpu_count() or 1
@@ -77,7 +77,7 @@ class ModelScorer:
         self.multi = None
         if cfg.model is not None:
             self.multi = load_predictor(cfg.model, threads=threads)
-            heads = {h.name: h for h in head_specs(self.multi.info)}
+            heads = {h.name: h for h in named_heads(self.multi.heads)}
             _require_heads(cfg, heads, f"models.model {cfg.model} has")
             t_head, s_head = heads[cfg.topic_head], heads[cfg.sentiment_head]
             self._t_cols, self._s_cols = t_head.columns, s_head.columns

@@ -1,0 +1,47 @@
+"""The process environment, set in one place by an explicit call: seeds, threads, env defaults.
+
+`setup()` runs at every entry point (the `tailor` command, a service worker, a recipe called as a
+library) before torch or onnxruntime start their thread pools; nothing here runs on import.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+DEFAULTS = {
+    # Busy-waiting OpenMP threads collapse on shared machines (another process holding a core made
+    # an elementwise op 56x slower here). Read when torch initialises OpenMP, so set it first.
+    "OMP_WAIT_POLICY": "PASSIVE",
+    # The tokenizers' own thread pool fights the model's threads and warns after a fork.
+    "TOKENIZERS_PARALLELISM": "false",
+    # No model hub is reachable: fail on a missing local file instead of trying the network.
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+
+def setup() -> None:
+    """Set the environment defaults (a value the user already exported wins). Idempotent."""
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def set_threads(threads: int | None, world: int = 1) -> int:
+    """Intra-op threads: as configured, else the cores shared evenly among local processes."""
+    import torch
+
+    if threads is None:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world) or 1)
+        threads = max(1, (os.cpu_count() or 1) // max(1, local))
+    torch.set_num_threads(threads)
+    return threads

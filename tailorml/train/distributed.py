@@ -1,0 +1,92 @@
+"""What every rank of a multi-process run must agree on: objects, signals, evaluation logits,
+and the proof that the replicas stayed in sync. With one process each is a no-op."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from tailorml.data.batching import Encoded
+    from tailorml.tasks.heads import HeadSpec
+
+
+def gather_objects(obj: Any, world: int) -> list[Any]:
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def agree_on_signal(signum: int | None, world: int) -> int | None:
+    """All ranks stop at the same step if any of them got a signal."""
+    if world == 1:
+        return signum
+    import torch
+
+    t = torch.tensor([signum or 0], dtype=torch.long)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item()) or None
+
+
+def all_reduce_sum(value: float, world: int) -> float:
+    if world == 1:
+        return value
+    import torch
+
+    t = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return float(t.item())
+
+
+def no_sync(acc: Any, model: Any, skip: bool) -> Any:
+    """Skip DDP's gradient all-reduce on all but the last micro-batch of an accumulated step."""
+    return acc.no_sync(model) if skip else contextlib.nullcontext()
+
+
+def replica_max_diff(model: Any, world: int) -> float:
+    """Largest difference of any parameter between this process and rank 0 (0.0 = in sync).
+
+    Proves that gradients really synchronised: every rank must end with rank 0's weights.
+    """
+    if world == 1:
+        return 0.0
+    import torch
+    import torch.distributed as dist
+
+    worst = torch.zeros(1, dtype=torch.float64)
+    for p in model.parameters():
+        ref = p.detach().clone()
+        dist.broadcast(ref, src=0)
+        worst = torch.maximum(worst, (p.detach() - ref).abs().max().double().reshape(1))
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return float(worst.item())
+
+
+def distributed_logits(
+    model: Any, enc: Encoded, batch_size: int, pad_id: int, acc: Any, head: HeadSpec
+) -> tuple[np.ndarray, float]:
+    """Every rank scores its share of the batches; all ranks get all of `head`'s logits (in
+    example order) and its mean loss."""
+    import torch
+
+    from tailorml.evaluate.inference import ordered, predict_logits
+
+    rank, world = acc.process_index, acc.num_processes
+    logits, rows = predict_logits(
+        model, enc, batch_size, pad_id, acc.device, acc.autocast, rank, world
+    )
+    parts = gather_objects((logits, rows), world)
+    full = ordered(
+        np.concatenate([p[0] for p in parts]), [r for p in parts for r in p[1]], len(enc)
+    )
+    full = np.ascontiguousarray(full[:, head.columns])
+    task = head.kind
+    y = task.label_tensor(enc.labels, head.size)
+    loss = float(task.loss(torch.from_numpy(full), y).mean())
+    return full, loss

@@ -1,0 +1,203 @@
+"""The training loop every training recipe shares: planned batches, gradient accumulation across
+processes, clipping, logging, periodic evaluation, the best checkpoint, early stopping, and a
+checkpoint-then-exit on SIGINT/SIGTERM. What a step computes comes from the recipe (`step_loss`),
+and so does what an evaluation measures (`evaluate`).
+
+Runs the same on one process and on `torchrun` (CPU/gloo or GPU/nccl): the global batch
+(`train.batch_size`) is split evenly across processes and the loss is normalised by the global
+batch, so N processes compute the same update as one. The state saved in a checkpoint (loop
+position included) makes `--resume` continue exactly.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tailorml.config.schema import TrainConfig
+from tailorml.data.batching import plan_epoch, shard
+from tailorml.evaluate.metrics import is_better, scalar_metrics
+from tailorml.track.logger import RunLogger
+from tailorml.train.checkpoint import prune_checkpoints, rng_state, save_checkpoint
+from tailorml.train.distributed import agree_on_signal, all_reduce_sum, gather_objects, no_sync
+from tailorml.train.progress import TrainProgress, console
+from tailorml.train.signals import StopRequested
+
+# (model, head name, this rank's example indices of the head's train set) -> per-example loss
+StepLoss = Callable[[Any, str, np.ndarray], Any]
+
+
+@dataclass
+class LoopResult:
+    state: dict[str, Any]  # trainer_state.json of the last step
+    stopped_by: str  # "max steps" or "early stopping"
+    train_seconds: float  # loop time without evaluation and checkpoints
+    samples: int  # examples trained on in this process's run (not before a resume)
+
+
+def initial_state(total_steps: int, metric: str) -> dict[str, Any]:
+    return {
+        "global_step": 0,
+        "epoch": 0,
+        "batch_in_epoch": 0,
+        "samples_seen": 0,
+        "best_metric": None,
+        "best_step": None,
+        "evals_without_improvement": 0,
+        "total_steps": total_steps,
+        "metric_for_best": metric,
+    }
+
+
+def train_loop(
+    *,
+    model: Any,
+    raw_model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    acc: Any,
+    t: TrainConfig,
+    lengths: dict[str, np.ndarray],
+    step_loss: StepLoss,
+    evaluate: Callable[[], dict[str, Any]],
+    weights: dict[str, float],
+    state: dict[str, Any],
+    ckpt_dir: Path,
+    logger: RunLogger,
+    stop_after_steps: int | None = None,
+    resume_hint: str = "tailor finetune CONFIG --resume",
+) -> LoopResult:
+    """Train until `state["total_steps"]` (or early stopping). `lengths`: per head, the token
+    length of every training example (planning); `weights`: per head, its loss weight."""
+    rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
+    total_steps, metric = state["total_steps"], state["metric_for_best"]
+    steps_per_epoch = sum(-(-len(n) // t.batch_size) for n in lengths.values())
+    eval_every = t.eval_every_steps or steps_per_epoch
+    save_every = t.save_every_steps or eval_every
+    micro = t.batch_size // t.grad_accum_steps  # global micro-batch size
+
+    def save(tag_dir: Path) -> None:
+        acc.wait_for_everyone()
+        rngs = gather_objects(rng_state(), world)
+        if main:
+            save_checkpoint(tag_dir, raw_model, optimizer, scheduler, dict(state), rngs)
+            prune_checkpoints(ckpt_dir, t.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    def train_step(head_name: str, batch: np.ndarray) -> float:
+        """Forward/backward over one global batch in micro-batches; returns its mean loss."""
+        chunks = [batch[i : i + micro] for i in range(0, len(batch), micro)]
+        total = 0.0
+        for j, chunk in enumerate(chunks):
+            mine = shard(chunk, rank, world)
+            # Normalise by the global batch so that DDP's mean over ranks gives the global mean.
+            denom = len(batch) / world
+            with no_sync(acc, model, skip=j < len(chunks) - 1 and world > 1):
+                if len(mine) == 0:  # a rank with nothing in this chunk still joins the all-reduce
+                    loss = sum(p.sum() * 0.0 for p in model.parameters())
+                else:
+                    per_example = step_loss(model, head_name, mine)  # (len(mine),)
+                    loss = per_example.sum() * weights[head_name] / denom
+                    total += float(per_example.detach().sum())
+                acc.backward(loss)
+        return all_reduce_sum(total, world) / len(batch)
+
+    stopped_by: str | None = None
+    progress = TrainProgress(total_steps, enabled=main)
+    loop_t0, side_seconds, samples_at_start = time.perf_counter(), 0.0, state["samples_seen"]
+    progress.start(state["global_step"], state["samples_seen"])
+    window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
+    model.train()
+    with StopRequested() as stop:
+        while state["global_step"] < total_steps and stopped_by is None:
+            batches = plan_epoch(
+                lengths, t.batch_size, t.seed, state["epoch"], bucket=t.bucket_by_length
+            )
+            while state["batch_in_epoch"] < len(batches):
+                head_name, batch = batches[state["batch_in_epoch"]]
+                step_loss_value = train_step(head_name, batch)
+                if t.max_grad_norm is not None:
+                    acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["global_step"] += 1
+                state["batch_in_epoch"] += 1
+                state["samples_seen"] += len(batch)
+                step = state["global_step"]
+                window_loss += step_loss_value * len(batch)
+                window_n += len(batch)
+                lr = float(scheduler.get_last_lr()[0])
+                progress.update(step, step_loss_value, lr, state["samples_seen"])
+
+                if step % t.log_every_steps == 0 or step == total_steps:
+                    dt = time.perf_counter() - window_t0
+                    logger.log(
+                        step,
+                        "train",
+                        {
+                            "loss": window_loss / max(window_n, 1),
+                            "lr": lr,
+                            "samples_per_s": window_n / max(dt, 1e-9),
+                            "epoch": state["epoch"] + state["batch_in_epoch"] / len(batches),
+                        },
+                    )
+                    window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
+
+                side_t0 = time.perf_counter()  # eval + checkpoint time is not training time
+                if step % eval_every == 0 or step == total_steps:
+                    scal = scalar_metrics(evaluate())
+                    logger.log(step, "eval", scal)
+                    progress.note(
+                        f"step {step}: eval {metric}={scal.get(metric, float('nan')):.4f}"
+                    )
+                    if is_better(metric, scal[metric], state["best_metric"]):
+                        state.update(best_metric=scal[metric], best_step=step)
+                        state["evals_without_improvement"] = 0
+                        save(ckpt_dir / "best")
+                    else:
+                        state["evals_without_improvement"] += 1
+                    patience = t.early_stopping_patience
+                    if patience and state["evals_without_improvement"] >= patience:
+                        stopped_by = "early stopping"
+                if step % save_every == 0 and step != total_steps:
+                    save(ckpt_dir / f"step-{step}")
+                side_seconds += time.perf_counter() - side_t0
+                signum = agree_on_signal(stop.signum, world)
+                if stop_after_steps is not None and step >= stop_after_steps:
+                    signum = int(signal.SIGINT)
+                if signum is not None and step < total_steps:
+                    save(ckpt_dir / f"step-{step}")
+                    progress.stop()
+                    logger.close()
+                    if main:
+                        console.print(
+                            f"[yellow]Interrupted at step {step}; checkpoint saved. "
+                            f"Continue with: {resume_hint}[/]"
+                        )
+                    raise KeyboardInterrupt(signum)
+                if step >= total_steps or stopped_by:
+                    break
+            else:
+                state["epoch"] += 1
+                state["batch_in_epoch"] = 0
+    progress.stop()
+    train_seconds = time.perf_counter() - loop_t0 - side_seconds
+    return LoopResult(
+        state, stopped_by or "max steps", train_seconds, state["samples_seen"] - samples_at_start
+    )
+
+
+def load_best(raw_model: Any, ckpt_dir: Path) -> None:
+    """Put the best checkpoint's weights back into the model (when one was saved)."""
+    best = ckpt_dir / "best" / "model.safetensors"
+    if best.exists():
+        from safetensors.torch import load_file
+
+        raw_model.load_state_dict(load_file(str(best)), strict=False)

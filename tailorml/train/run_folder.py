@@ -1,0 +1,51 @@
+"""The run folder a training recipe writes (see DESIGN.md): refusing to mix runs, and the model
+folder (Hugging Face layout + task.json), written to a temp folder and renamed into place."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tailorml.errors import ConfigError
+from tailorml.tasks.folder import write_task_json
+
+FINISHED_MARKERS = ("eval.json", "model", "checkpoints")
+OUTPUTS = (*FINISHED_MARKERS, "metrics.jsonl", "tb", "plots", "report.md")
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Path:
+    """Refuse to mix runs: an existing run folder needs --resume or --overwrite."""
+    existing = [m for m in FINISHED_MARKERS if (out / m).exists()]
+    if existing and not resume and not overwrite:
+        raise ConfigError(
+            f"`output_dir` {out} already holds a run ({', '.join(existing)}). "
+            "Pass --resume to continue it, --overwrite to replace it, or set another output_dir."
+        )
+    if resume and (out / "eval.json").exists():
+        raise ConfigError(
+            f"{out} is a finished run (eval.json exists); there is nothing to resume. "
+            "Pass --overwrite to train it again, or set another output_dir."
+        )
+    if overwrite and not resume:
+        for name in OUTPUTS:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    return out
+
+
+def save_model_folder(out: Path, model: Any, tokenizer: Any, info: dict[str, Any]) -> Path:
+    """RUN_DIR/model: weights (safetensors), config, tokenizer and task.json `info`."""
+    final, tmp = out / "model", out / "model.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    write_task_json(tmp, info)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
