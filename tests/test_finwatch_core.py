@@ -301,6 +301,42 @@ def test_watcher_retries_while_postgres_is_down(postgres: Any) -> None:  # noqa:
     w.engine.dispose()
 
 
+def test_store_retry_waits_out_a_locked_database_but_not_a_constraint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real SQLite errors: another writer's lock is transient (retried after the first backoff
+    delay), a duplicate key is not (raised at once, nothing slept)."""
+    import sqlite3
+
+    path = tmp_path / "r.db"
+    store.migrate(store.make_engine(f"sqlite:///{path}"))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write transaction holds the lock
+    impatient = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0})
+    slept: list[float] = []
+    retried: list[BaseException] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+
+    def release(exc: BaseException) -> None:
+        retried.append(exc)
+        holder.rollback()
+
+    def write(value: str) -> None:
+        with impatient.begin() as conn:
+            conn.execute(store.kv.insert().values(key="k", value=value))
+
+    store.with_retry(lambda: write("1"), "a test write", on_retry=release)
+    assert len(retried) == 1 and "locked" in str(retried[0])
+    assert slept == [store.DB_BACKOFF.first_s]
+    with pytest.raises(sa.exc.IntegrityError):
+        store.with_retry(lambda: write("2"), "a duplicate", on_retry=retried.append)
+    assert len(retried) == 1 and len(slept) == 1
+    with impatient.connect() as conn:
+        assert store.get_kv(conn, "k") == 1
+    holder.close()
+    impatient.dispose()
+
+
 # -- configs ----------------------------------------------------------------------------------
 def test_every_finwatch_config_parses() -> None:
     paths = sorted((REPO / "configs").glob("finwatch*.yaml"))
