@@ -363,6 +363,23 @@ def test_config_errors_name_the_field_and_the_fix() -> None:
         load_finwatch_config(None, ["models.scorer=labels", "per_topic.Macro.z_on=-1"])
 
 
+def test_a_mistyped_key_gets_the_closest_known_one(tmp_path: Path) -> None:
+    """The run config's wording (config/load.py), not pydantic's bare "Extra inputs"."""
+    from tailorml.errors import ConfigError
+
+    p = tmp_path / "fw.yaml"
+    p.write_text("finwatch:\n  models: {scorer: labels}\n  detector:\n    z_onn: 4\n")
+    with pytest.raises(ConfigError) as info:
+        load_finwatch_config(p, ["detect_windw=900", "per_topic.Macro.z_onn=4"])
+    problems = info.value.problems
+    assert "Unknown key `detector.z_onn`. Did you mean `detector.z_on`?" in problems[0]
+    assert "configs/finwatch.yaml" in problems[0]  # where the keys are listed
+    assert any("Unknown key `detect_windw`. Did you mean `detect_window`?" in p for p in problems)
+    assert not any("Extra inputs" in p for p in problems)
+    with pytest.raises(ConfigError, match="per_topic.Macro: Unknown key `z_onn`. Did you mean"):
+        load_finwatch_config(None, ["models.scorer=labels", "per_topic.Macro.z_onn=4"])
+
+
 def test_events_from_the_far_future_are_dead_lettered(tmp_path: Path) -> None:
     w = label_watcher(f"sqlite:///{tmp_path / 'f.db'}")
     res = w.ingest([ev(1, START), ev(2, time.time() + 10 * 86400)], "t")

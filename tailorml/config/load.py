@@ -85,9 +85,13 @@ def _field_names(model: type[BaseModel]) -> list[str]:
     return list(model.model_fields)
 
 
-def _suggest(loc: tuple[Any, ...]) -> str:
-    """For an unknown key, suggest the closest known key of that section."""
-    section: type[BaseModel] = RunConfig
+RUN_KEYS_HINT = "Run `tailor config schema` to list the keys."
+
+
+def _suggest(loc: tuple[Any, ...], root: type[BaseModel] = RunConfig) -> str:
+    """For an unknown key at `loc` under the model `root`, suggest the closest known key of that
+    section (the run config's, finwatch's, or any other pydantic model's)."""
+    section = root
     for part in loc[:-1]:
         field = section.model_fields.get(str(part))
         ann = getattr(field, "annotation", None) if field else None
@@ -99,15 +103,19 @@ def _suggest(loc: tuple[Any, ...]) -> str:
     return f" Did you mean `{'.'.join(map(str, loc[:-1] + (close[0],)))}`?" if close else ""
 
 
-def describe_validation_error(exc: ValidationError) -> list[str]:
+def describe_validation_error(
+    exc: ValidationError, root: type[BaseModel] = RunConfig, hint: str = RUN_KEYS_HINT
+) -> list[str]:
+    """One sentence per problem pydantic found in a mapping validated as `root`; an unknown key
+    gets the closest known one and `hint` (where the keys are listed)."""
     problems = []
     for err in exc.errors():
         loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
-            problems.append(
-                f"Unknown key `{key}`.{_suggest(loc)} Run `tailor config schema` to list the keys."
-            )
+            problems.append(f"Unknown key `{key}`.{_suggest(loc, root)} {hint}".rstrip())
+        elif not loc:  # a check across fields (a model validator): its message names them
+            problems.append(str(err["msg"]).removeprefix("Value error, "))
         else:
             value = err.get("input")
             shown = repr(value) if not isinstance(value, dict) else "a mapping"
