@@ -18,7 +18,7 @@ from tailorml.apps.finwatch.detector import NotFittedError, SurgeDetector
 from tailorml.apps.finwatch.events import Event, Rejected, parse_event
 from tailorml.apps.finwatch.notify import deliver_pending
 from tailorml.apps.finwatch.pipeline import Watcher
-from tailorml.apps.finwatch.replay import TOPICS, Surge, make_stream
+from tailorml.apps.finwatch.replay import TOPICS, Surge, make_stream, parse_surge
 from tailorml.apps.finwatch.scorer import LabelScorer
 from tailorml.apps.finwatch.trends import window_counts
 
@@ -378,6 +378,15 @@ def test_a_mistyped_key_gets_the_closest_known_one(tmp_path: Path) -> None:
     assert not any("Extra inputs" in p for p in problems)
     with pytest.raises(ConfigError, match="per_topic.Macro: Unknown key `z_onn`. Did you mean"):
         load_finwatch_config(None, ["models.scorer=labels", "per_topic.Macro.z_onn=4"])
+
+
+def test_a_surge_spec_is_an_offset_and_a_length_not_a_clock_time() -> None:
+    s = parse_surge("Macro@12:30:1.5", START)
+    assert (s.start - START, s.minutes, s.intensity) == (12 * 3600, 30.0, 1.5)
+    assert parse_surge("Macro@0.5", START).end - START == 1800 + 30 * 60  # default 30 minutes
+    for bad in ("Macro@12:30pm", "Macro@1:2:3:4", "Macro@"):
+        with pytest.raises(ValueError, match=r"e\.g\. 'Macro@12:30:1\.5'.*not a clock time"):
+            parse_surge(bad, START)
 
 
 def test_events_from_the_far_future_are_dead_lettered(tmp_path: Path) -> None:
