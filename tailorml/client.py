@@ -15,13 +15,13 @@ carrying the server's message.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
 
 from tailorml.errors import TailorError
+from tailorml.retry import Backoff, call_with_retry, parse_retry_after
 
 RETRY_STATUS = {429, 503}
 
@@ -101,29 +101,39 @@ class Client:
     # -- transport -------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, **kw: Any) -> Any:
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
+        def once() -> Any:
             try:
                 resp = self._http.request(method, path, **kw)
             except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
                 # Refused, or closed before any response (a draining replica): safe to retry.
-                if last:
-                    raise ServiceError(f"cannot reach {self.url}{path}: {exc}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, self.backoff_max_s)
-                continue
+                raise _TryAgain(f"cannot reach {self.url}{path}: {exc}") from None
             except httpx.TimeoutException:
+                # Not retried: the server may still be working on it, and a second copy would
+                # only queue behind the first.
                 raise ServiceError(f"{self.url}{path}: no answer in time") from None
-            if resp.status_code in RETRY_STATUS and not last:
-                wait = resp.headers.get("retry-after", "")
-                time.sleep(float(wait) if wait.replace(".", "", 1).isdigit() else delay)
-                delay = min(delay * 2, self.backoff_max_s)
-                continue
+            if resp.status_code in RETRY_STATUS:
+                after = parse_retry_after(resp.headers.get("retry-after"))
+                raise _TryAgain(_message(resp), resp.status_code, after)
             if resp.status_code >= 400:
                 raise ServiceError(_message(resp), resp.status_code)
             return resp.json()
-        raise AssertionError("unreachable")
+
+        return call_with_retry(
+            once,
+            retry_on=_TryAgain,
+            policy=Backoff(first_s=self.backoff_s, max_s=self.backoff_max_s),
+            retries=self.retries,
+            wait_for=lambda exc: getattr(exc, "retry_after", None),
+        )
+
+
+class _TryAgain(ServiceError):
+    """A refusal that means "try again" (429, 503, no connection); after the last retry it
+    reaches the caller as the ServiceError it is."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message, status)
+        self.retry_after = retry_after
 
 
 def _message(resp: httpx.Response) -> str:

@@ -18,7 +18,7 @@ from tailorml.apps.finwatch.detector import NotFittedError, SurgeDetector
 from tailorml.apps.finwatch.events import Event, Rejected, parse_event
 from tailorml.apps.finwatch.notify import deliver_pending
 from tailorml.apps.finwatch.pipeline import Watcher
-from tailorml.apps.finwatch.replay import TOPICS, Surge, make_stream
+from tailorml.apps.finwatch.replay import TOPICS, Surge, make_stream, parse_surge
 from tailorml.apps.finwatch.scorer import LabelScorer
 from tailorml.apps.finwatch.trends import window_counts
 
@@ -301,6 +301,42 @@ def test_watcher_retries_while_postgres_is_down(postgres: Any) -> None:  # noqa:
     w.engine.dispose()
 
 
+def test_store_retry_waits_out_a_locked_database_but_not_a_constraint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real SQLite errors: another writer's lock is transient (retried after the first backoff
+    delay), a duplicate key is not (raised at once, nothing slept)."""
+    import sqlite3
+
+    path = tmp_path / "r.db"
+    store.migrate(store.make_engine(f"sqlite:///{path}"))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write transaction holds the lock
+    impatient = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0})
+    slept: list[float] = []
+    retried: list[BaseException] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+
+    def release(exc: BaseException) -> None:
+        retried.append(exc)
+        holder.rollback()
+
+    def write(value: str) -> None:
+        with impatient.begin() as conn:
+            conn.execute(store.kv.insert().values(key="k", value=value))
+
+    store.with_retry(lambda: write("1"), "a test write", on_retry=release)
+    assert len(retried) == 1 and "locked" in str(retried[0])
+    assert slept == [store.DB_BACKOFF.first_s]
+    with pytest.raises(sa.exc.IntegrityError):
+        store.with_retry(lambda: write("2"), "a duplicate", on_retry=retried.append)
+    assert len(retried) == 1 and len(slept) == 1
+    with impatient.connect() as conn:
+        assert store.get_kv(conn, "k") == 1
+    holder.close()
+    impatient.dispose()
+
+
 # -- configs ----------------------------------------------------------------------------------
 def test_every_finwatch_config_parses() -> None:
     paths = sorted((REPO / "configs").glob("finwatch*.yaml"))
@@ -325,6 +361,32 @@ def test_config_errors_name_the_field_and_the_fix() -> None:
         load_finwatch_config(None, [])
     with pytest.raises(ConfigError, match="per_topic.Macro"):
         load_finwatch_config(None, ["models.scorer=labels", "per_topic.Macro.z_on=-1"])
+
+
+def test_a_mistyped_key_gets_the_closest_known_one(tmp_path: Path) -> None:
+    """The run config's wording (config/load.py), not pydantic's bare "Extra inputs"."""
+    from tailorml.errors import ConfigError
+
+    p = tmp_path / "fw.yaml"
+    p.write_text("finwatch:\n  models: {scorer: labels}\n  detector:\n    z_onn: 4\n")
+    with pytest.raises(ConfigError) as info:
+        load_finwatch_config(p, ["detect_windw=900", "per_topic.Macro.z_onn=4"])
+    problems = info.value.problems
+    assert "Unknown key `detector.z_onn`. Did you mean `detector.z_on`?" in problems[0]
+    assert "configs/finwatch.yaml" in problems[0]  # where the keys are listed
+    assert any("Unknown key `detect_windw`. Did you mean `detect_window`?" in p for p in problems)
+    assert not any("Extra inputs" in p for p in problems)
+    with pytest.raises(ConfigError, match="per_topic.Macro: Unknown key `z_onn`. Did you mean"):
+        load_finwatch_config(None, ["models.scorer=labels", "per_topic.Macro.z_onn=4"])
+
+
+def test_a_surge_spec_is_an_offset_and_a_length_not_a_clock_time() -> None:
+    s = parse_surge("Macro@12:30:1.5", START)
+    assert (s.start - START, s.minutes, s.intensity) == (12 * 3600, 30.0, 1.5)
+    assert parse_surge("Macro@0.5", START).end - START == 1800 + 30 * 60  # default 30 minutes
+    for bad in ("Macro@12:30pm", "Macro@1:2:3:4", "Macro@"):
+        with pytest.raises(ValueError, match=r"e\.g\. 'Macro@12:30:1\.5'.*not a clock time"):
+            parse_surge(bad, START)
 
 
 def test_events_from_the_far_future_are_dead_lettered(tmp_path: Path) -> None:

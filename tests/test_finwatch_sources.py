@@ -327,11 +327,49 @@ def test_evaluate_reports_detection_figures(tmp_path: Path) -> None:
     assert (tmp_path / "finwatch_eval.png").stat().st_size > 5000
 
 
-def test_demo_command_fires_the_alert() -> None:
-    r = subprocess.run([*CLI, "demo"], env=ENV, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "surge on 'Energy | Oil' DETECTED" in r.stdout
-    assert "ALERT Energy | Oil" in r.stdout
+def test_demo_command_fires_the_alert_and_its_dashboard_shows_it(tmp_path: Path) -> None:
+    """Run where a user would (the default folder under runs/), then the dashboard command the
+    demo prints; a second run starts from an empty database and finds the surge again."""
+    import shlex
+
+    def run_demo() -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(
+            [*CLI, "demo"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "surge on 'Energy | Oil' DETECTED" in r.stdout, r.stdout
+        return r
+
+    r = run_demo()
+    alerts = sorted(line.split(" window ")[0][6:] for line in r.stdout.splitlines()
+                    if line.startswith("ALERT "))  # fmt: skip
+    assert "Energy | Oil" in alerts
+    line = next(x for x in r.stdout.splitlines() if x.startswith("dashboard: "))
+    cmd = shlex.split(line.removeprefix("dashboard: ").split("#")[0])
+    assert cmd[:3] == ["tailor", "finwatch", "dashboard"], line
+    assert (tmp_path / cmd[3]).is_file() and (tmp_path / "runs/finwatch-demo/finwatch.db").is_file()
+    port = free_port()
+    dash = subprocess.Popen(
+        [*CLI, *cmd[2:], "--port", str(port)],
+        cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()
+                break
+            except httpx.TransportError:
+                assert dash.poll() is None and time.time() < deadline, dash.stderr
+                time.sleep(0.3)
+        shown = httpx.get(f"http://127.0.0.1:{port}/api/alerts", timeout=10).json()["alerts"]
+    finally:
+        dash.terminate()
+        dash.wait(30)
+    assert sorted(a["topic"] for a in shown) == alerts
+    assert f"{health['events']} events stored" in r.stdout
+    again = run_demo()  # not "MISSED" on the first run's already-judged windows
+    assert f"{health['events']} events stored" in again.stdout
 
 
 def test_demo_with_the_model_scores_held_out_tweets(
@@ -344,12 +382,13 @@ def test_demo_with_the_model_scores_held_out_tweets(
     cfg = tmp_path / "fw.yaml"
     models = {"model": str(tiny_models["multitask"]), "threads": 1}
     cfg.write_text(yaml.safe_dump({"finwatch": {"models": models}}), encoding="utf-8")
-    r = subprocess.run([*CLI, "demo", str(cfg)], env=ENV, capture_output=True, text=True)
+    out = ["--out", str(tmp_path / "demo")]
+    r = subprocess.run([*CLI, "demo", str(cfg), *out], env=ENV, capture_output=True, text=True)
     assert r.returncode != 0 and "--topic 'Energy | Oil'" in r.stderr, r.stderr[-2000:]
     ok = [t for t in TOPIC_NAMES if repr(t) in r.stderr.rpartition("Choose one of")[2]]
     assert ok, r.stderr[-2000:]
     r = subprocess.run(
-        [*CLI, "demo", str(cfg), "--topic", ok[0], "--intensity", "3"],
+        [*CLI, "demo", str(cfg), "--topic", ok[0], "--intensity", "3", *out],
         env=ENV,
         capture_output=True,
         text=True,

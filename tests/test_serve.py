@@ -493,11 +493,10 @@ def test_cli_sigterm_drains_under_load(cls_model: Path, tmp_path: Path) -> None:
 def test_client_backoff_is_capped(monkeypatch: Any) -> None:
     """Retrying an unreachable service waits longer each time, but never more than the cap
     (finwatch retries 20 times: uncapped doubling from 0.1 s would wait about a day)."""
-    import tailorml.client as client_mod
     from tailorml.client import Client, ServiceError
 
     slept: list[float] = []
-    monkeypatch.setattr(client_mod.time, "sleep", slept.append)
+    monkeypatch.setattr(time, "sleep", slept.append)  # the retry loop looks it up per call
     with (
         Client(f"http://127.0.0.1:{free_port()}", retries=5, backoff_s=0.1, backoff_max_s=0.5) as c,
         pytest.raises(ServiceError, match="cannot reach"),

@@ -87,6 +87,9 @@ def _field_names(model: type[BaseModel]) -> list[str]:
     return list(model.model_fields)
 
 
+RUN_KEYS_HINT = "Run `tailor config schema` to list the keys."
+
+
 def _model_of(ann: Any) -> type[BaseModel] | None:
     """The section class behind an annotation: `Model`, `Model | None`, `dict[str, Model]`."""
     import typing
@@ -124,19 +127,18 @@ def _suggest(loc: tuple[Any, ...], root: type[BaseModel] = RunConfig) -> str:
 
 
 def describe_validation_error(
-    exc: ValidationError,
-    root: type[BaseModel] = RunConfig,
-    schema_cmd: str = "tailor config schema",
+    exc: ValidationError, root: type[BaseModel] = RunConfig, hint: str = RUN_KEYS_HINT
 ) -> list[str]:
-    """One line per problem, naming the key (with a did-you-mean for unknown keys)."""
+    """One sentence per problem pydantic found in a mapping validated as `root`; an unknown key
+    gets the closest known one and `hint` (where the keys are listed)."""
     problems = []
     for err in exc.errors():
         loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
-            problems.append(
-                f"Unknown key `{key}`.{_suggest(loc, root)} Run `{schema_cmd}` to list the keys."
-            )
+            problems.append(f"Unknown key `{key}`.{_suggest(loc, root)} {hint}".rstrip())
+        elif not loc:  # a check across fields (a model validator): its message names them
+            problems.append(str(err["msg"]).removeprefix("Value error, "))
         else:
             value = err.get("input")
             shown = repr(value) if not isinstance(value, dict) else "a mapping"
@@ -176,7 +178,9 @@ def load_options(cls: type[T], path: str | Path | None, flags: dict[str, Any], c
         return cls.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(
-            describe_validation_error(exc, cls, f"tailor config schema {command}")
+            describe_validation_error(
+                exc, cls, f"Run `tailor config schema {command}` to list the keys."
+            )
         ) from None
 
 

@@ -206,13 +206,22 @@ def replay(
     out: Annotated[Path | None, typer.Option(help="Append JSONL here (default stdout).")] = None,
     hours: Annotated[float, typer.Option(help="Simulated hours.")] = 24.0,
     surge: Annotated[
-        list[str] | None, typer.Option(help="TOPIC@HOURS[:MINUTES[:INTENSITY]], repeatable.")
+        list[str] | None,
+        typer.Option(
+            help="TOPIC@HOURS[:MINUTES[:INTENSITY]], repeatable. HOURS after the stream start "
+            "(not a clock time), MINUTES long (default 30), INTENSITY x the topic's rate "
+            "(default 1): Macro@12:30:1.5 is 12 h in, 30 minutes, 1.5x."
+        ),
     ] = None,
     rate: Annotated[
         float, typer.Option(help="Mean background events per simulated minute.")
     ] = 20.0,
     speed: Annotated[
-        float, typer.Option(help="Speed-up (60 = a minute per second); 0 = max.")
+        float,
+        typer.Option(
+            help="Speed-up: 60 writes a simulated minute per second (24 h take 24 minutes); "
+            "0 = as fast as possible."
+        ),
     ] = 0.0,
     seed: Annotated[int, typer.Option()] = 0,
     start: Annotated[
@@ -278,6 +287,9 @@ def evaluate(
     typer.echo(f"wrote {js} and {png}", err=True)
 
 
+DEMO_DIR = Path("runs/finwatch-demo")
+
+
 @app.command()
 def demo(
     config: Annotated[
@@ -289,46 +301,70 @@ def demo(
     intensity: Annotated[
         float, typer.Option(help="Surge rate as a multiple of the topic's own rate.")
     ] = 1.5,
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Folder for the demo's database and resolved config (the dashboard reads them); "
+            "its database is replaced on each run."
+        ),
+    ] = DEMO_DIR,
 ) -> None:
     """One command: replay 24 h with a negative surge injected, watch it, show the alert."""
     from tailorml.apps.finwatch.replay import make_stream, parse_surge
     from tailorml.apps.finwatch.sources import follow_file
 
     _logging()
-    with tempfile.TemporaryDirectory() as tmp:
-        ov = list(overrides or [])
-        if not any(o.startswith("db=") for o in ov):
-            ov.append(f"db=sqlite:///{tmp}/demo.db")
-        if config is None:
-            ov.append("models.scorer=labels")
-        try:
-            cfg, engine, watcher = _open(config, ov)
-            s = parse_surge(f"{topic}@{at_hours}:45:{intensity}", 1767571200.0)
-        except (TailorError, ValueError) as exc:
-            _fail(TailorError(str(exc)))
-        extra: dict[str, Any] = {}
-        if cfg.models.scorer == "model":
-            # The models score the texts: replay held-out tweets, and make the surge of texts
-            # the models score as this topic and negative (as `evaluate` does).
-            from tailorml.apps.finwatch.evaluate import MIN_POOL, model_surge_pools
-            from tailorml.apps.finwatch.replay import SENT_HELDOUT_CSV, TOPIC_HELDOUT_CSV
+    ov = list(overrides or [])
+    own_db = not any(o.startswith("db=") for o in ov)
+    if own_db:
+        # The demo's own database, kept (not a temporary one) so that the dashboard command it
+        # prints shows what it found; never the config's `db`, which may hold real data.
+        ov.append(f"db=sqlite:///{out / 'finwatch.db'}")
+    if config is None:
+        ov.append("models.scorer=labels")
+    cfg = _config(config, ov)
+    if own_db:
+        # A second run on the first one's database would find every window already judged and
+        # alert on nothing: start from an empty one.
+        for suffix in ("", "-wal", "-shm"):
+            (out / f"finwatch.db{suffix}").unlink(missing_ok=True)
+    saved = _save_config(cfg, out / "finwatch.yaml")
+    try:
+        cfg, engine, watcher = _open(saved, None)
+        s = parse_surge(f"{topic}@{at_hours}:45:{intensity}", 1767571200.0)
+    except (TailorError, ValueError) as exc:
+        _fail(TailorError(str(exc)))
+    extra: dict[str, Any] = {}
+    if cfg.models.scorer == "model":
+        # The models score the texts: replay held-out tweets, and make the surge of texts
+        # the models score as this topic and negative (as `evaluate` does).
+        from tailorml.apps.finwatch.evaluate import MIN_POOL, model_surge_pools
+        from tailorml.apps.finwatch.replay import SENT_HELDOUT_CSV, TOPIC_HELDOUT_CSV
 
-            typer.echo("scoring the held-out tweets once (the replay repeats them)", err=True)
-            watcher.scorer, pools = model_surge_pools(watcher.scorer)
-            if len(pools.get(topic, [])) < MIN_POOL:
-                ok = sorted(t for t, v in pools.items() if len(v) >= MIN_POOL)
-                _fail(
-                    TailorError(
-                        f"--topic {topic!r}: the models score fewer than {MIN_POOL} held-out "
-                        f"tweets as this topic and negative. Choose one of {ok}."
-                    )
+        typer.echo("scoring the held-out tweets once (the replay repeats them)", err=True)
+        watcher.scorer, pools = model_surge_pools(watcher.scorer)
+        if len(pools.get(topic, [])) < MIN_POOL:
+            ok = sorted(t for t, v in pools.items() if len(v) >= MIN_POOL)
+            fix = (
+                f"Choose one of {ok}."
+                if ok
+                else "No topic has that many: the model seldom says negative. Train it as "
+                "configs/finwatch-train.yaml does (all of both sets, 3 epochs), or run the "
+                "demo on the labels (`tailor finwatch demo`)."
+            )
+            _fail(
+                TailorError(
+                    f"--topic {topic!r}: the models score fewer than {MIN_POOL} held-out "
+                    f"tweets as this topic and negative. {fix}"
                 )
-            extra = {
-                "surge_texts": pools,
-                "topic_csv": TOPIC_HELDOUT_CSV,
-                "sent_csv": SENT_HELDOUT_CSV,
-            }
-        events = make_stream(24, [s], start=1767571200.0, seed=7, **extra)
+            )
+        extra = {
+            "surge_texts": pools,
+            "topic_csv": TOPIC_HELDOUT_CSV,
+            "sent_csv": SENT_HELDOUT_CSV,
+        }
+    events = make_stream(24, [s], start=1767571200.0, seed=7, **extra)
+    with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "stream.jsonl"
         path.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
         typer.echo(
@@ -337,20 +373,33 @@ def demo(
             err=True,
         )
         res = follow_file(watcher, path, follow=False)
-        res.alerts.extend(watcher.advance(final=True))
-        for a in res.alerts:
-            f = a["figures"]
-            typer.echo(
-                f"ALERT {a['topic']} window {a['window_start_iso']}: {f['n_negative']}/"
-                f"{f['n']} negative ({f['negative_share']:.0%} vs baseline "
-                f"{f['baseline_share']:.0%}, z={f['z_share']}), {len(a['event_ids'])} events"
-            )
-        hit = any(a["topic"] == topic for a in res.alerts)
+    res.alerts.extend(watcher.advance(final=True))
+    for a in res.alerts:
+        f = a["figures"]
         typer.echo(
-            f"surge on {topic!r} {'DETECTED' if hit else 'MISSED'}; "
-            f"{len(res.alerts)} alert(s), {res.accepted} events stored"
+            f"ALERT {a['topic']} window {a['window_start_iso']}: {f['n_negative']}/"
+            f"{f['n']} negative ({f['negative_share']:.0%} vs baseline "
+            f"{f['baseline_share']:.0%}, z={f['z_share']}), {len(a['event_ids'])} events"
         )
-        engine.dispose()
+    hit = any(a["topic"] == topic for a in res.alerts)
+    typer.echo(
+        f"surge on {topic!r} {'DETECTED' if hit else 'MISSED'}; "
+        f"{len(res.alerts)} alert(s), {res.accepted} events stored"
+    )
+    typer.echo(f"dashboard: tailor finwatch dashboard {saved}   # http://127.0.0.1:8765/")
+    engine.dispose()
+
+
+def _save_config(cfg: Any, path: Path) -> Path:
+    """Write the resolved finwatch config (nested under `finwatch:`, as configs/ are) atomically."""
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    doc = {"finwatch": cfg.model_dump(mode="json")}
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 @app.command()

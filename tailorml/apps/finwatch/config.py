@@ -125,7 +125,10 @@ class FinwatchConfig(_Section):
             try:
                 DetectorParams(**{**self.detector.model_dump(), **over})
             except ValidationError as exc:
-                raise ValueError(f"per_topic.{topic}: {exc.errors()[0]['msg']}") from None
+                from tailorml.config.load import describe_validation_error
+
+                found = describe_validation_error(exc, DetectorParams, hint="")
+                raise ValueError(f"per_topic.{topic}: {' '.join(found)}") from None
         return self
 
     def params_for(self, topic: str) -> DetectorParams:
@@ -133,10 +136,13 @@ class FinwatchConfig(_Section):
         return DetectorParams(**{**self.detector.model_dump(), **over}) if over else self.detector
 
 
+FINWATCH_KEYS_HINT = "The keys are in configs/finwatch.yaml and docs/finwatch.md (Config)."
+
+
 def load_finwatch_config(
     path: str | Path | None, overrides: list[str] | None = None
 ) -> FinwatchConfig:
-    from tailorml.config.load import apply_overrides, read_yaml
+    from tailorml.config.load import apply_overrides, describe_validation_error, read_yaml
 
     raw: dict[str, Any] = read_yaml(Path(path)) if path else {}
     raw = raw.get("finwatch", raw)  # configs/ nest it under `finwatch:` (not a run config)
@@ -144,8 +150,8 @@ def load_finwatch_config(
     try:
         return FinwatchConfig(**raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            problems.append(f"`{loc}`: {err['msg']}" if loc else err["msg"])
-        raise ConfigError(problems) from None
+        # The run config's wording, suggestions included (`Unknown key detector.z_onn. Did you
+        # mean detector.z_on?`); keys are shown as overrides spell them, without `finwatch.`.
+        raise ConfigError(
+            describe_validation_error(exc, FinwatchConfig, FINWATCH_KEYS_HINT)
+        ) from None

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from tailorml.apps.finwatch import store
 from tailorml.apps.finwatch.config import WebhookConfig
+from tailorml.retry import Backoff
 
 log = logging.getLogger("tailorml.finwatch")
 
@@ -55,6 +56,9 @@ def deliver_pending(engine: Engine, cfg: WebhookConfig, client: httpx.Client | N
             .order_by(a.c.pk)
         ).all()
         payloads = [(r, alert_payload(conn, r)) for r in rows]
+    # The outbox does not sleep: each failure stores when to try next, so a restarted watcher
+    # keeps the backoff, and one slow receiver does not hold up the other alerts.
+    backoff = Backoff(first_s=cfg.backoff_s, max_s=cfg.backoff_max_s)
     own = client is None
     client = client or httpx.Client(timeout=cfg.timeout_s)
     delivered = 0
@@ -78,7 +82,7 @@ def deliver_pending(engine: Engine, cfg: WebhookConfig, client: httpx.Client | N
                     )
                     delivered += 1
                 else:
-                    delay = min(cfg.backoff_max_s, cfg.backoff_s * 2**r.attempts)
+                    delay = backoff.delay(r.attempts)
                     conn.execute(
                         a.update()
                         .where(a.c.pk == r.pk)

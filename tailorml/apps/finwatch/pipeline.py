@@ -15,9 +15,9 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -30,6 +30,7 @@ from tailorml.apps.finwatch.scorer import Scorer
 from tailorml.apps.finwatch.trends import time_range, window_counts
 
 log = logging.getLogger("tailorml.finwatch")
+T = TypeVar("T")
 
 
 @dataclass
@@ -67,11 +68,13 @@ class Watcher:
     def _detector_key(self) -> str:
         return f"detector:{self.cfg.detect_window}"
 
-    def _retry(self, fn: Any, what: str) -> Any:
-        def on_retry(_exc: BaseException) -> None:
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        """`fn` (one transaction) retried while the database is unreachable, counting retries."""
+
+        def count(_exc: BaseException) -> None:
             self.db_retries += 1
 
-        return store.with_retry(fn, what, on_retry=on_retry)
+        return store.with_retry(fn, what, on_retry=count)
 
     # -- ingest ------------------------------------------------------------------------------
     def ingest(

@@ -76,16 +76,28 @@ def _read(path: Path) -> list[tuple[str, int]]:
 
 
 def parse_surge(spec: str, start: float) -> Surge:
-    """`TOPIC@HOURS[:MINUTES[:INTENSITY]]`, hours after the stream start, e.g. `Macro@30:45:1.5`."""
+    """`TOPIC@HOURS[:MINUTES[:INTENSITY]]`: the surge starts HOURS after the stream start (not at
+    a clock time), lasts MINUTES, at INTENSITY x the topic's own rate; `Macro@12:30:1.5` is 12 h
+    in, 30 minutes long, 1.5x."""
     topic, _, rest = spec.rpartition("@")
     if topic not in TOPICS:
         raise ValueError(f"surge topic {topic!r} is not one of {TOPICS}")
     parts = rest.split(":")
-    s = Surge(topic, start + 3600 * float(parts[0]))
-    if len(parts) > 1:
-        s.minutes = float(parts[1])
-    if len(parts) > 2:
-        s.intensity = float(parts[2])
+    try:
+        if len(parts) > 3:
+            raise ValueError
+        nums = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(
+            f"surge {spec!r}: write TOPIC@HOURS[:MINUTES[:INTENSITY]] with numbers, e.g. "
+            f"'{topic}@12:30:1.5' (12 h after the stream start, 30 minutes long, 1.5x the "
+            "topic's rate); HOURS is an offset, not a clock time"
+        ) from None
+    s = Surge(topic, start + 3600 * nums[0])
+    if len(nums) > 1:
+        s.minutes = nums[1]
+    if len(nums) > 2:
+        s.intensity = nums[2]
     return s
 
 

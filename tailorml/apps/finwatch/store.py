@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from tailorml.retry import Backoff, call_with_retry
+
 log = logging.getLogger("tailorml.finwatch")
 T = TypeVar("T")
 
@@ -141,15 +143,19 @@ def migrate(engine: Engine, upto: int | None = None) -> int:
     Safe when several watchers start at once on one database: each migration runs under a lock
     and re-checks the version inside its transaction."""
     upto = LATEST if upto is None else upto
-    for attempt in range(10):
-        try:
-            with engine.begin() as conn:
-                schema_version.create(conn, checkfirst=True)
-            break
-        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
-            if attempt == 9:  # another process created it between the check and the create
-                raise
-            time.sleep(0.1)
+
+    def create_version_table() -> None:
+        with engine.begin() as conn:
+            schema_version.create(conn, checkfirst=True)
+
+    # Another process may create the table between the check and the create: try again (the
+    # check then finds it); a steady 0.1 s, since the other process is done within milliseconds.
+    call_with_retry(
+        create_version_table,
+        retry_on=(sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError),
+        policy=Backoff(first_s=0.1, max_s=0.1),
+        retries=9,
+    )
     current = current_version(engine)
     for version, desc, fn in MIGRATIONS:
         if not current < version <= upto:
@@ -243,35 +249,41 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
+# Connection errors while a database restarts: 0.2 s doubling to 5 s (with_retry's max_wait_s
+# bounds the total, 10 minutes by default: a PostgreSQL restart or failover takes seconds to a
+# minute; beyond that a person should look, so the error is raised instead of hidden).
+DB_BACKOFF = Backoff(first_s=0.2, max_s=5.0)
+
+
 def with_retry(
     fn: Callable[[], T],
     what: str,
     max_wait_s: float = 600.0,
-    first_delay_s: float = 0.2,
+    policy: Backoff = DB_BACKOFF,
     on_retry: Callable[[BaseException], None] | None = None,
 ) -> T:
     """Run `fn` (one whole transaction), retrying with backoff while the database is unavailable.
 
     Only connection-level errors are retried; a constraint or programming error is raised at once.
     """
-    delay, waited = first_delay_s, 0.0
-    while True:
-        try:
-            return fn()
-        except sa.exc.DBAPIError as exc:
-            if not is_transient(exc) or waited >= max_wait_s:
-                raise
-            log.warning(
-                "database unavailable during %s (%s); retrying in %.1fs",
-                what,
-                str(exc).splitlines()[0][:200],
-                delay,
-            )
-            if on_retry:
-                on_retry(exc)
-            time.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 5.0)
+
+    def note(exc: BaseException, delay: float) -> None:
+        log.warning(
+            "database unavailable during %s (%s); retrying in %.1fs",
+            what,
+            str(exc).splitlines()[0][:200],
+            delay,
+        )
+        if on_retry:
+            on_retry(exc)
+
+    return call_with_retry(
+        fn,
+        retry_on=is_transient,
+        policy=policy,
+        give_up_after_s=max_wait_s,
+        on_retry=note,
+    )
 
 
 def counts(engine: Engine) -> dict[str, int]:
