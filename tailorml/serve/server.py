@@ -8,7 +8,6 @@ process exits. With workers, the parent forwards SIGTERM to each worker and wait
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import shutil
@@ -16,6 +15,7 @@ import tempfile
 
 from tailorml import runtime  # noqa: F401  (OMP_WAIT_POLICY etc., inherited by workers)
 from tailorml.errors import ConfigError
+from tailorml.serve.kit import warn_if_open
 from tailorml.serve.settings import ENV_API_KEY, ENV_SETTINGS, ServeSettings
 
 log = logging.getLogger("uvicorn.error")
@@ -36,24 +36,11 @@ def check(settings: ServeSettings) -> None:
         )
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def run(settings: ServeSettings, log_level: str = "info") -> None:
     import uvicorn
 
     check(settings)
-    if not is_loopback(settings.host) and not settings.api_key:
-        logging.getLogger("tailorml").warning(
-            "binding %s without an API key: anyone who can reach this port can use the model",
-            settings.host,
-        )
+    warn_if_open(settings.host, settings.api_key, "use the model")
     os.environ[ENV_SETTINGS] = settings.to_env()
     if settings.api_key:
         os.environ[ENV_API_KEY] = settings.api_key
