@@ -7,6 +7,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,6 +146,89 @@ def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
         assert driver.save_screenshot(str(tmp_path / "dashboard.png"))
         shutil.copy(tmp_path / "dashboard.png", out)
         assert (tmp_path / "dashboard.png").stat().st_size > 20_000
+    finally:
+        driver.quit()
+        server.should_exit = True
+        shutil.rmtree(user_dir, ignore_errors=True)
+        engine.dispose()
+
+
+@pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="chromium/chromedriver not installed; apt-get install chromium chromium-driver",
+)
+def test_dashboard_with_an_api_key(tmp_path: Path) -> None:
+    """With a key, the page takes it from #key=... (never sent to the server), keeps it for the
+    tab, sends it as X-API-Key, and says what to do when it is missing or wrong."""
+    import uvicorn
+    from selenium.webdriver.common.by import By
+
+    from tailorml.apps.finwatch.server import create_app
+
+    key = "dash-key-321"
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    c = FinwatchConfig(db=url, models={"scorer": "labels"})
+    engine = store.make_engine(url)
+    w = Watcher(c, engine, LabelScorer(c.models, TOPICS)).open()
+    events = make_stream(3, [], rate_per_min=5, start=START, seed=4)
+    w.ingest(events, "test")
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(c, engine, api_key=key), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}/?refresh=1&hours=48"
+    user_dir = tempfile.mkdtemp(prefix="finwatch-chrome-")
+    driver = chrome(user_dir)
+
+    def wait_for(check: Any, what: str) -> None:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if check():
+                return
+            time.sleep(0.1)
+        status = driver.find_element(By.ID, "status").text
+        raise AssertionError(f"{what}; status line: {status!r}")
+
+    def loads() -> int:
+        return int(driver.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") or 0)
+
+    def refused() -> bool:
+        return driver.find_element(By.ID, "status").get_attribute("data-auth") == "refused"
+
+    try:
+        driver.get(base + f"#key={key}")
+        wait_for(lambda: loads() >= 1, "the page did not load with the key")
+        shown = sum(
+            int(el.get_attribute("data-volume"))
+            for el in driver.find_elements(By.CSS_SELECTOR, ".topic")
+        )
+        assert shown == len(events)
+        assert "#" not in driver.current_url  # dropped from the address bar and history
+        assert driver.execute_script("return sessionStorage.getItem('finwatch.apiKey')") == key
+        driver.get(base)  # same tab, no fragment: the stored key still works
+        wait_for(lambda: loads() >= 1, "the stored key was not used")
+        assert not refused()
+
+        driver.get(base + "#key=not-the-key")
+        wait_for(refused, "a wrong key was not reported")
+        status = driver.find_element(By.ID, "status").text
+        assert "wrong API key" in status and "#key=YOUR_KEY" in status
+        assert not driver.find_elements(By.CSS_SELECTOR, ".topic")
+
+        driver.execute_script("sessionStorage.clear()")
+        driver.get(base)
+        wait_for(refused, "a missing key was not reported")
+        assert "needs an API key (missing API key)" in driver.find_element(By.ID, "status").text
+        assert driver.save_screenshot(str(tmp_path / "dashboard-no-key.png"))
+        # Adding the fragment to the open page is enough: no reload needed.
+        driver.execute_script(f"location.hash = 'key={key}'")
+        wait_for(lambda: loads() >= 1 and not refused(), "the key added later was not used")
+        assert driver.save_screenshot(str(tmp_path / "dashboard-key.png"))
     finally:
         driver.quit()
         server.should_exit = True

@@ -105,3 +105,33 @@ def test_a_restarted_consumer_rereads_its_unacked_entries(
     assert res.accepted == 50 and store.counts(w.engine)["events"] == 50
     assert r.xpending(stream, "g")["pending"] == 0
     w.engine.dispose()
+
+
+def test_redis_not_running_is_a_clear_error(tmp_path: Path) -> None:
+    """Issue 18 #8: `--redis URL` with no server there: one line naming --redis, the URL and the
+    fix, exit 2 (was redis-py's ConnectionError traceback). A URL without a scheme likewise."""
+    import subprocess
+    import sys
+
+    from .finwatch_services import free_port
+
+    cfg = tmp_path / "fw.yaml"
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    cfg.write_text(json.dumps({"db": db, "models": {"scorer": "labels"}}), encoding="utf-8")
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    for given, needles in (
+        (url, [f"--redis {url}: cannot reach Redis", "Start redis-server"]),
+        ("localhost:6379", ["--redis localhost:6379", "redis://127.0.0.1:6379/0"]),
+    ):
+        res = subprocess.run(
+            [sys.executable, "-m", "tailorml.cli", "finwatch", "watch", str(cfg), "--redis", given],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 2, (res.returncode, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+        for needle in needles:
+            assert needle in lines[0], (needle, lines[0])
+        assert res.stdout == ""

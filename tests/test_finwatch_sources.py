@@ -3,6 +3,7 @@ tiny real models scoring in micro-batches, replay and evaluate."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -524,3 +525,68 @@ def test_scoring_through_tailor_serve_matches_local(
         pytest.raises(ConfigError, match="heads"),
     ):
         make_scorer(FinwatchConfig(models={"url": srv.url}).models)
+
+
+@pytest.mark.parametrize("source", ["file", "http"])
+def test_sigterm_reports_what_was_ingested(tmp_path: Path, source: str) -> None:
+    """Issue 18 #4: `watch` stopped by SIGTERM reports the events it stored and the alerts it
+    raised (it printed zeros: a followed file's or HTTP's counts were lost). With --http, the
+    key comes from $TAILORML_API_KEY, as for `tailor serve`."""
+    key = "fw-key-890"
+    events = stream(hours=12)
+    cfg = write_cfg(tmp_path, f"sqlite:///{tmp_path / 's.db'}")
+    port = free_port()
+    if source == "file":
+        src = tmp_path / "e.jsonl"
+        src.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+        args = ["--file", str(src)]  # followed: only a signal ends it
+    else:
+        args = ["--http", f"127.0.0.1:{port}"]
+    proc = subprocess.Popen(
+        [*CLI, "watch", str(cfg), *args],
+        env={**ENV, "TAILORML_API_KEY": key},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 90
+        if source == "http":
+            base = f"http://127.0.0.1:{port}"
+            while time.time() < deadline:
+                try:
+                    httpx.get(f"{base}/healthz", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            refused = httpx.post(f"{base}/v1/events", json=events[:10], timeout=10)
+            assert refused.status_code == 401, refused.text
+            for i in range(0, len(events), 3000):
+                r = httpx.post(
+                    f"{base}/v1/events",
+                    json=events[i : i + 3000],
+                    headers={"X-API-Key": key},
+                    timeout=60,
+                )
+                assert r.status_code == 200, r.text
+        engine = store.make_engine(f"sqlite:///{tmp_path / 's.db'}")
+        stored = 0
+        while time.time() < deadline and stored < len(events):
+            time.sleep(0.2)
+            with contextlib.suppress(sa.exc.OperationalError):  # tables not created yet
+                stored = store.counts(engine)["events"]
+        engine.dispose()
+        assert stored == len(events)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    db = summary["database"]
+    assert summary["accepted"] == db["events"] == len(events), summary
+    assert summary["alerts"] == db["alerts"] >= 1, summary
+    assert "Traceback" not in err, err[-3000:]

@@ -585,3 +585,28 @@ def test_real_minilm_batched_equals_direct(tmp_path: Path) -> None:
     assert batches < len(texts)
     for g, e in zip(got, expected, strict=True):
         assert g == pytest.approx(e.tolist(), abs=1e-4)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_exit_status_says_sigterm(cls_model: Path, tmp_path: Path, workers: str) -> None:
+    """One process or a parent with workers: after SIGTERM every worker drains, and the process
+    that was started ends by SIGTERM (a supervisor sees 143, not success). Ctrl+C ends with 0."""
+    import signal
+
+    srv = ProcessServer(
+        cls_model, tmp_path / "serve.log", "--workers", workers, "--threads", "1"
+    )  # fmt: skip
+    with srv:
+        assert post(srv, {"inputs": ["shares rally"]}, headers={}).status_code == 200
+        rc = srv.stop()
+    log = srv.output()
+    assert rc == -signal.SIGTERM, (rc, log)
+    assert log.count("drained:") == int(workers), log
+    assert "Traceback" not in log, log
+    if workers == "2":
+        assert log.count("Finished server process") == 2, log
+        srv = ProcessServer(cls_model, tmp_path / "int.log", "--workers", workers, "--threads", "1")
+        with srv:
+            assert srv.proc is not None
+            srv.proc.send_signal(signal.SIGINT)
+            assert srv.stop() == 0, srv.output()

@@ -4,21 +4,27 @@ Both paths build the app from TAILORML_SERVE_SETTINGS (a JSON copy of `ServeSett
 process needs nothing but the environment. SIGTERM (or Ctrl+C) drains: the listening socket closes
 (new connections are refused), requests already received are answered, the queue empties, then the
 process exits. With workers, the parent forwards SIGTERM to each worker and waits for all of them.
+Either way the process ends by SIGTERM (exit status 143) after a SIGTERM, and with 0 after Ctrl+C.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
+from typing import Any
 
 from tailorml import env
 from tailorml.errors import ConfigError
+from tailorml.serve.kit import warn_if_open
 from tailorml.serve.settings import ENV_API_KEY, ENV_SETTINGS, ServeSettings
 
 log = logging.getLogger("uvicorn.error")
+
+APP = "tailorml.serve.app:app_from_env"  # an import string: each worker builds its own app
 
 
 def check(settings: ServeSettings) -> None:
@@ -35,25 +41,12 @@ def check(settings: ServeSettings) -> None:
         )
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def run(settings: ServeSettings, log_level: str = "info") -> None:
     import uvicorn
 
     env.setup()  # OMP_WAIT_POLICY etc., inherited by worker processes
     check(settings)
-    if not is_loopback(settings.host) and not settings.api_key:
-        logging.getLogger("tailorml").warning(
-            "binding %s without an API key: anyone who can reach this port can use the model",
-            settings.host,
-        )
+    warn_if_open(settings.host, settings.api_key, "use the model")
     os.environ[ENV_SETTINGS] = settings.to_env()
     if settings.api_key:
         os.environ[ENV_API_KEY] = settings.api_key
@@ -64,22 +57,64 @@ def run(settings: ServeSettings, log_level: str = "info") -> None:
         # Workers write their metrics here; /metrics on any worker sums all of them.
         metrics_dir = tempfile.mkdtemp(prefix="tailorml-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    options: dict[str, Any] = dict(
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=log_level,
+        access_log=False,
+        # In-flight requests get their own deadline plus slack to finish during a drain.
+        timeout_graceful_shutdown=int(settings.timeout_s) + 10,
+        server_header=False,
+        # uvicorn kills a worker that misses a 5 s ping; a worker importing torch on a busy
+        # 2-core machine can miss it and be killed over and over while it loads.
+        timeout_worker_healthcheck=120,
+    )
+    stopped_by = None
     try:
-        uvicorn.run(
-            "tailorml.serve.app:app_from_env",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_level=log_level,
-            access_log=False,
-            # In-flight requests get their own deadline plus slack to finish during a drain.
-            timeout_graceful_shutdown=int(settings.timeout_s) + 10,
-            server_header=False,
-            # uvicorn kills a worker that misses a 5 s ping; a worker importing torch on a busy
-            # 2-core machine can miss it and be killed over and over while it loads.
-            timeout_worker_healthcheck=120,
-        )
+        if settings.workers > 1:
+            stopped_by = _supervise(uvicorn.Config(APP, **options))
+        else:
+            # One process: uvicorn itself re-raises SIGTERM once drained (exit status 143).
+            uvicorn.run(APP, **options)
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+    if stopped_by == signal.SIGTERM:
+        # As one process does: die by the signal, so a supervisor sees SIGTERM, not success.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+
+
+def _supervise(config: Any) -> int | None:
+    """uvicorn's supervisor of `config.workers` processes sharing one socket (what `uvicorn.run`
+    does with workers > 1), noting which signal stopped it: SIGTERM, SIGINT, or None when it
+    stopped by itself (a worker failed to start: a ConfigError, exit status 2)."""
+    from uvicorn.supervisors import Multiprocess
+
+    sock = config.bind_socket()
+    supervisor = Multiprocess(config, sockets=[sock])  # installs its signal handlers
+    received: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        prev = signal.getsignal(sig)
+
+        def note(signum: int, frame: Any, prev: Any = prev) -> None:
+            received.append(signum)
+            if callable(prev):
+                prev(signum, frame)
+
+        signal.signal(sig, note)
+    try:
+        supervisor.run()  # returns once every worker has drained and exited
+    finally:
+        sock.close()
+    if not received:
+        raise ConfigError(
+            "a worker process failed to start (its error is in the log above); "
+            "the service stopped. Fix that, or try --workers 1 to see it directly."
+        )
+    return received[0]

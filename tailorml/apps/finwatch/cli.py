@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from tailorml.errors import TailorError
+from tailorml.serve.settings import ENV_API_KEY
 
 app = typer.Typer(
     help="Financial news monitor: topic + sentiment of a live stream, trends, surge alerts.",
@@ -59,19 +60,44 @@ def _open(config: Path | None, overrides: list[str] | None) -> tuple[Any, Any, A
     return cfg, engine, watcher
 
 
-def _stop_on_signals() -> None:
-    """SIGINT (Ctrl-C) and SIGTERM (systemd, docker stop, kill) both stop the watcher cleanly:
-    the current micro-batch commits, pending alerts get a last delivery round, counts print.
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGINT (Ctrl-C) and SIGTERM (systemd, docker stop, kill) stop the watcher cleanly: the
+    first sets `stop`, which every source checks between micro-batches (the current one commits,
+    pending alerts get a last delivery round, counts print); a second one interrupts at once.
 
     Set explicitly: a process started in the background by a non-interactive shell inherits
     SIGINT as *ignored*, and Python then never raises KeyboardInterrupt."""
     import signal
 
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(signum)
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt(signum)
+        stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
+        signal.signal(sig, handler)
+
+
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        help="Require this key (`Authorization: Bearer KEY` or `X-API-Key: KEY`) on /v1/*, "
+        "/api/* and /metrics; the dashboard page takes it as URL#key=KEY. "
+        f"Also read from ${ENV_API_KEY}.",
+        show_default=False,
+    ),
+]
+
+
+def _api_key(given: str | None, host: str) -> str | None:
+    """The key from --api-key or the environment; warns when a non-loopback host has none."""
+    import os
+
+    from tailorml.serve.kit import warn_if_open
+
+    key = given or os.environ.get(ENV_API_KEY) or None
+    warn_if_open(host, key, "post events and read the dashboard's data")
+    return key
 
 
 @app.command()
@@ -81,7 +107,10 @@ def watch(
     file: Annotated[Path | None, typer.Option(help="JSONL file to read (and follow).")] = None,
     follow: Annotated[bool, typer.Option(help="Keep reading the file as it grows.")] = True,
     stdin: Annotated[bool, typer.Option(help="Read JSON lines from stdin.")] = False,
-    http: Annotated[str | None, typer.Option(help="Serve POST /v1/events on HOST:PORT.")] = None,
+    http: Annotated[
+        str | None, typer.Option(help="Serve POST /v1/events and the dashboard on HOST:PORT.")
+    ] = None,
+    api_key: ApiKey = None,
     redis: Annotated[str | None, typer.Option(help="Redis URL; read a stream in a group.")] = None,
     stream: Annotated[str, typer.Option(help="Redis stream key.")] = "finwatch:events",
     group: Annotated[str, typer.Option(help="Redis consumer group.")] = "finwatch",
@@ -93,26 +122,35 @@ def watch(
 ) -> None:
     """Ingest events, score them, store them, update trends and raise alerts."""
     from tailorml.apps.finwatch.notify import Notifier
-    from tailorml.apps.finwatch.pipeline import IngestResult
     from tailorml.apps.finwatch.sources import follow_file, read_stream
 
     _logging()
-    _stop_on_signals()
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    if not (file or stdin or http or redis):
+        _fail(TailorError("Give a source: --file PATH, --stdin, --http HOST:PORT or --redis URL."))
+    hostport = _host_port(http) if http else None
+    key = _api_key(api_key, hostport[0]) if hostport else None
+    if redis:
+        from tailorml.apps.finwatch.redis_source import connect
+
+        try:
+            connect(redis).close()  # fail now, with the fix, not as a traceback in a thread
+        except TailorError as exc:
+            _fail(exc)
     try:
         cfg, engine, watcher = _open(config, overrides)
     except TailorError as exc:
         _fail(exc)
-    if not (file or stdin or http or redis):
-        _fail(TailorError("Give a source: --file PATH, --stdin, --http HOST:PORT or --redis URL."))
     notifier = Notifier(engine, cfg.webhook) if cfg.webhook.url else None
     if notifier:
         notifier.start()
-    total = IngestResult()
     threads: list[threading.Thread] = []
-    stop = threading.Event()
+    server: _HttpThread | None = None
     try:
-        if http:
-            threads.append(_serve_thread(cfg, engine, watcher, http))
+        if hostport:
+            server = _HttpThread(cfg, engine, watcher, *hostport, key)
+            server.start()
         if redis:
             from tailorml.apps.finwatch.redis_source import consume
 
@@ -128,20 +166,24 @@ def watch(
                 t.start()
                 threads.append(t)
             else:
-                total.add(consume(watcher, redis, **kw))  # type: ignore[arg-type]
+                consume(watcher, redis, **kw)  # type: ignore[arg-type]
         if file:
-            total.add(follow_file(watcher, file, follow=follow, idle_exit_s=idle_exit, stop=stop))
+            follow_file(watcher, file, follow=follow, idle_exit_s=idle_exit, stop=stop)
         elif stdin:
-            total.add(read_stream(watcher))
-        if http and not (file or stdin or redis):
-            for t in threads:
-                t.join()
+            read_stream(watcher, stop=stop)
+        if server and not (file or stdin or redis):
+            while not stop.wait(0.5) and server.thread.is_alive():
+                pass
     except KeyboardInterrupt:
         pass
     finally:
         stop.set()
+        if server:
+            server.stop()
+        for t in threads:
+            t.join(30)  # a Redis consumer finishes its batch (it checks `stop` every 0.5 s)
         if final:
-            total.alerts.extend(watcher.advance(final=True))
+            watcher.advance(final=True)
         if notifier:
             from tailorml.apps.finwatch.notify import deliver_pending
 
@@ -149,6 +191,8 @@ def watch(
             notifier.stop()
     from tailorml.apps.finwatch.store import counts
 
+    # The watcher's own totals: every source's batches, including the ones a stop cut short.
+    total = watcher.totals
     typer.echo(
         json.dumps(
             {
@@ -162,23 +206,48 @@ def watch(
     )
 
 
-def _serve_thread(cfg: Any, engine: Any, watcher: Any, hostport: str) -> threading.Thread:
-    import uvicorn
-
-    from tailorml.apps.finwatch.server import create_app
-
+def _host_port(hostport: str) -> tuple[str, int]:
     host, _, port = hostport.rpartition(":")
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(cfg, engine, watcher),
-            host=host or "127.0.0.1",
-            port=int(port),
-            log_level="warning",
+    if not port.isdigit() or int(port) > 65535:
+        _fail(TailorError(f"--http {hostport!r}: give HOST:PORT, e.g. --http 127.0.0.1:8780."))
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class _HttpThread:
+    """uvicorn serving the finwatch app in a thread (signals stay with the main thread, which
+    stops it)."""
+
+    def __init__(self, cfg: Any, engine: Any, watcher: Any, host: str, port: int, key: Any):
+        import uvicorn
+
+        from tailorml.apps.finwatch.server import create_app
+        from tailorml.serve.kit import Lifecycle
+
+        self.where = f"{host}:{port}"
+        self.lifecycle = Lifecycle(ready=True)
+        app = create_app(cfg, engine, watcher, api_key=key, lifecycle=self.lifecycle)
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30
+            )
         )
-    )
-    t = threading.Thread(target=server.run, daemon=True, name="finwatch-http")
-    t.start()
-    return t
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name="finwatch-http")
+
+    def start(self) -> None:
+        """Returns once the server listens, or exits with the reason it cannot."""
+        import time
+
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                _fail(TailorError(f"--http {self.where}: cannot listen there (see above)."))
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop accepting; requests in flight are answered (and counted) before this returns."""
+        self.lifecycle.draining = True
+        self.server.should_exit = True
+        self.thread.join(40)
 
 
 @app.command()
@@ -187,6 +256,7 @@ def dashboard(
     overrides: Overrides = None,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8765,
+    api_key: ApiKey = None,
 ) -> None:
     """Serve the dashboard (trend charts, volume, alerts with their events; live refresh)."""
     import uvicorn
@@ -194,11 +264,14 @@ def dashboard(
     from tailorml.apps.finwatch.server import create_app
     from tailorml.apps.finwatch.store import make_engine, migrate
 
+    _logging()
+    key = _api_key(api_key, host)
     cfg = _config(config, overrides)
     engine = make_engine(cfg.db)
     migrate(engine)
-    typer.echo(f"finwatch dashboard on http://{host}:{port}/", err=True)
-    uvicorn.run(create_app(cfg, engine), host=host, port=port, log_level="warning")
+    where = f"http://{host}:{port}/" + ("#key=YOUR_KEY" if key else "")
+    typer.echo(f"finwatch dashboard on {where}", err=True)
+    uvicorn.run(create_app(cfg, engine, api_key=key), host=host, port=port, log_level="warning")
 
 
 @app.command()

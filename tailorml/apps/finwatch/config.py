@@ -105,6 +105,11 @@ class FinwatchConfig(_Section):
     )
     webhook: WebhookConfig = Field(default_factory=WebhookConfig)  # type: ignore[arg-type]
     evidence_events: int = Field(50, ge=1, description="Most event ids attached to an alert.")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Largest HTTP request body (POST /v1/events) in bytes; larger gets 413.",
+    )
 
     @model_validator(mode="after")
     def _windows(self) -> FinwatchConfig:

@@ -55,6 +55,10 @@ class Watcher:
         self.lock = threading.Lock()  # one writer: HTTP threads and followers share the watcher
         self.detector: SurgeDetector | None = None
         self.db_retries = 0
+        # Everything this watcher stored and raised, over every source: counted where it is
+        # committed, so a source stopped mid-way (SIGTERM) loses nothing from the final report.
+        self.totals = IngestResult()
+        self._count_lock = threading.Lock()
 
     # -- setup -------------------------------------------------------------------------------
     def open(self) -> Watcher:
@@ -155,6 +159,8 @@ class Watcher:
             res.duplicates += len(rows) - inserted
             res.accepted += inserted
             res.rejected += len(bad)
+            with self._count_lock:
+                self.totals.add(IngestResult(res.accepted, res.duplicates, res.rejected))
             for r in bad:
                 log.info("dead letter (%s): %s", r.source, r.reason)
             if advance:
@@ -174,7 +180,10 @@ class Watcher:
 
         The watermark is (newest event time - lateness). `final` closes the window holding the
         newest event too (end of a replay)."""
-        return list(self._retry(lambda: self._advance(final), "close windows"))
+        fired = list(self._retry(lambda: self._advance(final), "close windows"))
+        with self._count_lock:
+            self.totals.alerts.extend(fired)
+        return fired
 
     def _advance(self, final: bool) -> list[dict[str, Any]]:
         assert self.detector is not None

@@ -18,8 +18,49 @@ import time
 from typing import Any
 
 from tailorml.apps.finwatch.pipeline import IngestResult, Watcher
+from tailorml.errors import TailorError
 
 log = logging.getLogger("tailorml.finwatch")
+
+
+def connect(url: str) -> Any:
+    """A Redis client that has answered PING, or a TailorError naming `--redis`, the URL and the
+    fix (never redis-py's traceback)."""
+    try:
+        import redis
+    except ImportError:
+        raise TailorError(
+            "--redis needs the `redis` package: pip install 'tailorml[finwatch]'"
+        ) from None
+    shown = redact(url)
+    try:
+        r = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
+    except ValueError as exc:  # not a redis://, rediss:// or unix:// URL
+        raise TailorError(
+            f"--redis {shown}: {exc}. Give a URL like redis://127.0.0.1:6379/0."
+        ) from None
+    try:
+        r.ping()
+    except redis.RedisError as exc:
+        r.close()
+        why = str(exc).rstrip(".")
+        raise TailorError(
+            f"--redis {shown}: cannot reach Redis ({why}). Start redis-server there, or point "
+            "--redis at a running one (e.g. redis://127.0.0.1:6379/0)."
+        ) from None
+    return r
+
+
+def redact(url: str) -> str:
+    """The URL without its password, fit for a log line or an error message."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + host))
 
 
 def ensure_group(r: Any, stream: str, group: str) -> None:
@@ -47,9 +88,7 @@ def consume(
     """Consume until `stop` is set or the stream has been idle for `idle_exit_s`.
 
     `processed` (optional) collects the ids of the events this consumer stored, for tests."""
-    import redis
-
-    r = redis.Redis.from_url(url, decode_responses=True)
+    r = connect(url)
     consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
     ensure_group(r, stream, group)
     total = IngestResult()

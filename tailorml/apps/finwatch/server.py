@@ -3,6 +3,11 @@
 An HTTP 200 means the batch is committed; a client that gets no answer may resend the batch
 (ingest is idempotent on id). The dashboard (GET /) reads the database only, so it can also run
 as its own process next to the watcher (`tailor finwatch dashboard`).
+
+Built with the service kit (`tailorml.serve.kit`), as `tailor serve` is: with an API key,
+`/v1/*`, `/api/*` and `/metrics` need it (the page `GET /` stays public and sends the key it is
+given in its URL fragment); bodies over `max_body_bytes` get 413; every error is
+`{"error": {"type", "message"}}`; `/healthz` (with the event counts), `/readyz`, `/metrics`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import Body, FastAPI, HTTPException, Query
+from fastapi import Body, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.engine import Engine
 
@@ -22,24 +27,49 @@ from tailorml.apps.finwatch import store
 from tailorml.apps.finwatch.config import FinwatchConfig
 from tailorml.apps.finwatch.pipeline import Watcher
 from tailorml.apps.finwatch.trends import time_range, window_counts
+from tailorml.serve import kit
+from tailorml.serve.gate import Gate
+from tailorml.serve.schemas import ApiError
 
 DASHBOARD = Path(__file__).with_name("dashboard.html")
 MAX_BATCH = 10_000
+PROTECTED = ("/v1/", "/api/", "/metrics")
+EXAMPLE = '[{"id": "e1", "time": "2026-01-05T09:30:00Z", "text": "..."}] or {"events": [...]}'
 
 
-def create_app(cfg: FinwatchConfig, engine: Engine, watcher: Watcher | None = None) -> FastAPI:
+def create_app(
+    cfg: FinwatchConfig,
+    engine: Engine,
+    watcher: Watcher | None = None,
+    *,
+    api_key: str | None = None,
+    lifecycle: kit.Lifecycle | None = None,
+) -> Gate:
+    """The ASGI app: the dashboard and its API, plus `POST /v1/events` when a watcher is given.
+    `lifecycle` lets the owner of a server thread report draining on `/readyz`."""
     app = FastAPI(title="tailorml finwatch")
 
     if watcher is not None:
 
         @app.post("/v1/events")
-        def post_events(body: Any = Body(...)) -> dict[str, Any]:  # noqa: B008
+        def post_events(request: Request, body: Any = Body(...)) -> dict[str, Any]:  # noqa: B008
+            if isinstance(body, bytes | str):  # FastAPI parses JSON only when told it is JSON
+                ctype = request.headers.get("content-type") or "none"
+                raise ApiError(
+                    422,
+                    "invalid_request",
+                    f"body: send JSON with Content-Type: application/json (got {ctype!r})",
+                )
             items = body.get("events") if isinstance(body, dict) else body
             if not isinstance(items, list):
-                raise HTTPException(422, 'Send a JSON list of events or {"events": [...]}.')
+                raise ApiError(
+                    422, "invalid_request", f"body: send a JSON list of events like {EXAMPLE}"
+                )
             if len(items) > MAX_BATCH:
-                raise HTTPException(
-                    413, f"At most {MAX_BATCH} events per request; split the batch."
+                raise ApiError(
+                    413,
+                    "too_large",
+                    f"{len(items)} events in one request; at most {MAX_BATCH}: split the batch.",
                 )
             res = watcher.ingest(items, "http")
             return {
@@ -48,10 +78,6 @@ def create_app(cfg: FinwatchConfig, engine: Engine, watcher: Watcher | None = No
                 "rejected": res.rejected,
                 "alerts": len(res.alerts),
             }
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        return {"ok": True, **store.counts(engine)}
 
     @app.get("/api/trends")
     def trends(
@@ -93,4 +119,13 @@ def create_app(cfg: FinwatchConfig, engine: Engine, watcher: Watcher | None = No
     def dashboard() -> str:
         return DASHBOARD.read_text(encoding="utf-8")
 
-    return app
+    return kit.install(
+        app,
+        api_key=api_key,
+        max_body_bytes=cfg.max_body_bytes,
+        body_hint="(finwatch config `max_body_bytes`); send fewer events per request",
+        protected=PROTECTED,
+        readiness=lifecycle or kit.Lifecycle(ready=True),
+        health=lambda: store.counts(engine),
+        body_example=EXAMPLE,
+    )

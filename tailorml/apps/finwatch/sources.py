@@ -8,13 +8,12 @@ consumes complete lines: a line a writer is still appending is read once its new
 from __future__ import annotations
 
 import logging
-import os
-import select
+import queue
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from tailorml.apps.finwatch import store
 from tailorml.apps.finwatch.pipeline import IngestResult, Watcher
@@ -89,37 +88,46 @@ def follow_file(
     return total
 
 
-def read_stream(watcher: Watcher, stream: TextIO | None = None) -> IngestResult:
-    """Ingest JSON lines from stdin (or any text stream) until EOF, in micro-batches that wait at
-    most `batch_wait_s` to fill."""
-    stream = stream or sys.stdin
+def read_stream(
+    watcher: Watcher,
+    stream: TextIO | None = None,
+    stop: threading.Event | None = None,
+    poll_s: float = 0.2,
+) -> IngestResult:
+    """Ingest JSON lines from stdin (or any text stream) until EOF or `stop`, in micro-batches
+    that wait at most `batch_wait_s` to fill.
+
+    A reader thread does the blocking reads, so this loop notices `stop` while no line comes; on
+    `stop` the micro-batch in hand is ingested before it returns."""
+    src = stream or sys.stdin
     total = IngestResult()
     bs, wait = watcher.cfg.batch_size, watcher.cfg.batch_wait_s
+    lines: queue.Queue[str | None] = queue.Queue(maxsize=bs * 4)  # bounded: backpressure
+
+    def reader() -> None:
+        for line in iter(src.readline, ""):
+            lines.put(line)
+        lines.put(None)  # EOF
+
+    threading.Thread(target=reader, daemon=True, name="finwatch-stdin").start()
     batch: list[str] = []
     deadline = time.monotonic() + wait
-    use_select = _selectable(stream)
-    while True:
-        ready = True
-        if use_select and batch:
-            ready = bool(select.select([stream], [], [], max(0.0, deadline - time.monotonic()))[0])
-        line = stream.readline() if ready else None
-        if line == "":  # EOF
-            break
-        if line is not None and line.strip():
+    eof = False
+    while not eof and not (stop and stop.is_set()):
+        timeout = max(0.0, deadline - time.monotonic()) if batch else poll_s
+        try:
+            line = lines.get(timeout=timeout)
+        except queue.Empty:
+            line = ""  # nothing new in time
+        if line is None:
+            eof = True
+        elif line.strip():
             if not batch:
                 deadline = time.monotonic() + wait
             batch.append(line)
-        if batch and (len(batch) >= bs or line is None or time.monotonic() >= deadline):
+        if batch and (eof or len(batch) >= bs or time.monotonic() >= deadline):
             total.add(watcher.ingest(batch, "stdin"))
             batch = []
     if batch:
         total.add(watcher.ingest(batch, "stdin"))
     return total
-
-
-def _selectable(stream: Any) -> bool:
-    try:
-        stream.fileno()
-        return os.name == "posix"
-    except (AttributeError, OSError, ValueError):
-        return False
