@@ -160,7 +160,8 @@ def tasks() -> None:
             f"  metrics   {', '.join(t.metrics)} (best checkpoint by {t.default_metric})",
             highlight=False,
         )
-        out.print(f"  example   {json.dumps(rows[0])}", highlight=False)
+        for row in rows:
+            out.print(f"  example   {json.dumps(row)}", highlight=False, soft_wrap=True)
         if data:
             keys = " ".join(f"data.{k}={v}" for k, v in data.items())
             out.print(f"  config    {keys}", highlight=False)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -352,6 +353,57 @@ print(info["labels"][int(logits.argmax())])
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "positive"
+
+
+def test_compressed_folders_evaluate_predict_and_serve_through_one_loader(run: Path) -> None:
+    """What `tailor compress` says to serve also evaluates and predicts (the same predictor),
+    and tailorml's ONNX path (predictor + service) never imports torch or transformers."""
+    compress(run, CompressOptions(variants=["onnx-int8", "torch-int8"], **FAST))  # type: ignore[arg-type]
+    test_csv = yaml.safe_load((run / "config.yaml").read_text())["data"]["test"]
+    rows = [r.split(",") for r in Path(test_csv).read_text().splitlines()[1:]]
+    gold = {"negative": 0, "neutral": 1, "positive": 2}
+    texts = ["great strong rally today", "terrible crash and loss"]
+    for variant in ("onnx-int8", "torch-int8"):
+        folder = run / "compressed" / variant
+        pred = load_predictor(folder, threads=1)
+        want = float(
+            np.mean(pred.predict([t for t, _ in rows]).argmax(1) == [gold[y] for _, y in rows])
+        )
+        res = subprocess.run(
+            [*CLI, "evaluate", str(folder), "--data", test_csv], capture_output=True, text=True
+        )
+        assert res.returncode == 0, res.stderr
+        metrics = json.loads(res.stdout)
+        assert metrics["n"] == 60 and metrics["runtime"] == pred.runtime, metrics
+        assert metrics["accuracy"] == pytest.approx(want), (variant, metrics)
+        res = subprocess.run(
+            [*CLI, "predict", str(folder), "--input", "-"],
+            input="\n".join(texts) + "\n",
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 0, res.stderr
+        labels = [json.loads(x)["label"] for x in res.stdout.splitlines()]
+        assert labels == [p["label"] for p in pred.format(pred.predict(texts))], variant
+
+    script = f"""
+import sys
+from starlette.testclient import TestClient
+from tailorml.predictors import load_predictor
+from tailorml.serve.app import create_app
+from tailorml.serve.settings import ServeSettings
+folder = {str(run / "compressed" / "onnx-int8")!r}
+pred = load_predictor(folder, threads=1)
+print(pred.format(pred.predict(["terrible crash and loss"]))[0]["label"])
+with TestClient(create_app(ServeSettings(model=folder, threads=1))) as client:
+    r = client.post("/v1/predict", json={{"inputs": ["terrible crash and loss"]}})
+    print(r.json()["predictions"][0]["label"])
+print(sorted(m for m in ("torch", "transformers") if m in sys.modules))
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    local, served, imported = res.stdout.split()
+    assert local == served and local in gold and imported == "[]", res.stdout
 
 
 # ---- bad input: clear errors, nothing half-written -----------------------------------------------

@@ -139,6 +139,8 @@ def describe_validation_error(
             problems.append(f"Unknown key `{key}`.{_suggest(loc, root)} {hint}".rstrip())
         elif not loc:  # a check across fields (a model validator): its message names them
             problems.append(str(err["msg"]).removeprefix("Value error, "))
+        elif err["type"] == "missing":
+            problems.append(f"`{key}` is missing. Give it a value.")
         else:
             value = err.get("input")
             shown = repr(value) if not isinstance(value, dict) else "a mapping"
@@ -169,19 +171,33 @@ def lenient_config(raw: dict[str, Any]) -> RunConfig | None:
     return None
 
 
-def load_options(cls: type[T], path: str | Path | None, flags: dict[str, Any], command: str) -> T:
+def load_options(
+    cls: type[T],
+    path: str | Path | None,
+    flags: dict[str, Any],
+    command: str,
+    flag_names: dict[str, str] | None = None,
+) -> T:
     """Options of a command: a YAML file's values (`--config`), then the flags given (None =
-    not given). Errors name the key or flag and list every problem."""
+    not given). Errors name the key and its flag (`budget` (--budget)) and list every problem.
+    `flag_names`: how to name keys whose flag is not `--key-with-dashes`."""
     values: dict[str, Any] = read_yaml(path) if path is not None else {}
     values.update({k: v for k, v in flags.items() if v is not None})
     try:
         return cls.model_validate(values)
     except ValidationError as exc:
-        raise ConfigError(
-            describe_validation_error(
-                exc, cls, f"Run `tailor config schema {command}` to list the keys."
-            )
-        ) from None
+        problems = describe_validation_error(
+            exc, cls, f"Run `tailor config schema {command}` to list the keys."
+        )
+    names = {k: "--" + k.replace("_", "-") for k in cls.model_fields} | (flag_names or {})
+    out = []
+    for p in problems:
+        for key, flag in names.items():
+            if p.startswith((f"`{key}` =", f"`{key}` is")):
+                p = p.replace(f"`{key}`", f"`{key}` ({flag})", 1)
+                break
+        out.append(p)
+    raise ConfigError(out)
 
 
 def validate_mapping(raw: dict[str, Any]) -> tuple[RunConfig | None, list[str]]:

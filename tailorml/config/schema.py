@@ -164,10 +164,6 @@ class RunConfig(_Section):
         "replaces top-level data/task.",
     )
 
-    @property
-    def multitask(self) -> bool:
-        return self.heads is not None
-
     def head_views(self) -> dict[str, RunConfig]:
         """name -> a single-task view of this config (its data and task, shared model/train).
         A single-task config is one head named ``""``."""

@@ -228,7 +228,7 @@ def finetune(
     }
     if main:
         from tailorml.evaluate.metrics import scalar_metrics
-        from tailorml.evaluate.report import write_report
+        from tailorml.train.report import write_report
 
         for split in ("eval", "test"):
             logger.log(state["global_step"], f"final_{split}", scalar_metrics(results[split]))

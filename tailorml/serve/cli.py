@@ -1,10 +1,13 @@
-"""`tailor serve PATH`: the command, registered in tailorml/cli.py."""
+"""`tailor serve PATH`: the command, registered in tailorml/cli.py.
+
+Every option is a field of `ServeSettings` (its doc is the --help text); `--config FILE` reads
+any of them from YAML (`tailor config schema serve`), and the flags given win."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -17,58 +20,65 @@ def _doc(name: str) -> str:
 
 
 def serve(
-    path: Annotated[Path, typer.Argument(help=_doc("model"))],
-    host: Annotated[str, typer.Option(help=_doc("host"))] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help=_doc("port"))] = 8000,
+    path: Annotated[
+        Path | None, typer.Argument(help=_doc("model") + " (or `model:` in --config).")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="YAML of these settings (`tailor config schema serve`); flags win."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help=_doc("host"))] = None,
+    port: Annotated[int | None, typer.Option(help=_doc("port"))] = None,
     api_key: Annotated[
         str | None,
         typer.Option(help=_doc("api_key") + f" Also read from ${ENV_API_KEY}.", show_default=False),
     ] = None,
-    max_batch_size: Annotated[int, typer.Option(help=_doc("max_batch_size"))] = 32,
-    max_wait_ms: Annotated[float, typer.Option(help=_doc("max_wait_ms"))] = 5.0,
-    max_queue: Annotated[int, typer.Option(help=_doc("max_queue"))] = 1024,
-    timeout: Annotated[float, typer.Option("--timeout", help=_doc("timeout_s"))] = 30.0,
-    max_inputs: Annotated[int, typer.Option(help=_doc("max_inputs"))] = 64,
-    max_chars: Annotated[int, typer.Option(help=_doc("max_chars"))] = 20_000,
-    max_body_bytes: Annotated[int, typer.Option(help=_doc("max_body_bytes"))] = 4 * 1024 * 1024,
-    workers: Annotated[int, typer.Option(help=_doc("workers"))] = 1,
+    max_batch_size: Annotated[int | None, typer.Option(help=_doc("max_batch_size"))] = None,
+    max_wait_ms: Annotated[float | None, typer.Option(help=_doc("max_wait_ms"))] = None,
+    max_queue: Annotated[int | None, typer.Option(help=_doc("max_queue"))] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", help=_doc("timeout_s"))] = None,
+    max_inputs: Annotated[int | None, typer.Option(help=_doc("max_inputs"))] = None,
+    max_chars: Annotated[int | None, typer.Option(help=_doc("max_chars"))] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(help=_doc("max_body_bytes"))] = None,
+    workers: Annotated[int | None, typer.Option(help=_doc("workers"))] = None,
     threads: Annotated[int | None, typer.Option(help=_doc("threads"), show_default=False)] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve a model folder over HTTP (POST /v1/predict; docs at /docs)."""
-    from pydantic import ValidationError
-
+    from tailorml.config.load import load_options
     from tailorml.serve.server import run
 
+    flags = {
+        "model": str(path) if path is not None else None,
+        "host": host,
+        "port": port,
+        "api_key": api_key,
+        "max_batch_size": max_batch_size,
+        "max_wait_ms": max_wait_ms,
+        "max_queue": max_queue,
+        "timeout_s": timeout,
+        "max_inputs": max_inputs,
+        "max_chars": max_chars,
+        "max_body_bytes": max_body_bytes,
+        "workers": workers,
+        "threads": threads,
+    }
     try:
-        settings = ServeSettings(
-            model=str(path),
-            host=host,
-            port=port,
-            api_key=api_key or os.environ.get(ENV_API_KEY) or None,
-            max_batch_size=max_batch_size,
-            max_wait_ms=max_wait_ms,
-            max_queue=max_queue,
-            timeout_s=timeout,
-            max_inputs=max_inputs,
-            max_chars=max_chars,
-            max_body_bytes=max_body_bytes,
-            workers=workers,
-            threads=threads,
+        settings = load_options(
+            ServeSettings,
+            config,
+            flags,
+            "serve",
+            {"timeout_s": "--timeout", "model": "the PATH argument, or `model:` in --config"},
         )
-    except ValidationError as exc:
-        problems = [
-            f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
-        ]
-        _fail(TailorError(problems))
-        return
-    try:
+        if settings.api_key is None and os.environ.get(ENV_API_KEY):
+            settings.api_key = os.environ[ENV_API_KEY]
         run(settings, log_level=log_level)
     except TailorError as exc:
         _fail(exc)
 
 
-def _fail(exc: TailorError) -> None:
+def _fail(exc: TailorError) -> NoReturn:
     from tailorml.train.progress import console
 
     console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 ENV_SETTINGS = "TAILORML_SERVE_SETTINGS"
 ENV_API_KEY = "TAILORML_API_KEY"
@@ -13,7 +13,12 @@ ENV_API_KEY = "TAILORML_API_KEY"
 class ServeSettings(BaseModel):
     """What `tailor serve` was asked for. Field docs double as `--help` text."""
 
-    model: str = Field(description="Model folder: RUN_DIR/model or RUN_DIR/compressed/<variant>.")
+    # A mistyped key in a --config file is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: str = Field(
+        description="Model folder: a run folder, RUN_DIR/model or RUN_DIR/compressed/<variant>."
+    )
     host: str = Field(
         "127.0.0.1", description="Interface to bind; 0.0.0.0 exposes it to the network."
     )

@@ -26,7 +26,7 @@ at its bottom, import the module in `tailorml/tasks/__init__.py`, and the confor
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 SEQUENCE_CLASSIFIER = "sequence-classifier"
 
 
+@runtime_checkable
 class Task(Protocol):
     @property
     def name(self) -> str:

@@ -10,18 +10,23 @@ from typing import Any
 
 from tailorml.tasks import register
 from tailorml.tasks.classification import ClassificationTask
-from tailorml.tasks.vocab import keyword_rows
+from tailorml.tasks.vocab import FILLER, KEYWORDS, keyword_rows
 
 
 def _pair_rows(n: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Does the answer name the question's sentiment? `yes` when it does."""
-    names = ["negative", "neutral", "positive"]
+    """Is the answer about the question? `yes` when it repeats the question's key word, `no` when
+    it is about something else."""
+    import random
+
+    rng = random.Random(seed + 1)
     rows = []
     for i, (text, label) in enumerate(keyword_rows(n, seed)):
-        # Even rows name the right sentiment; odd rows one of the two wrong ones.
-        shift = 0 if i % 2 == 0 else 1 + (i // 2) % 2
-        answer = names[(names.index(label) + shift) % 3]
-        rows.append({"question": text, "answer": answer, "label": "no" if shift else "yes"})
+        word = next(w for w in text.split() if w in KEYWORDS[label])
+        if i % 2 == 0:
+            answer, match = f"yes it was {word} for the {rng.choice(FILLER)}", "yes"
+        else:
+            answer, match = f"the {rng.choice(FILLER)} {rng.choice(FILLER)} is unchanged", "no"
+        rows.append({"question": text, "answer": answer, "label": match})
     return rows, {"text_column": "question", "text_pair_column": "answer"}
 
 

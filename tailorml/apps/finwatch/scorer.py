@@ -74,10 +74,10 @@ class ModelScorer:
             if workers > 1
             else None
         )
-        self.multi = None
+        self.joint = None  # one model with both heads (else two single-task models)
         if cfg.model is not None:
-            self.multi = load_predictor(cfg.model, threads=threads)
-            heads = {h.name: h for h in named_heads(self.multi.heads)}
+            self.joint = load_predictor(cfg.model, threads=threads)
+            heads = {h.name: h for h in named_heads(self.joint.heads)}
             _require_heads(cfg, heads, f"models.model {cfg.model} has")
             t_head, s_head = heads[cfg.topic_head], heads[cfg.sentiment_head]
             self._t_cols, self._s_cols = t_head.columns, s_head.columns
@@ -97,8 +97,8 @@ class ModelScorer:
 
     def _logits(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         chunk = self.cfg.chunk_size
-        if self.multi is not None:
-            logits = self.multi.predict_sorted(texts, chunk, self._pool)
+        if self.joint is not None:
+            logits = self.joint.predict_sorted(texts, chunk, self._pool)
             return logits[:, self._t_cols], logits[:, self._s_cols]
         if self._pool is not None:
             # Two models: each runs on its own worker.
