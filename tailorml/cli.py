@@ -40,7 +40,13 @@ def finetune(
     overrides: Annotated[
         list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.lr=3e-5 train.epochs=2")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the latest checkpoint (an error if there is none).")
+    ] = False,
+    resume_or_start: Annotated[
+        bool,
+        typer.Option(help="Continue from the latest checkpoint if there is one, else start."),
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
     nproc: Annotated[
         int, typer.Option(help="Processes on this machine (launches torchrun; CPU: gloo).")
@@ -51,19 +57,25 @@ def finetune(
     from tailorml.recipes.finetune import finetune as run
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        _launch_torchrun(nproc, config, overrides or [], resume, overwrite)
+        flags = ["--resume"] if resume else []
+        flags += ["--resume-or-start"] if resume_or_start else []
+        flags += ["--overwrite"] if overwrite else []
+        _launch_torchrun(nproc, config, overrides or [], flags)
     try:
         cfg = load_config(config, overrides or [])
-        run(cfg, resume=resume, overwrite=overwrite)
+        run(
+            cfg,
+            resume=resume or resume_or_start,
+            overwrite=overwrite,
+            start_if_nothing=resume_or_start,
+        )
     except TailorError as exc:
         _fail(exc)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
 
-def _launch_torchrun(
-    nproc: int, config: Path, overrides: list[str], resume: bool, overwrite: bool
-) -> NoReturn:
+def _launch_torchrun(nproc: int, config: Path, overrides: list[str], flags: list[str]) -> NoReturn:
     """Re-run this command under torchrun with `nproc` local processes."""
     import subprocess
 
@@ -74,9 +86,7 @@ def _launch_torchrun(
         load_config(config, overrides)  # fail fast, once, before starting processes
     except TailorError as exc:
         _fail(exc)
-    args = ["finetune", str(config), *overrides]
-    args += ["--resume"] if resume else []
-    args += ["--overwrite"] if overwrite else []
+    args = ["finetune", str(config), *overrides, *flags]
     raise typer.Exit(subprocess.call(torchrun_command(nproc, args)))
 
 

@@ -216,7 +216,13 @@ def test_distill_loss_mixes_soft_and_gold_labels() -> None:
 
 
 def _v(name: str, acc: float, ms: float, ok: bool = True) -> dict[str, Any]:
-    return {"name": name, "accuracy": acc, "latency_ms_b1_p50": ms, "parity_passed": ok}
+    return {
+        "name": name,
+        "accuracy": acc,
+        "latency_ms_b1_p50": ms,
+        "parity_passed": ok,
+        "agreement": 1.0 if ok else 0.9,
+    }
 
 
 def test_selector_picks_fastest_within_budget_and_falls_back() -> None:
@@ -232,7 +238,13 @@ def test_selector_picks_fastest_within_budget_and_falls_back() -> None:
     assert name == "fp32"
     assert "No compressed variant stays within the accuracy budget of 0.1 points" in msg
     assert "smallest drop" in msg and "Keeping the fp32 model" in msg
+    # Each variant's rule is named: the drifted one is excluded by parity, not by the budget.
+    assert "c: agreement with fp32 0.900 is below the parity threshold" in msg, msg
+    assert "b: accuracy drop 2.00 points is over the budget of 0.1" in msg, msg
     assert choose([_v("fp32", 0.9, 1.0), _v("a", 0.9, 2.0)], 1.0)[0] == "fp32"
+    # Only parity failures: raising the budget is not the advice.
+    name, msg = choose([_v("fp32", 0.9, 9.0), _v("c", 0.9, 1.0, ok=False)], 5.0)
+    assert name == "fp32" and "Raising --budget would not help" in msg, msg
 
 
 @settings(max_examples=200, deadline=None)

@@ -114,3 +114,43 @@ def test_cli_validate_and_schema(tmp_path: Path, cls_data: dict[str, Path]) -> N
     assert "neither a known name" in res.stderr
     res = subprocess.run([*CLI, "config", "schema"], capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 0 and "train.warmup_ratio" in res.stdout
+
+
+def test_validate_reports_everything_at_once_and_runs_the_row_checks(tmp_path: Path) -> None:
+    """An unknown key does not hide a missing file; bad rows, every head's files and
+    metric_for_best are checked without training (issue: validate said OK, finetune stopped)."""
+    train = tmp_path / "train.csv"
+    train.write_bytes(
+        b"text,label\ngood text,pos\n,neg\nno label here,\nbad \xff bytes,pos\nfine,neg\n"
+    )
+    ev = tmp_path / "eval.csv"
+    ev.write_text("text,label\nsome text,never_seen\nok,pos\n")
+    cfg = {
+        "data": {"train": str(train), "eval": str(ev)},
+        "model": {"base": "tiny"},
+        "train": {"lrr": 1, "metric_for_best": "bleu"},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([*CLI, "validate", str(path)], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 2, res.stderr
+    out = res.stderr
+    assert "Did you mean `train.lr`" in out  # the unknown key...
+    assert f"{train}:3: empty text" in out  # ...does not hide the rows' problems
+    assert f"{train}:4: missing label" in out
+    assert f"{train}:5: undecodable bytes" in out
+    assert "'never_seen' in eval was not seen in train" in out
+    assert "`train.metric_for_best` = 'bleu'" in out
+    # A multi-task config: every head's files.
+    cfg = {
+        "model": {"base": "tiny"},
+        "heads": {
+            "a": {"data": {"train": str(tmp_path / "nope.csv")}},
+            "b": {"data": {"train": str(ev)}, "task": {"type": "regresion"}},
+        },
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([*CLI, "validate", str(path)], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 2
+    assert "heads.a: `data.train`: file not found" in res.stderr, res.stderr
+    assert "`heads.b.task.type` = 'regresion' is not a task type" in res.stderr

@@ -220,6 +220,27 @@ def test_bad_input_leaves_no_run(cls_config: dict[str, Any], breakage: Any, expe
     assert not Path(cls_config["output_dir"]).exists()
 
 
+def test_resume_with_nothing_to_resume_is_an_error_unless_asked(
+    tmp_path: Path, cls_config: dict[str, Any]
+) -> None:
+    cls_config["train"].update(max_steps=3)
+    path = write_config(tmp_path, cls_config)
+    res = subprocess.run(
+        [*CLI, "finetune", str(path), "--resume"], cwd=REPO, capture_output=True, text=True
+    )
+    assert (
+        res.returncode == 2 and "no checkpoint" in res.stderr and "--resume-or-start" in res.stderr
+    )
+    assert not (tmp_path / "run" / "model").exists()
+    res = subprocess.run(
+        [*CLI, "finetune", str(path), "--resume-or-start"], cwd=REPO, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (
+        "starting from the beginning" in res.stderr and (tmp_path / "run" / "eval.json").is_file()
+    )
+
+
 def test_empty_data_and_cli_exit_code(tmp_path: Path) -> None:
     (tmp_path / "e.csv").write_text("text,label\n")
     raw = tiny_config(tmp_path, data={"train": str(tmp_path / "e.csv")})
@@ -283,6 +304,25 @@ def test_evaluate_and_predict_cli(
         text=True,
     )
     assert res.returncode == 0 and len(out.read_text().splitlines()) == 60
+    # Plain text, one per line (.txt), is accepted; a table without the text column says how.
+    (tmp_path / "in.txt").write_text("great strong rally today\n\nterrible crash and loss\n")
+    res = subprocess.run(
+        [*CLI, "predict", run, "--input", str(tmp_path / "in.txt")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    assert [json.loads(x)["label"] for x in res.stdout.splitlines()] == ["positive", "negative"]
+    (tmp_path / "noheader.csv").write_text("great strong rally today\nterrible crash\n")
+    res = subprocess.run(
+        [*CLI, "predict", run, "--input", str(tmp_path / "noheader.csv")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "--text-column" in res.stderr and ".txt" in res.stderr
+    assert "Traceback" not in res.stderr
     res = subprocess.run(
         [*CLI, "evaluate", str(tmp_path), "--data", str(cls_data["test"])],
         cwd=REPO,

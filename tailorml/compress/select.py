@@ -1,4 +1,5 @@
-"""Choose the variant to serve: the fastest at batch 1 whose accuracy drop stays within budget."""
+"""Choose the variant to serve: the fastest at batch 1 whose accuracy drop stays within budget
+and whose outputs agree with fp32 (the parity rule)."""
 
 from __future__ import annotations
 
@@ -12,31 +13,45 @@ def accuracy_drop(ref_acc: float, acc: float) -> float:
     return round((ref_acc - acc) * 100, 4)
 
 
+def exclusion(v: dict[str, Any], ref: dict[str, Any], budget: float) -> str | None:
+    """Why variant `v` cannot be chosen (the rule and its numbers), or None when it is eligible."""
+    if not v.get("parity_passed", True):
+        agree = v.get("agreement")
+        shown = f" {agree:.3f}" if isinstance(agree, float) else ""
+        return f"agreement with fp32{shown} is below the parity threshold"
+    drop = accuracy_drop(ref["accuracy"], v["accuracy"])
+    if drop > budget:
+        return f"accuracy drop {drop:.2f} points is over the budget of {budget:g}"
+    return None
+
+
 def choose(variants: list[dict[str, Any]], budget: float) -> tuple[str, str]:
     """Return (chosen name, message). `variants` holds the fp32 reference (name "fp32") and the
     measured variants (`accuracy`, `latency_ms_b1_p50`, `parity_passed`). Never picks a variant
-    whose drop exceeds `budget`; falls back to fp32 with a message when none fits."""
+    whose drop exceeds `budget` or that failed parity; falls back to fp32 with a message that
+    says which rule excluded each variant."""
     ref = next(v for v in variants if v["name"] == REFERENCE)
-    fits = [
-        v
-        for v in variants
-        if v["name"] != REFERENCE
-        and v.get("parity_passed", True)
-        and accuracy_drop(ref["accuracy"], v["accuracy"]) <= budget
-    ]
+    others = [v for v in variants if v["name"] != REFERENCE]
+    reasons = {v["name"]: exclusion(v, ref, budget) for v in others}
+    fits = [v for v in others if reasons[v["name"]] is None]
     if not fits:
-        over = [v for v in variants if v["name"] != REFERENCE]
-        if over:
-            best = min(over, key=lambda v: accuracy_drop(ref["accuracy"], v["accuracy"]))
-            detail = (
-                f" (smallest drop: {best['name']}, "
-                f"{accuracy_drop(ref['accuracy'], best['accuracy']):.2f} points)"
-            )
-        else:
-            detail = ""
+        if not others:
+            return REFERENCE, "No compressed variant was built. Keeping the fp32 model."
+        why = "; ".join(f"{name}: {r}" for name, r in reasons.items())
+        over_budget = [n for n, r in reasons.items() if r and "budget" in r]
+        fix = (
+            " Raise --budget to trade more accuracy for speed"
+            + (f" ({', '.join(over_budget)})" if over_budget else "")
+            + "; a variant below the parity threshold is never chosen."
+            if over_budget
+            else " Raising --budget would not help: no variant passed the parity check."
+        )
+        best = min(others, key=lambda v: accuracy_drop(ref["accuracy"], v["accuracy"]))
         return REFERENCE, (
-            f"No compressed variant stays within the accuracy budget of {budget:g} points"
-            f"{detail}. Keeping the fp32 model. Raise --budget to trade more accuracy for speed."
+            f"No compressed variant stays within the accuracy budget of {budget:g} points and the "
+            f"parity rule ({why}; smallest drop: {best['name']}, "
+            f"{accuracy_drop(ref['accuracy'], best['accuracy']):.2f} points). Keeping the fp32 "
+            f"model.{fix}"
         )
     best = min(fits, key=lambda v: v["latency_ms_b1_p50"])
     if best["latency_ms_b1_p50"] >= ref["latency_ms_b1_p50"]:

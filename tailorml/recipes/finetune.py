@@ -103,9 +103,12 @@ def finetune(
     resume: bool = False,
     overwrite: bool = False,
     stop_after_steps: int | None = None,
+    start_if_nothing: bool = False,
 ) -> dict[str, Any]:
-    """Run the recipe; returns eval.json's content. `stop_after_steps` acts as a signal there
-    (used by tests to interrupt a run at an exact step)."""
+    """Run the recipe; returns eval.json's content. `resume` continues from the latest
+    checkpoint (an error when there is none, unless `start_if_nothing`: then the run starts,
+    which suits a scheduler that reruns the same command). `stop_after_steps` acts as a signal
+    there (used by tests to interrupt a run at an exact step)."""
     env.setup()
     import torch
     from accelerate import Accelerator
@@ -120,6 +123,12 @@ def finetune(
     ckpt_dir = out / "checkpoints"
     resume_from = latest_checkpoint(ckpt_dir) if resume else None
     if resume and resume_from is None:
+        if not start_if_nothing:
+            raise ConfigError(
+                f"--resume: there is no checkpoint in {ckpt_dir} to continue from. Leave out "
+                "--resume to start this run, or pass --resume-or-start to resume when a "
+                "checkpoint exists and start otherwise."
+            )
         console.print(f"[yellow]No checkpoint in {ckpt_dir}; starting from the beginning.[/]")
 
     use_cuda = torch.cuda.is_available()
