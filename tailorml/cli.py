@@ -192,7 +192,7 @@ def evaluate(
     ] = None,
 ) -> None:
     """Score a model folder (torch or ONNX) on a labeled file and print its metrics."""
-    from tailorml.files import atomic_json
+    from tailorml.files import atomic_json, writable
     from tailorml.recipes.evaluate import evaluate_file
 
     try:
@@ -207,7 +207,10 @@ def evaluate(
     except TailorError as exc:
         _fail(exc)
     if output:
-        atomic_json(output, metrics)
+        try:
+            atomic_json(writable(output, "--output"), metrics)
+        except TailorError as exc:
+            _fail(exc)
     shown = {k: v for k, v in metrics.items() if not isinstance(v, dict | list)}
     print(json.dumps(shown, indent=2))
 
@@ -320,9 +323,9 @@ def _write_jsonl(items: Any, output: Path | None) -> None:
             sys.stdout.write(json.dumps(item, ensure_ascii=False) + "\n")
         sys.stdout.flush()
         return
-    from tailorml.files import atomic_jsonl
+    from tailorml.files import atomic_jsonl, writable
 
-    atomic_jsonl(output, items)
+    atomic_jsonl(writable(output), items)
 
 
 # `tailor serve` lives in tailorml/serve/cli.py.

@@ -13,6 +13,21 @@ from pathlib import Path
 from typing import Any
 
 
+def writable(path: str | Path, flag: str = "-o") -> Path:
+    """`path` as a file to write, or a clear error: not a folder, and its folder exists."""
+    from tailorml.errors import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder. Give a file path, e.g. {path}/out.jsonl.")
+    if not path.parent.is_dir():
+        raise ConfigError(
+            f"{flag} {path}: the folder {path.parent} does not exist. Create it first "
+            f"(mkdir -p {path.parent}) or write elsewhere."
+        )
+    return path
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -11,7 +11,7 @@ TEXTS = [
     "Fed signals more rate hikes, stocks slide",
     "$TSLA recalls 2M cars 🚗 — shares −3.5%",
     "Ünïcödé àccents and CJK 東京 mixed in",
-    "a " * 80,  # longer than max_length: truncated
+    "a " * 200,  # longer than max_length: truncated
     "x",
 ]
 PAIRS = ["short answer", "a much longer second text " * 10, "é", "b", "the other side"]

@@ -91,13 +91,23 @@ def split_multi(value: Any, sep: str) -> list[Any]:
 
 
 def label_order(keys: set[str], label_names: list[str] | None) -> list[str]:
-    """Stable label order: `label_names` order when given, numeric when all ints, else sorted."""
+    """Stable label order: `label_names` when given (they declare the classes: a label outside
+    them is a bad row, not a new class), numeric when all ints, else sorted."""
     if label_names is not None:
-        extra = sorted(keys - set(label_names))
-        return list(label_names) + extra
+        return list(label_names)
     if keys and all(k.lstrip("-").isdigit() for k in keys):
         return sorted(keys, key=int)
     return sorted(keys)
+
+
+def outside_names(key: str, label_names: list[str] | None) -> str | None:
+    """Why a canonical label is not a declared class, or None when it is one (or none are)."""
+    if label_names is None or key in label_names:
+        return None
+    return (
+        f"label {key!r} is not one of data.label_names {label_names} "
+        f"(nor an index 0..{len(label_names) - 1} into them)"
+    )
 
 
 def infer_labels(table: Table, cfg: DataConfig, task: Task) -> list[str] | None:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tailorml.data.readers import iter_text_lines, read_table
+from tailorml.data.readers import has_surrogates, iter_text_lines, read_table
 from tailorml.errors import DataError
 
 PLAIN = (".txt", ".text", "")  # one text per line
@@ -19,12 +19,17 @@ PLAIN = (".txt", ".text", "")  # one text per line
 
 def _plain_lines(source: str) -> tuple[list[dict[str, Any]], str]:
     if source == "-":
-        return list(iter_text_lines(sys.stdin)), "stdin"
-    path = Path(source)
-    if not path.is_file():
-        raise DataError(f"--input {source}: file not found. Check the path.")
-    raw = path.read_bytes().decode("utf-8", errors="replace")
-    return list(iter_text_lines(io.StringIO(raw))), source
+        raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+        name = "stdin"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            what = "is a folder" if path.is_dir() else "not found"
+            raise DataError(f"--input {source}: {what}. Give a file (or - for stdin).")
+        raw, name = path.read_bytes(), source
+    # Undecodable bytes become lone surrogates, reported below with their line.
+    text = raw.decode("utf-8", errors="surrogateescape") if isinstance(raw, bytes) else raw
+    return list(iter_text_lines(io.StringIO(text.removeprefix("\ufeff")))), name
 
 
 def read_inputs(source: str, text_column: str, pair_column: str | None) -> list[dict[str, Any]]:
@@ -47,6 +52,11 @@ def read_inputs(source: str, text_column: str, pair_column: str | None) -> list[
         text = row.get(text_column, row.get("text"))
         if text is None or not str(text).strip():
             raise DataError(f"{path_name}:{line}: empty text. Remove the row or fill it in.")
+        if has_surrogates(str(text)):
+            raise DataError(
+                f"{path_name}:{line}: bytes that are not UTF-8. Save the file as UTF-8 (e.g. "
+                "`iconv -f latin1 -t utf-8`)."
+            )
         item = {"text": str(text)}
         if pair_column:
             pair = row.get(pair_column, row.get("text_pair"))

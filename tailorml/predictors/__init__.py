@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tailorml.errors import ConfigError, TailorError
 from tailorml.predictors.base import Predictor
 from tailorml.tasks.folder import read_model_info, resolve_model_dir
 
@@ -28,13 +29,41 @@ def load_predictor(folder: str | Path, threads: int | None = None) -> Predictor:
     )
     if threads is None and os.environ.get("TAILORML_THREADS"):
         threads = int(os.environ["TAILORML_THREADS"])
-    if runtime == "onnxruntime":
-        from tailorml.predictors.onnx_runtime import OnnxPredictor
+    try:
+        if runtime == "onnxruntime":
+            from tailorml.predictors.onnx_runtime import OnnxPredictor
 
-        return OnnxPredictor(info, threads)
-    from tailorml.predictors.torch_runtime import TorchPredictor
+            return OnnxPredictor(info, threads)
+        from tailorml.predictors.torch_runtime import TorchPredictor
 
-    return TorchPredictor(info, threads)
+        return TorchPredictor(info, threads)
+    except TailorError:
+        raise
+    except Exception as exc:  # the folder's files fail in each library's own way
+        raise ConfigError(refusal(info.folder, exc)) from None
+
+
+def refusal(folder: Path, exc: BaseException) -> str:
+    """Why a model folder's files could not be loaded, for a person."""
+    import pickle
+    import re
+
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+        # torch's own message suggests weights_only=False: exactly what must not be done.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f"it names {found.group(1)}" if found else "it is not plain tensors"
+        return (
+            f"{folder}: refused to load a file that is a general pickle ({what}). tailorml loads "
+            "weights only from safetensors or as plain tensors (torch.load weights_only=True) and "
+            "never runs code from a model folder. Re-create the folder with `tailor finetune` or "
+            "`tailor compress`, or save its weights as safetensors."
+        )
+    return (
+        f"{folder}: the model files could not be loaded ({type(exc).__name__}: {first}). "
+        "They may be damaged or from another tool: re-create the folder with `tailor finetune` "
+        "or `tailor compress`."
+    )
 
 
 __all__ = ["Predictor", "load_predictor"]

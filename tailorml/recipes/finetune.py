@@ -38,7 +38,7 @@ from tailorml.tasks.heads import (
     task_json,
 )
 from tailorml.track.logger import RunLogger
-from tailorml.train.checkpoint import latest_checkpoint, load_checkpoint
+from tailorml.train.checkpoint import latest_checkpoint, load_latest_intact
 from tailorml.train.distributed import distributed_logits, replica_max_diff
 from tailorml.train.loop import initial_state, load_best, train_loop
 from tailorml.train.optim import build_optimizer, build_scheduler
@@ -121,8 +121,8 @@ def finetune(
     loss_fn = distill_loss(cfg, heads)  # training only; evaluation keeps the task's loss
     out = prepare_run_dir(Path(cfg.output_dir), resume, overwrite)
     ckpt_dir = out / "checkpoints"
-    resume_from = latest_checkpoint(ckpt_dir) if resume else None
-    if resume and resume_from is None:
+    has_checkpoint = latest_checkpoint(ckpt_dir) is not None if resume else False
+    if resume and not has_checkpoint:
         if not start_if_nothing:
             raise ConfigError(
                 f"--resume: there is no checkpoint in {ckpt_dir} to continue from. Leave out "
@@ -169,13 +169,17 @@ def finetune(
     if t.compile:
         model = torch.compile(model)
     state = initial_state(total_steps, metric)
-    if resume_from is not None:
-        state.update(
-            load_checkpoint(resume_from, raw_model, optimizer, scheduler, acc.process_index)
-        )
+    resumed = None
+    if has_checkpoint:
+        resumed = load_latest_intact(ckpt_dir, raw_model, optimizer, scheduler, acc.process_index)
+    if resumed is not None:
+        folder, saved, damaged = resumed
+        state.update(saved)
         if main:
-            console.print(f"Resumed from {resume_from} (step {state['global_step']}).")
-    logger = RunLogger(out, enabled=main, resume_step=state["global_step"] if resume_from else None)
+            for bad, why in damaged:
+                console.print(f"[yellow]Checkpoint {bad} is damaged ({why}); skipped it.[/]")
+            console.print(f"Resumed from {folder} (step {state['global_step']}).")
+    logger = RunLogger(out, enabled=main, resume_step=state["global_step"] if resumed else None)
     by_name = {h.name: h for h in heads}
     weights = {n: (cfg.heads[n].loss_weight if cfg.heads else 1.0) for n in by_name}
 

@@ -71,13 +71,22 @@ def run(settings: ServeSettings, log_level: str = "info") -> None:
         # 2-core machine can miss it and be killed over and over while it loads.
         timeout_worker_healthcheck=120,
     )
+    # Load the model here, before any server starts: a folder that cannot be loaded is a clear
+    # error (exit 2), not a traceback from inside the ASGI lifespan. One process keeps it.
+    from tailorml.predictors import load_predictor
+
+    predictor = load_predictor(settings.model, settings.worker_threads())
     stopped_by = None
     try:
         if settings.workers > 1:
+            del predictor  # each worker loads its own
             stopped_by = _supervise(uvicorn.Config(APP, **options))
         else:
+            from tailorml.serve.app import create_app
+
             # One process: uvicorn itself re-raises SIGTERM once drained (exit status 143).
-            uvicorn.run(APP, **options)
+            options.pop("factory")
+            uvicorn.run(create_app(settings, predictor=predictor), **options)
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)

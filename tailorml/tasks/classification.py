@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tailorml.data.examples import canonical_label
+from tailorml.data.examples import canonical_label, outside_names
 from tailorml.evaluate.metrics import classification_metrics, softmax
 from tailorml.tasks import register
 from tailorml.tasks.base import SEQUENCE_CLASSIFIER
@@ -74,6 +74,9 @@ class ClassificationTask:
         self, value: Any, d: DataConfig, index: dict[str, int], role: str
     ) -> tuple[Any, str | None]:
         key = canonical_label(value, d.label_names)
+        declared = outside_names(key, d.label_names)
+        if declared:
+            return None, declared
         if key not in index:
             return None, f"label {key!r} in {role} was not seen in train"
         return index[key], None

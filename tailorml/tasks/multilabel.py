@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field
 
-from tailorml.data.examples import canonical_label, split_multi
+from tailorml.data.examples import canonical_label, outside_names, split_multi
 from tailorml.evaluate.metrics import multilabel_metrics, sigmoid
 from tailorml.tasks import register
 from tailorml.tasks.base import SEQUENCE_CLASSIFIER
@@ -54,6 +54,9 @@ class MultilabelTask:
         self, value: Any, d: DataConfig, index: dict[str, int], role: str
     ) -> tuple[Any, str | None]:
         keys = [canonical_label(v, d.label_names) for v in split_multi(value, d.label_separator)]
+        declared = [r for r in (outside_names(k, d.label_names) for k in keys) if r]
+        if declared:
+            return None, declared[0]
         unseen = [k for k in keys if k not in index]
         if unseen:
             return None, f"label(s) {unseen} in {role} were not seen in train"

@@ -78,6 +78,33 @@ def load_checkpoint(
     return dict(json.loads((folder / "trainer_state.json").read_text(encoding="utf-8")))
 
 
+def load_latest_intact(
+    ckpt_dir: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int
+) -> tuple[Path, dict[str, Any], list[tuple[Path, str]]] | None:
+    """Load the newest checkpoint that reads whole; older ones are tried when a newer one is
+    damaged (a crash while writing it, a full disk, a truncated copy). Returns (folder, trainer
+    state, [(damaged folder, why)]) or None when there is no checkpoint at all; raises
+    ConfigError naming every damaged one when none is intact."""
+    from tailorml.errors import ConfigError
+
+    found = list_checkpoints(ckpt_dir)
+    if not found:
+        return None
+    damaged: list[tuple[Path, str]] = []
+    for _, folder in reversed(found):
+        try:
+            # Every later load fully replaces what a failed attempt may have set.
+            return folder, load_checkpoint(folder, model, optimizer, scheduler, rank), damaged
+        except Exception as exc:  # a damaged file fails in many libraries' own ways
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            damaged.append((folder, why))
+    listed = "; ".join(f"{f.name} ({why})" for f, why in damaged)
+    raise ConfigError(
+        f"--resume: no checkpoint in {ckpt_dir} can be read: {listed}. Start again with "
+        "--overwrite, or restore the checkpoints folder from a backup."
+    )
+
+
 def list_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
     if not ckpt_dir.is_dir():
         return []

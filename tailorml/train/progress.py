@@ -16,7 +16,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+# soft_wrap: a long path or message stays on one line in logs (rich would cut it at 80 columns).
+console = Console(stderr=True, soft_wrap=True)
 
 
 class TrainProgress:
