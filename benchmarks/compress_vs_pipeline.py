@@ -39,11 +39,11 @@ def main() -> None:
     import torch
     from transformers import pipeline
 
+    from tailorml.compress.inputs import check_inputs
     from tailorml.compress.measure import latency_texts
     from tailorml.config.compress import CompressOptions
     from tailorml.models.base import quiet_transformers
     from tailorml.predictors import load_predictor
-    from tailorml.recipes.compress import check_inputs
 
     quiet_transformers()
     torch.set_num_threads(args.threads)

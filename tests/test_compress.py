@@ -21,16 +21,12 @@ from tailorml.compress import prune
 from tailorml.compress.distill import DistillLoss, make_student, student_layers
 from tailorml.compress.onnx_export import attention_shape, export_onnx, optimize_onnx
 from tailorml.compress.select import accuracy_drop, choose
+from tailorml.compress.variants import EXPORT_ATOL, ParityError
+from tailorml.config.compress import VARIANTS, CompressOptions
 from tailorml.config.load import validate_mapping
 from tailorml.errors import ConfigError, DataError
 from tailorml.predictors import load_predictor
-from tailorml.recipes.compress import (
-    EXPORT_ATOL,
-    VARIANTS,
-    CompressOptions,
-    ParityError,
-    compress,
-)
+from tailorml.recipes.compress import compress
 from tailorml.recipes.finetune import finetune
 
 from .conftest import REPO, make_rows, tiny_config, write_csv
@@ -452,7 +448,7 @@ def test_cli_errors_and_no_half_written_variant(run: Path, monkeypatch: Any) -> 
     assert "Traceback" not in res.stderr
 
     # A drifting export fails loudly and leaves no variant folder behind.
-    import tailorml.recipes.compress as rc
+    import tailorml.compress.variants as rc
 
     monkeypatch.setattr(rc, "EXPORT_ATOL", -1.0)
     with pytest.raises(ParityError, match="drifts from PyTorch"):

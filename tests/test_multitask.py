@@ -172,8 +172,9 @@ def mt_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_multitask_compresses_per_head_and_serves_heads(mt_run: Path) -> None:
     import httpx
 
+    from tailorml.config.compress import CompressOptions
     from tailorml.predictors import load_predictor
-    from tailorml.recipes.compress import CompressOptions, compress
+    from tailorml.recipes.compress import compress
 
     from .serve_helpers import ThreadServer
 

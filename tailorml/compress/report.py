@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tailorml.files import atomic_write_text
+
 COLUMNS = [
     ("variant", "name", "{}"),
     ("chosen", "chosen", "{}"),
@@ -82,7 +84,7 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         "![accuracy vs latency](compression.png)",
         "",
     ]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines))
 
 
 def plot(path: Path, result: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from tailorml.config.schema import RunConfig
 from tailorml.data.batching import collate, encode
 from tailorml.data.prepare import Splits, prepare_splits
 from tailorml.errors import ConfigError, DataError
-from tailorml.files import atomic_json
+from tailorml.files import atomic_json, atomic_write_text
 from tailorml.models import build_model, model_family
 from tailorml.models.base import load_tokenizer, resolve_base
 from tailorml.tasks import get_task
@@ -152,7 +152,7 @@ def finetune(
     }
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        atomic_write_text(out / "config.yaml", dump_config(cfg))
         summaries = {
             h.name: data_summary(h.kind, splits[h.name], enc[h.name], h.name) for h in heads
         }

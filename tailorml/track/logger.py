@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tailorml.files import atomic_write_text
+
 
 class RunLogger:
     def __init__(self, run_dir: Path, enabled: bool = True, resume_step: int | None = None):
@@ -22,7 +24,7 @@ class RunLogger:
                 for line in self.path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= resume_step
             ]
-            self.path.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+            atomic_write_text(self.path, "".join(x + "\n" for x in keep))
         self._fh = self.path.open("a", encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter

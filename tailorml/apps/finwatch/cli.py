@@ -467,11 +467,11 @@ def _save_config(cfg: Any, path: Path) -> Path:
     """Write the resolved finwatch config (nested under `finwatch:`, as configs/ are) atomically."""
     import yaml
 
+    from tailorml.files import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     doc = {"finwatch": cfg.model_dump(mode="json")}
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
     return path
 
 

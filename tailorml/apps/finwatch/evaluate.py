@@ -9,7 +9,6 @@ began in (it is raised when that window closes). Unmatched alerts are false aler
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import statistics
@@ -34,6 +33,7 @@ from tailorml.apps.finwatch.replay import (
 )
 from tailorml.apps.finwatch.scorer import Scorer, make_scorer
 from tailorml.apps.finwatch.store import make_engine
+from tailorml.files import atomic_json
 
 
 class CachedScorer:
@@ -241,9 +241,7 @@ def save(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     js = out_dir / "finwatch_eval.json"
-    tmp = js.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    tmp.replace(js)
+    atomic_json(js, result)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     ps = result["per_stream"][0]
     w = result["detect_window_s"]

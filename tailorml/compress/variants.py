@@ -1,0 +1,293 @@
+"""How each variant of `tailor compress` is built into its (temporary) folder: PyTorch dynamic int8,
+ONNX export (checked against PyTorch) and ONNX Runtime int8, structured pruning and a shallower
+student — both retrained by a `tailor finetune` stage in a child process (tailorml/launch.py), on
+the run's own config with the reshaped model as its base."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tailorml.compress.folders import copy_tokenizer, write_task
+from tailorml.compress.inputs import RunInputs
+from tailorml.config.compress import CompressOptions
+from tailorml.data.examples import Examples
+from tailorml.errors import ConfigError, TailorError
+from tailorml.files import atomic_json
+from tailorml.train.progress import console
+
+# Stated tolerance: an fp32 ONNX export must reproduce its PyTorch source; a larger drift is an
+# exporter bug and stops the command.
+EXPORT_ATOL = 1e-3
+
+
+class ParityError(TailorError):
+    """An exported model's outputs drift from its PyTorch source past the stated tolerance."""
+
+
+DESCRIBE = {
+    "torch-int8": "PyTorch dynamic int8 of the Linear layers",
+    "onnx-fp32": "ONNX export + ONNX Runtime graph fusions",
+    "onnx-int8": "ONNX Runtime dynamic int8",
+    "pruned": "remove attention heads and FFN neurons, then a recovery fine-tune",
+    "distilled": "a shallower student trained on the teacher's soft labels",
+    "pruned-onnx-int8": "the pruned model as ONNX Runtime int8",
+    "distilled-onnx-int8": "the distilled student as ONNX Runtime int8",
+}
+
+
+def build_torch_int8(model_dir: Path, tmp: Path, info: dict[str, Any]) -> None:
+    import torch
+
+    from tailorml.models.classifier import load_classifier
+    from tailorml.predictors.torch_runtime import quantize_linear
+
+    model = load_classifier(model_dir)
+    if getattr(model.config, "tailorml_pruned", False):  # pragma: no cover - not offered
+        raise ConfigError("torch-int8 of a pruned model is not supported; use onnx-int8.")
+    q = quantize_linear(model.eval())
+    torch.save(q.state_dict(), str(tmp / "model_int8.pt"))
+    model.config.save_pretrained(str(tmp))
+    copy_tokenizer(model_dir, tmp)
+    write_task(
+        tmp,
+        info,
+        runtime="torch",
+        torch_dynamic_int8=True,
+        torch_int8_state="model_int8.pt",
+        variant="torch-int8",
+    )
+
+
+def onnx_fp32(
+    source: Path,
+    work: Path,
+    cache: dict[str, tuple[Path, dict[str, int]]],
+    ev: Examples,
+    notes: dict[str, Any],
+) -> Path:
+    """Export `source` (a torch model folder) to an optimized fp32 ONNX file in `work`, verified
+    against the torch model on eval texts; cached per source."""
+    from transformers import AutoTokenizer
+
+    from tailorml.compress.onnx_export import attention_shape, export_onnx, optimize_onnx
+    from tailorml.models.classifier import load_classifier
+
+    key = str(source.resolve())
+    if key in cache:
+        path, notes["onnx_fusions"] = cache[key]
+        return path
+    d = work / f"onnx-{len(cache)}"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    model = load_classifier(source)
+    tok = AutoTokenizer.from_pretrained(str(source))
+    export_onnx(model, tok, d / "raw.onnx")
+    fused = optimize_onnx(d / "raw.onnx", d / "model.onnx", *attention_shape(model))
+    notes["onnx_fusions"] = fused
+    _check_export(model, tok, d / "model.onnx", ev)
+    cache[key] = (d / "model.onnx", fused)
+    return d / "model.onnx"
+
+
+def _check_export(model: Any, tok: Any, path: Path, ev: Examples, n: int = 64) -> None:
+    """Fail loudly when the fp32 ONNX graph drifts from PyTorch on eval texts (padded batches)."""
+    import numpy as np
+    import torch
+
+    from tailorml.predictors.onnx_runtime import make_session, run_session
+
+    sess = make_session(path)
+    names = {i.name for i in sess.get_inputs()}
+    worst = 0.0
+    for i in range(0, min(n, len(ev)), 16):
+        pairs = ev.pairs[i : i + 16] if ev.pairs is not None else None
+        enc = tok(ev.texts[i : i + 16], pairs, padding=True, truncation=True, return_tensors="np")
+        feed = {k: v.astype(np.int64) for k, v in enc.items() if k in names}
+        got = run_session(sess, feed)
+        with torch.inference_mode():
+            want = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+        worst = max(worst, float(np.abs(got - want).max()))
+    if not worst <= EXPORT_ATOL:
+        raise ParityError(
+            f"The ONNX export of {path.parent} drifts from PyTorch: max |logit diff| = "
+            f"{worst:.2e} > tolerance {EXPORT_ATOL:g}. The variant was not written. Please "
+            "report this with the model's config.json."
+        )
+
+
+def publish_onnx(
+    name: str, src: Path, tmp: Path, source: Path, info: dict[str, Any], int8: bool
+) -> None:
+    from tailorml.compress.onnx_export import quantize_onnx
+
+    if int8:
+        quantize_onnx(src, tmp / "model.onnx")
+    else:
+        shutil.copy2(src, tmp / "model.onnx")
+    copy_tokenizer(source, tmp)
+    write_task(
+        tmp,
+        info,
+        runtime="onnxruntime",
+        onnx_file="model.onnx",
+        variant=name,
+        precision="int8" if int8 else "fp32",
+    )
+
+
+def _recovery_config(
+    inp: RunInputs, base: Path, out_dir: Path, epochs: float, opts: CompressOptions
+) -> Any:
+    """The run's own config, with the reshaped model as base and a short schedule."""
+    from tailorml.config.load import validate_mapping
+
+    raw = inp.cfg.model_dump(mode="json")
+    raw["name"] = f"{raw.get('name', 'run')}-{out_dir.name}"
+    raw["output_dir"] = str(out_dir.resolve())
+    raw["model"]["base"] = str(base.resolve())
+    t = raw["train"]
+    t.update(epochs=epochs, max_steps=None, eval_every_steps=None, save_every_steps=None)
+    t.update(keep_checkpoints=1, early_stopping_patience=None, threads=opts.train_threads)
+    if opts.train_limit:
+        raw["data"]["limit"] = opts.train_limit
+    cfg, problems = validate_mapping(raw)
+    if cfg is None:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _save_init(model: Any, model_dir: Path, dst: Path, info: dict[str, Any]) -> None:
+    from transformers import AutoTokenizer
+
+    from tailorml.tasks.folder import write_task_json
+
+    if dst.exists():
+        shutil.rmtree(dst)
+    model.save_pretrained(str(dst), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(dst))
+    write_task_json(dst, info)
+
+
+def _train_batches(inp: RunInputs, n: int = 256, batch: int = 32) -> list[dict[str, Any]]:
+    """Labeled batches of the first `n` training examples (for pruning importance)."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from tailorml.data.batching import collate, encode
+    from tailorml.data.prepare import prepare_splits
+
+    (head, _), task = inp.heads[0], inp.heads[0][0].kind
+    splits = prepare_splits(inp.cfg, task)
+    sub = splits.train.subset(list(range(min(n, len(splits.train)))), "importance")
+    tok = AutoTokenizer.from_pretrained(str(inp.model_dir))
+    enc = encode(tok, sub, inp.model.max_length)
+    pad = tok.pad_token_id or 0
+    idx = np.arange(len(enc))
+    out = []
+    for i in range(0, len(idx), batch):
+        rows = idx[i : i + batch]
+        labels = task.label_tensor([enc.labels[r] for r in rows], head.size)
+        out.append({**collate(enc, rows, pad), "labels": labels})
+    return out
+
+
+def _retrain(
+    inp: RunInputs,
+    model: Any,
+    work: Path,
+    tmp: Path,
+    name: str,
+    epochs: float,
+    opts: CompressOptions,
+    distill: dict[str, Any] | None = None,
+) -> None:
+    """Fine-tune a reshaped model (pruned, or a student) on the run's own data: a `tailor
+    finetune` stage in a child process, on the run's config with the reshaped model as base (and
+    the run's model as teacher for a student); then publish its weights into `tmp`."""
+    from tailorml.config.load import dump_config
+    from tailorml.launch import run_stage
+
+    init, run_dir = work / f"{name}-init", work / f"{name}-run"
+    _save_init(model, inp.model_dir, init, inp.info)
+    cfg = _recovery_config(inp, init, run_dir, epochs, opts)
+    if distill is not None:
+        cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update=distill)})
+    cfg_path = work / f"{name}.yaml"
+    cfg_path.write_text(dump_config(cfg), encoding="utf-8")
+    run_stage(["finetune", str(cfg_path), "--overwrite"], f"The {name} fine-tune")
+    _finish_trained(run_dir, tmp, inp.info, name)
+
+
+def _finish_trained(run_dir: Path, tmp: Path, info: dict[str, Any], name: str) -> None:
+    import json
+
+    model = run_dir / "model"
+    for p in model.iterdir():
+        if p.is_file() and p.name != "task.json":
+            shutil.copy2(p, tmp / p.name)
+    write_task(tmp, info, runtime="torch", variant=name)
+    ev = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+    atomic_json(tmp / "training.json", {k: ev[k] for k in ("train",) if k in ev})
+
+
+def build_pruned(
+    inp: RunInputs, work: Path, tmp: Path, opts: CompressOptions, notes: dict[str, Any]
+) -> None:
+    from tailorml.compress import prune
+    from tailorml.models.classifier import load_classifier
+
+    model = load_classifier(inp.model_dir)
+    before = prune.count_params(model)
+    heads, neurons = prune.importance(model, _train_batches(inp))
+    plan = prune.plan(heads, neurons, opts.prune_heads, opts.prune_ffn)
+    prune.apply(model, plan)
+    after = prune.count_params(model)
+    console.print(
+        f"  pruned {before / 1e6:.2f}M -> {after / 1e6:.2f}M parameters "
+        f"(heads per layer {model.config.tailorml_heads_per_layer}, FFN per layer "
+        f"{model.config.tailorml_ffn_per_layer}); recovery fine-tune, "
+        f"{opts.recovery_epochs:g} epoch(s):"
+    )
+    _retrain(inp, model, work, tmp, "pruned", opts.recovery_epochs, opts)
+    notes.update(
+        params_before=before,
+        params=after,
+        heads_per_layer=model.config.tailorml_heads_per_layer,
+        ffn_per_layer=model.config.tailorml_ffn_per_layer,
+        recovery_epochs=opts.recovery_epochs,
+    )
+
+
+def build_distilled(
+    inp: RunInputs, work: Path, tmp: Path, opts: CompressOptions, notes: dict[str, Any]
+) -> None:
+    from tailorml.compress.distill import make_student
+    from tailorml.compress.prune import count_params, encoder_layers
+    from tailorml.models.classifier import load_classifier
+
+    teacher = load_classifier(inp.model_dir)
+    n_teacher = len(encoder_layers(teacher))
+    k = opts.student_layers or max(1, n_teacher // 2)
+    student = make_student(teacher, k)
+    console.print(
+        f"  student: {k} of {n_teacher} layers (teacher layers "
+        f"{student.config.tailorml_student_of_layers}), {count_params(student) / 1e6:.2f}M "
+        f"parameters; distillation, {opts.distill_epochs:g} epoch(s):"
+    )
+    teacher_of = {
+        "teacher": str(inp.model_dir.resolve()),
+        "temperature": opts.distill_temperature,
+        "alpha": opts.distill_alpha,
+    }
+    _retrain(inp, student, work, tmp, "distilled", opts.distill_epochs, opts, teacher_of)
+    notes.update(
+        layers=k,
+        teacher_layers=student.config.tailorml_student_of_layers,
+        params=count_params(student),
+        epochs=opts.distill_epochs,
+        temperature=opts.distill_temperature,
+        alpha=opts.distill_alpha,
+    )
