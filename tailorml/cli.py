@@ -75,6 +75,36 @@ def finetune(
         raise typer.Exit(130) from None
 
 
+@app.command()
+def tune(
+    config: Annotated[Path, typer.Argument(help="YAML run config with a `tune:` section.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides.")] = None,
+    trials: Annotated[
+        int | None, typer.Option(help="Trials of the study (overrides tune.trials).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop starting trials after this many seconds.")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage URL (overrides tune.storage; PostgreSQL: several workers)."
+        ),
+    ] = None,
+) -> None:
+    """Search hyperparameters: a study of fine-tuning trials (Optuna TPE, pruning); resumable."""
+    from tailorml.config.load import load_config
+    from tailorml.tune.study import tune as run
+
+    try:
+        cfg = load_config(config, overrides or [])
+        run(cfg, trials=trials, timeout_s=timeout, storage=storage)
+    except TailorError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 def _launch_torchrun(nproc: int, config: Path, overrides: list[str], flags: list[str]) -> NoReturn:
     """Re-run this command under torchrun with `nproc` local processes."""
     import subprocess

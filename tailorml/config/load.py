@@ -227,6 +227,8 @@ def dump_config(cfg: RunConfig) -> str:
     exclude = {"data", "task"} if cfg.heads is not None else {"heads"}
     if cfg.distill.teacher is None:  # only a distillation run shows the section
         exclude.add("distill")
+    if not cfg.tune.space:  # only a study's config shows its search
+        exclude.add("tune")
     return yaml.safe_dump(cfg.model_dump(mode="json", exclude=exclude), sort_keys=False)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -144,6 +144,41 @@ class DistillConfig(_Section):
     )
 
 
+class ParamRange(_Section):
+    low: int | float | None = Field(None, description="Lowest value (with high).")
+    high: int | float | None = Field(None, description="Highest value (with low).")
+    log: bool = Field(False, description="Sample on a log scale (learning rates).")
+    step: int | float | None = Field(None, description="Grid step between low and high.")
+    choices: list[Any] | None = Field(None, description="Or a list of values to choose from.")
+
+
+class TuneConfig(_Section):
+    space: dict[str, ParamRange] = Field(
+        default_factory=dict,
+        description="Config key -> range, e.g. `train.lr: {low: 1.0e-5, high: 5.0e-4, log: true}`"
+        " or `train.batch_size: {choices: [16, 32]}`.",
+    )
+    trials: int = Field(20, ge=1, description="Trials of the study (finished or pruned).")
+    metric: str | None = Field(
+        None, description="Eval metric to optimise; null = the run's metric_for_best."
+    )
+    direction: Literal["maximize", "minimize"] | None = Field(
+        None, description="null = from the metric (loss, mse, mae, rmse: minimize)."
+    )
+    storage: str | None = Field(
+        None,
+        description="Optuna storage; null = a SQLite file in output_dir; a PostgreSQL URL lets "
+        "workers on several machines share the study.",
+    )
+    pruner: Literal["median", "asha", "none"] = Field(
+        "median", description="Stop unpromising trials early on their eval metric."
+    )
+    timeout_s: float | None = Field(
+        None, gt=0, description="Stop starting trials after this many seconds."
+    )
+    seed: int = Field(0, description="Seed of the sampler (TPE).")
+
+
 class HeadConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
     task: TaskConfig = Field(default_factory=TaskConfig)  # type: ignore[arg-type]
@@ -158,6 +193,7 @@ class RunConfig(_Section):
     task: TaskConfig = Field(default_factory=TaskConfig)  # type: ignore[arg-type]
     train: TrainConfig = Field(default_factory=TrainConfig)  # type: ignore[arg-type]
     distill: DistillConfig = Field(default_factory=DistillConfig)  # type: ignore[arg-type]
+    tune: TuneConfig = Field(default_factory=TuneConfig)  # type: ignore[arg-type]
     heads: dict[str, HeadConfig] | None = Field(
         None,
         description="Multi-task: one shared encoder, one head per entry (own data and task); "

@@ -104,11 +104,13 @@ def finetune(
     overwrite: bool = False,
     stop_after_steps: int | None = None,
     start_if_nothing: bool = False,
+    on_eval: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> dict[str, Any]:
     """Run the recipe; returns eval.json's content. `resume` continues from the latest
     checkpoint (an error when there is none, unless `start_if_nothing`: then the run starts,
     which suits a scheduler that reruns the same command). `stop_after_steps` acts as a signal
-    there (used by tests to interrupt a run at an exact step)."""
+    there (used by tests to interrupt a run at an exact step). `on_eval(step, eval scalars)` runs
+    after every evaluation and may stop the run (`tailor tune` prunes trials with it)."""
     env.setup()
     import torch
     from accelerate import Accelerator
@@ -221,6 +223,7 @@ def finetune(
         ckpt_dir=ckpt_dir,
         logger=logger,
         stop_after_steps=stop_after_steps,
+        on_eval=on_eval,
     )
 
     # ---- best model, final evaluation, report ------------------------------------------------

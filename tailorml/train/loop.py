@@ -36,7 +36,7 @@ StepLoss = Callable[[Any, str, np.ndarray], Any]
 @dataclass
 class LoopResult:
     state: dict[str, Any]  # trainer_state.json of the last step
-    stopped_by: str  # "max steps" or "early stopping"
+    stopped_by: str  # "max steps", "early stopping" or "pruned" (on_eval asked to stop)
     train_seconds: float  # loop time without evaluation and checkpoints
     samples: int  # examples trained on in this process's run (not before a resume)
 
@@ -72,9 +72,12 @@ def train_loop(
     logger: RunLogger,
     stop_after_steps: int | None = None,
     resume_hint: str = "tailor finetune CONFIG --resume",
+    on_eval: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> LoopResult:
     """Train until `state["total_steps"]` (or early stopping). `lengths`: per head, the token
-    length of every training example (planning); `weights`: per head, its loss weight."""
+    length of every training example (planning); `weights`: per head, its loss weight.
+    `on_eval(step, eval scalars)` runs after each evaluation; True stops the run there (a
+    hyperparameter search prunes a trial that way: stopped_by "pruned")."""
     rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
     total_steps, metric = state["total_steps"], state["metric_for_best"]
     steps_per_epoch = sum(-(-len(n) // t.batch_size) for n in lengths.values())
@@ -166,6 +169,8 @@ def train_loop(
                     patience = t.early_stopping_patience
                     if patience and state["evals_without_improvement"] >= patience:
                         stopped_by = "early stopping"
+                    if on_eval is not None and on_eval(step, scal):
+                        stopped_by = "pruned"
                 if step % save_every == 0 and step != total_steps:
                     save(ckpt_dir / f"step-{step}")
                 side_seconds += time.perf_counter() - side_t0

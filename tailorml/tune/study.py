@@ -1,0 +1,252 @@
+"""Search hyperparameters: `tailor tune CONFIG` runs a study of fine-tuning trials on Optuna.
+
+    check the search space, metric and storage (before any trial) -> open or resume the study
+    -> each trial: sample the space, fine-tune a normal run folder (pruned early on its eval
+    metric when unpromising) -> study.json, best.yaml, report.md with plots
+
+The study folder is the config's `output_dir`; every trial is a run folder `trial-NNN/` in it.
+The study lives in `tune.storage` (a SQLite file in the study folder by default): an
+interrupted study resumes where it stopped, and several `tailor tune` processes pointed at one
+PostgreSQL URL share one study (each takes the next trial until `tune.trials` are done).
+Selection uses the eval split only; the test split of the best trial is reported, never used.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+from tailorml import env
+from tailorml.config.load import apply_overrides, validate_mapping
+from tailorml.config.schema import ParamRange, RunConfig
+from tailorml.errors import ConfigError
+from tailorml.evaluate.metrics import LOWER_IS_BETTER
+from tailorml.retry import Backoff, call_with_retry
+from tailorml.tasks.heads import choose_metric, config_heads
+from tailorml.train.progress import console
+
+
+def check_study(cfg: RunConfig) -> tuple[str, str]:
+    """The metric and direction of the study; ConfigError listing every problem of the space,
+    the metric and the direction, before any trial starts."""
+    t = cfg.tune
+    problems: list[str] = []
+    if not t.space:
+        problems.append(
+            "`tune.space` is empty. Give at least one key to search, e.g. "
+            "`tune: {space: {train.lr: {low: 1.0e-5, high: 5.0e-4, log: true}}}`."
+        )
+    base = cfg.model_dump(mode="json", exclude={"tune"})
+    for key, rng in t.space.items():
+        problems += _range_problems(key, rng)
+        sample = rng.choices[0] if rng.choices else rng.low
+        if sample is None:
+            continue
+        try:
+            raw = apply_overrides(base, [f"{key}={sample}"])
+        except ConfigError as exc:
+            problems += [f"`tune.space.{key}`: {p}" for p in exc.problems]
+            continue
+        _, found = validate_mapping(raw)
+        problems += [f"`tune.space.{key}`: {p}" for p in found if key.split(".")[0] in p]
+    try:
+        metric = choose_metric(t.metric, config_heads(cfg))
+    except ConfigError as exc:
+        problems += [p.replace("train.metric_for_best", "tune.metric") for p in exc.problems]
+        metric = "loss"
+    plain = metric.rsplit("/", 1)[-1].removeprefix("mean_")
+    natural = "minimize" if plain in LOWER_IS_BETTER else "maximize"
+    direction = t.direction or natural
+    if direction != natural:
+        problems.append(
+            f"`tune.direction` is {direction} but `{metric}` is better when "
+            f"{'lower' if natural == 'minimize' else 'higher'}. Remove tune.direction."
+        )
+    if problems:
+        raise ConfigError(problems)
+    return metric, direction
+
+
+def _range_problems(key: str, r: ParamRange) -> list[str]:
+    where = f"`tune.space.{key}`"
+    if r.choices is not None:
+        if r.low is not None or r.high is not None:
+            return [f"{where} has both `choices` and `low`/`high`. Give one of them."]
+        return [] if r.choices else [f"{where}: `choices` is empty. List at least one value."]
+    if r.low is None or r.high is None:
+        return [f"{where} needs `low` and `high` (or `choices`)."]
+    if not r.low < r.high:
+        return [f"{where}: low ({r.low}) must be below high ({r.high}). Widen the range."]
+    if r.log and r.low <= 0:
+        return [f"{where}: a log range needs low > 0 (got {r.low})."]
+    if r.log and r.step is not None:
+        return [f"{where}: `log` and `step` cannot be combined. Choose one."]
+    return []
+
+
+def suggest(trial: Any, key: str, r: ParamRange) -> Any:
+    """One value of `key` for this trial (integers stay integers)."""
+    if r.choices is not None:
+        return trial.suggest_categorical(key, r.choices)
+    assert r.low is not None and r.high is not None
+    ints = isinstance(r.low, int) and isinstance(r.high, int) and not isinstance(r.step, float)
+    if ints:
+        return trial.suggest_int(key, int(r.low), int(r.high), step=int(r.step or 1), log=r.log)
+    return trial.suggest_float(key, float(r.low), float(r.high), step=r.step, log=r.log)
+
+
+def _pruner(name: str) -> Any:
+    import optuna
+
+    if name == "median":
+        # No pruning until 3 trials finished and each trial has had one evaluation to show.
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    if name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()
+
+
+def open_study(cfg: RunConfig, direction: str, storage: str | None) -> Any:
+    import optuna
+
+    t = cfg.tune
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage or t.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def create() -> Any:
+        return optuna.create_study(
+            study_name=cfg.name,
+            storage=url,
+            load_if_exists=True,
+            direction=direction,  # type: ignore[arg-type]
+            sampler=optuna.samplers.TPESampler(seed=t.seed),
+            pruner=_pruner(t.pruner),
+        )
+
+    def racing(exc: BaseException) -> bool:
+        # Two workers starting at once both create the study's tables (or the study row): the
+        # loser's CREATE fails on a unique constraint, and a second try finds what the winner made.
+        text = str(exc)
+        return "UniqueViolation" in text or "already exists" in text or "duplicate" in text
+
+    try:
+        return call_with_retry(create, retry_on=racing, retries=5, policy=Backoff(0.2, 2.0))
+    except ValueError as exc:  # e.g. a study of this name with another direction
+        raise ConfigError(f"`tune.storage` {_safe(url)}: {exc}") from None
+    except Exception as exc:  # the database cannot be reached or opened
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ConfigError(
+            f"`tune.storage` {_safe(url)} cannot be opened ({type(exc).__name__}: {first}). "
+            "Check the URL and that the database server is running."
+        ) from None
+
+
+def _safe(url: str) -> str:
+    """A storage URL without its password."""
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def trial_config(cfg: RunConfig, values: dict[str, Any], folder: Path, metric: str) -> RunConfig:
+    """The study's config with this trial's values, its own run folder and the study's metric."""
+    raw = copy.deepcopy(cfg.model_dump(mode="json", exclude={"tune"}))
+    raw = apply_overrides(raw, [f"{k}={v}" for k, v in values.items()])
+    raw["name"] = f"{cfg.name}-{folder.name}"
+    raw["output_dir"] = str(folder)
+    raw["train"]["metric_for_best"] = metric
+    trial_cfg, problems = validate_mapping(raw)
+    if trial_cfg is None:
+        raise ConfigError([f"trial values {values}: {p}" for p in problems])
+    return trial_cfg
+
+
+def tune(
+    cfg: RunConfig,
+    trials: int | None = None,
+    timeout_s: float | None = None,
+    storage: str | None = None,
+) -> dict[str, Any]:
+    """Run (or continue) the study until `tune.trials` trials have finished or been pruned (over
+    every worker sharing the storage); returns study.json's content."""
+    env.setup()
+    import optuna
+
+    from tailorml.recipes.finetune import finetune
+
+    metric, direction = check_study(cfg)
+    study = open_study(cfg, direction, storage)
+    out = Path(cfg.output_dir)
+    total = trials or cfg.tune.trials
+    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    console.print(
+        f"[bold]Study[/] {cfg.name} in {out}: {total} trials of {', '.join(cfg.tune.space)}, "
+        f"{direction} eval {metric} ({len(study.get_trials(states=done_states))} done before)",
+        highlight=False,
+    )
+    started = time.perf_counter()
+
+    def objective(trial: Any) -> float:
+        values = {k: suggest(trial, k, r) for k, r in cfg.tune.space.items()}
+        folder = out / f"trial-{trial.number:03d}"
+        trial.set_user_attr("run_dir", str(folder))
+        tcfg = trial_config(cfg, values, folder, metric)
+
+        def on_eval(step: int, scalars: dict[str, float]) -> bool:
+            trial.report(scalars[metric], step)
+            return bool(trial.should_prune())
+
+        res = finetune(tcfg, overwrite=True, on_eval=on_eval)
+        trial.set_user_attr("test", _scalars(res["test"]))
+        trial.set_user_attr("train_seconds", res["train"]["train_seconds"])
+        if res["train"]["stopped_by"] == "pruned":
+            raise optuna.TrialPruned(f"pruned at step {res['train']['steps']}")
+        return float(res["eval"][metric])
+
+    def progress(study: Any, trial: Any) -> None:
+        finished = len(study.get_trials(states=done_states))
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+        if trial.state == optuna.trial.TrialState.PRUNED:
+            what = f"pruned after {len(trial.intermediate_values)} evaluation(s)"
+        elif trial.state == optuna.trial.TrialState.COMPLETE:
+            what = f"{metric} {trial.value:.4f}"
+        else:
+            what = trial.state.name.lower()
+        best = _best(study)
+        tail = f" (best {best.value:.4f}, trial {best.number})" if best is not None else ""
+        console.print(
+            f"trial {trial.number} [{finished}/{total}]: {shown} -> {what}{tail}, "
+            f"{time.perf_counter() - started:.0f}s so far",
+            highlight=False,
+        )
+
+    left = total - len(study.get_trials(states=done_states))
+    if left > 0:
+        study.optimize(
+            objective,
+            callbacks=[optuna.study.MaxTrialsCallback(total, states=done_states), progress],
+            timeout=timeout_s or cfg.tune.timeout_s,
+            gc_after_trial=True,
+        )
+    from tailorml.tune.report import write_study
+
+    return write_study(study, cfg, metric, direction, out)
+
+
+def _best(study: Any) -> Any:
+    try:
+        return study.best_trial
+    except ValueError:  # no trial finished yet
+        return None
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "n"}
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

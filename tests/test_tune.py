@@ -1,0 +1,129 @@
+"""`tailor tune`: a study of fine-tuning trials on Optuna with tiny models — outputs, pruning,
+resuming, bad input caught before any trial, and two workers sharing one study through a real
+PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tailorml.config.load import load_config
+from tailorml.errors import ConfigError
+
+from .conftest import REPO, make_rows, tiny_config, write_config, write_csv
+from .finwatch_services import postgres  # noqa: F401
+
+CLI = [sys.executable, "-m", "tailorml.cli"]
+SPACE = {
+    "train.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+    "train.batch_size": {"choices": [16, 32]},
+}
+
+
+def study_config(tmp: Path, **tune: Any) -> dict[str, Any]:
+    data = {
+        k: str(write_csv(tmp / f"{k}.csv", make_rows(n, s)))
+        for k, n, s in (("train", 96, 0), ("eval", 30, 1), ("test", 30, 2))
+    }
+    raw = tiny_config(tmp, data=data, train={"epochs": 3, "threads": 1})
+    raw["name"] = "study"
+    raw["output_dir"] = str(tmp / "study")
+    raw["tune"] = {"space": SPACE, "trials": 4, **tune}
+    return raw
+
+
+def test_study_writes_trials_best_and_report_and_resumes(tmp_path: Path) -> None:
+    from tailorml.tune.study import tune
+
+    cfg = load_config(write_config(tmp_path, study_config(tmp_path)))
+    first = tune(cfg, trials=2)
+    assert first["finished"] + first["pruned"] == 2
+    stamp = (tmp_path / "study" / "trial-000" / "eval.json").stat().st_mtime_ns
+    res = tune(cfg)  # resumes: two more trials, the first two are not run again
+    assert res["finished"] + res["pruned"] == 4 and res["failed"] == 0
+    assert (tmp_path / "study" / "trial-000" / "eval.json").stat().st_mtime_ns == stamp
+    assert [t["number"] for t in res["trials"]] == [0, 1, 2, 3]
+    study = tmp_path / "study"
+    for t in res["trials"]:
+        assert {"train.lr", "train.batch_size"} == set(t["params"])
+        assert 1e-4 <= t["params"]["train.lr"] <= 1e-2 and t["params"]["train.batch_size"] in (
+            16,
+            32,
+        )
+        assert (Path(t["run_dir"]) / "config.yaml").is_file()
+    best = res["best"]
+    assert best is not None and best["state"] == "complete"
+    values = [t["value"] for t in res["trials"] if t["state"] == "complete"]
+    assert best["value"] == max(values)  # accuracy: maximize
+    assert "accuracy" in best["test"]  # reported, not used for the choice
+    best_cfg = yaml.safe_load((study / "best.yaml").read_text())
+    assert best_cfg["output_dir"] == str(study / "best") and "tune" not in best_cfg
+    assert best_cfg["train"]["lr"] == pytest.approx(best["params"]["train.lr"])
+    load_config(study / "best.yaml")  # trains as it is
+    report = (study / "report.md").read_text()
+    assert "best: trial" in report and "| trial | state |" in report
+    assert (study / "plots" / "history.png").stat().st_size > 1000
+    assert json.loads((study / "study.json").read_text())["metric"] == "eval accuracy"
+
+
+def test_bad_studies_are_refused_before_any_trial(tmp_path: Path) -> None:
+    from tailorml.tune.study import tune
+
+    raw = study_config(tmp_path)
+    raw["tune"]["space"] = {
+        "train.lrr": {"low": 1e-4, "high": 1e-3},
+        "train.epochs": {"low": 3, "high": 3},
+        "model.dropout": {"choices": []},
+        "train.warmup_ratio": {"low": 0.0, "high": 0.2, "log": True},
+    }
+    raw["tune"]["metric"] = "bleu"
+    with pytest.raises(ConfigError) as err:
+        tune(load_config(write_config(tmp_path, raw)))
+    text = str(err.value)
+    assert "`tune.space.train.lrr`" in text and "Did you mean `train.lr`" in text, text
+    assert "low (3) must be below high (3)" in text
+    assert "`choices` is empty" in text and "log range needs low > 0" in text
+    assert "`tune.metric` = 'bleu' is not reported" in text
+    raw = study_config(tmp_path, direction="minimize")
+    with pytest.raises(ConfigError, match="better when higher"):
+        tune(load_config(write_config(tmp_path, raw)))
+    raw = study_config(tmp_path, storage="postgresql+psycopg://nobody@127.0.0.1:9/none")
+    with pytest.raises(ConfigError, match="cannot be opened"):
+        tune(load_config(write_config(tmp_path, raw)))
+    assert not list((tmp_path / "study").glob("trial-*"))
+
+
+def test_two_workers_share_one_study_on_postgresql(tmp_path: Path, postgres: Any) -> None:  # noqa: F811
+    url = postgres.fresh_db("tune_shared")
+    path = write_config(tmp_path, study_config(tmp_path, storage=url, trials=4))
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    workers = [
+        subprocess.Popen(
+            [*CLI, "tune", str(path)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outs = [w.communicate(timeout=600) for w in workers]
+    for w, (_, err) in zip(workers, outs, strict=True):
+        assert w.returncode == 0, err[-2000:]
+    import optuna
+
+    study = optuna.load_study(study_name="study", storage=url)
+    done = [t for t in study.trials if t.state.is_finished() and t.state.name != "FAIL"]
+    # Optuna's trial cap is approximate across workers: both may start the last trial.
+    assert 4 <= len(done) <= 5, [t.state for t in study.trials]
+    ran = [err.count("trial ") for _, err in outs]
+    assert all(n >= 1 for n in ran), ran  # both workers took trials
+    assert len({t.number for t in study.trials}) == len(study.trials)
