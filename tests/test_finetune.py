@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from tailorml.config.load import validate_mapping
@@ -371,3 +372,44 @@ def test_gradient_accumulation_matches_one_big_batch(
     a, b = weights
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-4, worst
+
+
+def test_left_out_settings_are_chosen_from_data_and_model(tmp_path: Path) -> None:
+    """A config that names only data and model trains with chosen lr, epoch budget, early
+    stopping and warmup; each choice is printed, kept in auto.json, and config.yaml holds the
+    values used. Keys the config sets win."""
+    from tailorml.config.schema import TrainConfig
+    from tailorml.train import auto
+
+    t, chosen = auto.resolve(TrainConfig(), steps_per_epoch=313, hidden=384)
+    assert (t.lr, t.epochs, t.early_stopping_patience, t.warmup_ratio) == (1e-4, 10.0, 2, 0.06)
+    assert set(chosen) == {
+        "train.lr",
+        "train.epochs",
+        "train.early_stopping_patience",
+        "train.warmup_ratio",
+    }
+    big, _ = auto.resolve(TrainConfig(), steps_per_epoch=3125, hidden=768)
+    assert (big.lr, big.epochs, big.eval_every_steps) == (5e-5, 3.0, 447)
+    small, _ = auto.resolve(TrainConfig(), steps_per_epoch=10, hidden=1024)
+    assert (small.lr, small.epochs) == (2e-5, 40.0)
+    mine, chosen = auto.resolve(
+        TrainConfig(lr=3e-4, epochs=2, warmup_steps=5), steps_per_epoch=50, hidden=384
+    )
+    assert (mine.lr, mine.epochs, mine.warmup_steps, mine.early_stopping_patience) == (
+        3e-4,
+        2.0,
+        5,
+        None,
+    )
+    assert chosen == {}
+
+    train = write_csv(tmp_path / "t.csv", make_rows(96, 0))
+    raw = tiny_config(tmp_path, data={"train": str(train)}, train={"epochs": 2})
+    raw["train"].pop("lr")
+    finetune(cfg_of(raw))
+    out = tmp_path / "run"
+    picked = json.loads((out / "auto.json").read_text())
+    assert set(picked) == {"train.lr", "train.warmup_ratio"} and picked["train.lr"]["value"] == 1e-4
+    saved = yaml.safe_load((out / "config.yaml").read_text())["train"]
+    assert saved["lr"] == 1e-4 and saved["epochs"] == 2 and saved["warmup_ratio"] == 0.06

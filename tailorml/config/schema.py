@@ -84,7 +84,12 @@ class TaskConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
+    epochs: float | None = Field(
+        None,
+        gt=0,
+        description="Passes over the training data; null = until eval stops improving, within "
+        "~3,000 steps (chosen from the data size, early stopping on).",
+    )
     max_steps: int | None = Field(
         None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
     )
@@ -93,14 +98,22 @@ class TrainConfig(_Section):
     )
     eval_batch_size: int = Field(128, ge=1, description="Examples per evaluation batch.")
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches accumulated per step.")
-    lr: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
+    lr: float | None = Field(
+        None,
+        gt=0,
+        description="Peak learning rate of AdamW; null = chosen from the encoder's width "
+        "(1e-4 for MiniLM-sized, 5e-5 for BERT-base-sized).",
+    )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on bias/norm).")
     schedule: Literal["linear", "cosine", "constant"] = Field(
         "linear", description="Learning-rate decay after warmup."
     )
     warmup_steps: int | None = Field(None, ge=0, description="Warmup steps (or warmup_ratio).")
     warmup_ratio: float | None = Field(
-        None, ge=0, lt=1, description="Warmup as a share of all steps (or warmup_steps)."
+        None,
+        ge=0,
+        lt=1,
+        description="Warmup as a share of all steps (or warmup_steps); neither = 6% of the steps.",
     )
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="Clip gradients to this norm; null disables clipping."

@@ -38,6 +38,7 @@ from tailorml.tasks.heads import (
     task_json,
 )
 from tailorml.track.logger import RunLogger
+from tailorml.train import auto
 from tailorml.train.checkpoint import latest_checkpoint, load_latest_intact
 from tailorml.train.distributed import distributed_logits, replica_max_diff
 from tailorml.train.loop import initial_state, load_best, train_loop
@@ -154,15 +155,21 @@ def finetune(
     }
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
         summaries = {
             h.name: data_summary(h.kind, splits[h.name], enc[h.name], h.name) for h in heads
         }
         atomic_json(out / "data_summary.json", nest_heads(summaries))
 
-    # ---- optimisation plan ----------------------------------------------------------------
-    t = cfg.train
-    steps_per_epoch = sum(math.ceil(len(e["train"]) / t.batch_size) for e in enc.values())
+    # ---- optimisation plan: settings the config leaves out are chosen from data and model ---
+    steps_per_epoch = sum(math.ceil(len(e["train"]) / cfg.train.batch_size) for e in enc.values())
+    t, chosen = auto.resolve(cfg.train, steps_per_epoch, getattr(model.config, "hidden_size", None))
+    cfg = cfg.model_copy(update={"train": t})
+    if main:
+        for key, c in chosen.items():
+            console.print(f"  {key} = {c['value']} (chosen: {c['why']})", highlight=False)
+        atomic_write_text(out / "config.yaml", dump_config(cfg))  # the values used
+        atomic_json(out / "auto.json", chosen)
+    assert t.epochs is not None and t.lr is not None
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t, total_steps)
