@@ -1,0 +1,162 @@
+"""Old fixed defaults vs chosen defaults vs the frozen-encoder floor, on the same splits.
+
+For each data set: (a) the engine's old defaults (lr 5e-5, 3 epochs, no warmup, no early
+stopping), (b) the chosen defaults (train/auto.py: lr, epochs and warmup left out), (c) mean-pooled
+embeddings of the same frozen encoder + scikit-learn logistic regression (the floor every default
+run must beat). Selection (early stopping, best checkpoint, C of the regression) uses an eval split
+held out of train; the reported test split is never used to choose. Prints a table and writes
+JSON.
+
+    python benchmarks/defaults.py --sets finsent banking77 fintopic \\
+        --out benchmarks/results/defaults.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+REPO = Path(__file__).resolve().parents[1]
+# name -> (base config, test file; eval = a seeded 10% split of train)
+SETS = {
+    "finsent": ("configs/finsent.yaml", "data/twitter_fin_sentiment/sent_valid.csv"),
+    "fintopic": ("configs/fintopic.yaml", "data/twitter_fin_topic/topic_valid.csv"),
+    "banking77": ("configs/banking77.yaml", "data/banking77/test.csv"),
+}
+
+
+def run_config(name: str, mode: str, out: Path, limit: int | None) -> Any:
+    from tailorml.config.load import apply_overrides, read_yaml, validate_mapping
+
+    cfg_path, test = SETS[name]
+    raw = read_yaml(REPO / cfg_path)
+    raw["name"] = f"{name}-{mode}"
+    raw["output_dir"] = str(out / f"{name}-{mode}")
+    raw["data"]["eval"] = None
+    raw["data"]["test"] = str(REPO / test)
+    raw["data"]["train"] = str(REPO / raw["data"]["train"])
+    if limit:
+        raw["data"]["limit"] = limit
+    train = {"batch_size": raw["train"].get("batch_size", 32), "seed": 42}
+    if mode == "old":
+        train.update(lr=5e-5, epochs=3)
+    raw["train"] = train  # "new": everything else left out, so the engine chooses
+    cfg, problems = validate_mapping(apply_overrides(raw, []))
+    assert cfg is not None, problems
+    return cfg
+
+
+def finetuned(cfg: Any) -> dict[str, Any]:
+    from tailorml.recipes.finetune import finetune
+
+    t0 = time.perf_counter()
+    res = finetune(cfg, overwrite=True)
+    chosen = json.loads((Path(cfg.output_dir) / "auto.json").read_text())
+    return {
+        "test_accuracy": res["test"]["accuracy"],
+        "test_macro_f1": res["test"]["macro_f1"],
+        "eval_accuracy": res["eval"]["accuracy"],
+        "steps": res["train"]["steps"],
+        "best_step": res["train"]["best_step"],
+        "stopped_by": res["train"]["stopped_by"],
+        "chosen": {k: v["value"] for k, v in chosen.items()},
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def frozen_floor(cfg: Any) -> dict[str, Any]:
+    """Mean-pooled frozen encoder embeddings + logistic regression (C chosen on eval)."""
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+    from transformers import AutoModel
+
+    from tailorml.data.prepare import prepare_splits
+    from tailorml.models.base import load_tokenizer, resolve_base
+    from tailorml.tasks import get_task
+
+    t0 = time.perf_counter()
+    splits = prepare_splits(cfg, get_task("classification"))
+    path = resolve_base(cfg.model.base)
+    tok = load_tokenizer(path)
+    enc = AutoModel.from_pretrained(str(path)).eval()
+
+    @torch.inference_mode()
+    def embed(texts: list[str]) -> np.ndarray:
+        out = []
+        order = np.argsort([len(t) for t in texts])
+        for i in range(0, len(texts), 128):
+            idx = order[i : i + 128]
+            b = tok([texts[j] for j in idx], padding=True, truncation=True,
+                    max_length=cfg.data.max_length, return_tensors="pt")  # fmt: skip
+            h = enc(**b).last_hidden_state  # (batch, seq, hidden)
+            m = b["attention_mask"].unsqueeze(-1).float()
+            out.append(((h * m).sum(1) / m.sum(1)).numpy())
+        emb = np.concatenate(out)
+        res = np.empty_like(emb)
+        res[order] = emb
+        return res
+
+    x = {k: embed(getattr(splits, k).texts) for k in ("train", "eval", "test")}
+    y = {k: np.asarray(getattr(splits, k).labels) for k in ("train", "eval", "test")}
+    best = None
+    for c in (0.1, 1.0, 10.0, 100.0):
+        clf = LogisticRegression(C=c, max_iter=2000).fit(x["train"], y["train"])
+        score = accuracy_score(y["eval"], clf.predict(x["eval"]))
+        if best is None or score > best[0]:
+            best = (score, c, clf)
+    assert best is not None
+    pred = best[2].predict(x["test"])
+    return {
+        "test_accuracy": float(accuracy_score(y["test"], pred)),
+        "test_macro_f1": float(f1_score(y["test"], pred, average="macro")),
+        "eval_accuracy": float(best[0]),
+        "C": best[1],
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    ap.add_argument("--modes", nargs="+", default=["floor", "old", "new"])
+    ap.add_argument("--runs", type=Path, default=Path("runs/bench-defaults"))
+    ap.add_argument("--limit", type=int, default=None, help="first N rows of each file")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    cpu = platform.processor() or platform.machine()
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    simd = sorted({f for f in flags.split() if f.startswith(("avx512", "amx", "avx2"))})
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{cpu}, {os.cpu_count()} cores, {' '.join(simd)}",
+        "sets": {},
+    }
+    for name in args.sets:
+        row: dict[str, Any] = {}
+        for mode in args.modes:
+            cfg = run_config(name, "new" if mode == "floor" else mode, args.runs, args.limit)
+            row[mode] = frozen_floor(cfg) if mode == "floor" else finetuned(cfg)
+            print(name, mode, json.dumps(row[mode]), flush=True)
+            result["sets"][name] = row
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{'set':10} {'mode':6} {'test acc':>9} {'macro F1':>9} {'wall s':>8}")
+    for name, row in result["sets"].items():
+        for mode, r in row.items():
+            print(f"{name:10} {mode:6} {r['test_accuracy']:9.4f} {r['test_macro_f1']:9.4f} "
+                  f"{r['wall_s']:8.0f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
