@@ -80,6 +80,7 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
             "agreement": 1.0,
             "max_abs_logit_diff": 0.0,
             "parity_passed": True,
+            "notes": {},
         }
     }
     predictors: dict[str, Any] = {REFERENCE: ref_pred}
