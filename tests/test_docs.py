@@ -103,6 +103,12 @@ REWRITES = [
         "--speed 86400",
         "a simulated day in a second instead of minutes",
     ),
+    Rule(
+        r"(\btailor tune) (configs/\S+\.yaml)",
+        rf"\1 \2 {TINY} tune.trials=2",
+        "a study of MiniLM trials takes hours; two tiny trials take seconds",
+    ),
+    Rule(r"--trials \d+", "--trials 3", "one more tiny trial shows the study continuing"),
 ]
 
 # Commands that cannot run here. Each one is listed in the test output.
@@ -122,6 +128,12 @@ SKIPS = [
         "nothing to resume. Exact resume is tested in tests/test_finetune.py",
     ),
     Rule(r"--nnodes=2", "", "needs two machines with 8 GPUs each"),
+    Rule(
+        r"--storage postgresql",
+        "",
+        "needs a PostgreSQL server of yours; two workers sharing one study are tested against a "
+        "real server in tests/test_tune.py",
+    ),
     Rule(r"--nproc_per_node=8", "", "needs 8 GPUs (NCCL)"),
     Rule(
         r"\bpython benchmarks/",
