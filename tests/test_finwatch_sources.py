@@ -228,7 +228,7 @@ def test_model_scorer_scores_in_micro_batches(
     scorer = ModelScorer(c.models)
     assert sorted(scorer.topics) == sorted(TOPIC_NAMES)
     calls: list[int] = []
-    pred = scorer.multi if layout == "multitask" else scorer.topic
+    pred = scorer.joint if layout == "multitask" else scorer.topic
     orig = pred.predict_sorted
     pred.predict_sorted = lambda texts, chunk=8, pool=None: (
         calls.append(len(texts))
