@@ -219,16 +219,35 @@ class Watcher:
             det = self.detector
             state_before = det.get_state()
             try:
-                start = float(nxt)
-                while start < end:
-                    per = counts.get(start, {})
+                # Window by window in time order; a topic's windows without events are judged
+                # in runs (`update_empty`), just before its next window with events (the same
+                # result as one by one: no other topic's state is read for an empty window), so
+                # a gap of years between events closes in milliseconds.
+                empty_from: dict[str, float] = {}  # topic -> start of its run of empty windows
+
+                def judge_empty(topic: str, upto: float) -> None:
+                    first = empty_from.pop(topic, None)
+                    if first is not None:
+                        runs = round((upto - first) / w)
+                        for found in det.update_empty(topic, first, runs, w):
+                            fired.append(self._store_alert(conn, found))
+
+                cursor = float(nxt)
+                for start in sorted(s for s in counts if nxt <= s < end):
+                    per = counts[start]
                     for topic in topics:
+                        empty_from.setdefault(topic, cursor)
                         row = per.get(topic)
-                        n, neg = (row["volume"], row["negative"]) if row else (0, 0)
-                        found = det.update((topic, start, n, neg))
+                        if row is None:
+                            continue
+                        judge_empty(topic, start)
+                        found = det.update((topic, start, row["volume"], row["negative"]))
                         if found:
                             fired.append(self._store_alert(conn, found))
-                    start += w
+                    cursor = start + w
+                for topic in topics:
+                    empty_from.setdefault(topic, cursor)
+                    judge_empty(topic, float(end))
                 store.upsert_kv(conn, self._detector_key(), det.get_state())
                 store.upsert_kv(conn, f"closed:{w}", end)
             except BaseException:
