@@ -386,6 +386,12 @@ def test_http_bad_event_in_a_batch_is_named_and_the_rest_stored(
         deep_batch = b'{"events": [' + ok + b", " + DEEP.encode() + b"]}"
         got = post(c, deep_batch)[0].json()
         assert (got["accepted"], got["rejected"]) == (1, 1)
+        # 3000 events each nested 1200 deep (7 MB): cut and refused in bounded time.
+        many_deep = b",".join([b"[" * 1200 + b"]" * 1200] * 3000)
+        r, took = post(c, b"[" + line(good("md1")) + b"," + many_deep + b"," + ok + b"]")
+        print(f"3000 deep events in one body: {took * 1000:.0f} ms")
+        assert took < REQUEST_S and r.json()["rejected"] == 3000
+        assert r.json()["rejections"][0]["reason"].startswith("bad JSON: nested too deeply")
         # Query parameters: the kit's error shape, naming the parameter.
         for q, needle in [
             ("window=-5", "query.window"),

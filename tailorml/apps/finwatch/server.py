@@ -224,9 +224,13 @@ def parse_batch(body: bytes) -> list[Any]:
             raise ApiError(
                 422,
                 "invalid_request",
-                f"body: nested too deeply to read, and not a list of events like {EXAMPLE}",
+                "body: nested too deeply to read whole, and not a list of events like "
+                f"{EXAMPLE} that can be cut into its events (at most {MAX_SPLIT_TOKENS} JSON "
+                "tokens)",
             ) from None
-        items: list[Any] = list(pieces)
+        items: list[Any] = [
+            piece if depth <= MAX_EVENT_DEPTH else _too_deep(piece) for piece, depth in pieces
+        ]
         whole = False
     except ValueError as exc:
         err = _invalid_body("json_invalid", msg="JSON decode error", ctx={"error": str(exc)})
@@ -250,51 +254,67 @@ def parse_batch(body: bytes) -> list[Any]:
     return items
 
 
+def _too_deep(piece: str) -> Rejected:
+    why = f"bad JSON: nested too deeply (more than {MAX_EVENT_DEPTH} levels; an event is flat)"
+    return Rejected(why, shown(piece), "http")
+
+
 def _not_an_object(item: Any) -> Rejected:
     return Rejected(f"not a JSON object but {type(item).__name__}", shown(item), "http")
 
 
-# A JSON string (to its closing quote, or to the end if it has none) or a structural character.
-_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\Z)|[\[\]{},:]', re.S)
+# A JSON string (to its closing quote, or to the end if it has none), a run of opening or of
+# closing brackets (whitespace between them included: one token however deep), `,` or `:`.
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\Z)|[\[{][\[{\s]*|[\]}][\]}\s]*|[,:]', re.S)
+MAX_EVENT_DEPTH = 64  # an event is a flat object; deeper pieces are refused without parsing
+MAX_SPLIT_TOKENS = 400_000  # ~0.5 s of scanning; about 20 tokens per ordinary event
 
 
-def split_batch(text: str) -> list[str] | None:
-    """The JSON texts of the events in a batch body, found by scanning brackets and strings
-    (linear, no recursion), for a body too deeply nested to parse whole. The body is a list of
-    events or an object with an `events` list; None if it is neither."""
+def split_batch(text: str) -> list[tuple[str, int]] | None:
+    """The JSON texts of the events in a batch body, each with how deeply it nests, found by
+    scanning strings and runs of brackets (linear, no recursion), for a body too deeply nested
+    to parse whole. The body is a list of events or an object with an `events` list; None if it
+    is neither, or if it has more than MAX_SPLIT_TOKENS tokens to scan."""
     depth = 0
     arr: int | None = None  # depth inside the events array, once found
     key = last = None  # at depth 1 of an object: the key being read, the last string seen
-    start = 0
-    pieces: list[str] = []
-    for m in _TOKEN.finditer(text):
-        c = m.group()[0]
-        if arr is None:  # looking for the events array
-            if depth == 0 and c not in "[{":
+    start = deepest = 0
+    pieces: list[tuple[str, int]] = []
+    for n_tokens, m in enumerate(_TOKEN.finditer(text)):
+        if n_tokens > MAX_SPLIT_TOKENS:
+            return None
+        tok = m.group()
+        c = tok[0]
+        if c in "[{":
+            opened = tok.count("[") + tok.count("{")
+            if arr is None and c == "[" and (depth == 0 or (depth == 1 and key == '"events"')):
+                arr, start, deepest = depth + 1, m.start() + 1, 0
+            elif arr is None and depth == 0 and c != "{":
                 return None
-            if c == "[" and (depth == 0 or (depth == 1 and key == '"events"')):
-                depth += 1
-                arr, start = depth, m.end()
-            elif c in "[{":
-                depth += 1
-            elif c in "]}":
-                depth -= 1
-            elif depth == 1:
+            depth += opened
+            if arr is not None:
+                deepest = max(deepest, depth - arr)
+        elif c in "]}":
+            closed = tok.count("]") + tok.count("}")
+            if arr is not None and depth - closed < arr:  # the events array ends in this run
+                k = depth - arr + 1  # the k-th closing bracket of the run ends it
+                end = m.start() + [i for i, ch in enumerate(tok) if ch in "]}"][k - 1]
+                piece = text[start:end].strip()
+                return [*pieces, (piece, deepest)] if piece else pieces
+            depth -= closed
+            if depth < 0:
+                return None
+        elif arr is None:
+            if depth == 0:
+                return None
+            if depth == 1:
                 if c == '"':
-                    last = m.group()
+                    last = tok
                 elif c == ":":
                     key = last
                 elif c == ",":
                     key = None
-            continue
-        if c in "[{":
-            depth += 1
-        elif c in "]}":
-            depth -= 1
-            if depth == arr - 1:
-                piece = text[start : m.start()].strip()
-                return [*pieces, piece] if piece else pieces
         elif c == "," and depth == arr:
-            pieces.append(text[start : m.start()].strip())
-            start = m.end()
+            pieces.append((text[start : m.start()].strip(), deepest))
+            start, deepest = m.end(), 0
     return None
