@@ -283,12 +283,13 @@ def test_stdin_with_every_poison_line(tmp_path: Path) -> None:
 class HttpWatcher:
     """The watcher's HTTP app served by uvicorn in a thread, with /healthz polled meanwhile."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, db: str | None = None):
         import uvicorn
 
         from tailorml.apps.finwatch.server import create_app
 
-        self.cfg = FinwatchConfig(db=f"sqlite:///{tmp / 'http.db'}", models={"scorer": "labels"})
+        db = db or f"sqlite:///{tmp / 'http.db'}"
+        self.cfg = FinwatchConfig(db=db, models={"scorer": "labels"})
         self.engine = store.make_engine(self.cfg.db)
         self.watcher = Watcher(self.cfg, self.engine, LabelScorer(self.cfg.models)).open()
         self.port = free_port()
@@ -412,6 +413,33 @@ def test_http_bad_event_in_a_batch_is_named_and_the_rest_stored(
         f"{max(hw.health_s) * 1000:.0f} ms over {len(hw.health_s)} probes"
     )
     assert max(hw.health_s) < HEALTHZ_S
+
+
+def test_healthz_answers_without_counting_the_tables(
+    tmp_path: Path,
+    postgres: Any,  # noqa: F811
+) -> None:
+    """A count reads the whole table (200 ms at 900,000 events on SQLite, more with every dead
+    letter a hostile client causes): /healthz counts on its first probe, then in the background,
+    adding what the watcher commits. Shown here with the events table locked by another session,
+    where a count would wait: /healthz still answers, with the right figures."""
+    import psycopg
+
+    url = postgres.fresh_db("healthz")
+    with HttpWatcher(tmp_path, url) as hw, httpx.Client(base_url=hw.url, timeout=10) as c:
+        assert c.post("/v1/events", json=[good(f"k{i}") for i in range(3)]).status_code == 200
+        assert c.get("/healthz").json()["events"] == 3  # counted
+        got = c.post("/v1/events", json=[good("k3"), good("k4"), {"id": "bad"}]).json()
+        assert (got["accepted"], got["rejected"]) == (2, 1)
+        dsn = f"host=127.0.0.1 port={postgres.port} user=postgres dbname=healthz"
+        with psycopg.connect(dsn) as other:
+            other.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")  # held until rollback
+            t = time.perf_counter()
+            health = c.get("/healthz", timeout=5).json()
+            took = time.perf_counter() - t
+            other.rollback()
+        assert (health["events"], health["dead_letters"]) == (5, 1)  # added, not counted
+        assert took < 2, took
 
 
 # -- hypothesis: generated lines and bodies --------------------------------------------------------

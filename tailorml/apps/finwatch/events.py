@@ -109,11 +109,17 @@ def shown(raw: Any) -> str:
             text = raw[: MAX_RAW_CHARS * 4].decode("utf-8", "backslashreplace")
         elif isinstance(raw, str):
             text = raw[: MAX_RAW_CHARS * 2]
+        elif isinstance(raw, dict):  # long strings cut first: a 7 MB text is not dumped whole
+            text = json.dumps({k: _cut(v) for k, v in raw.items()}, default=repr)
         else:
             text = json.dumps(raw, default=repr)
     except (ValueError, RecursionError, TypeError) as exc:  # too deep, a huge int, ...
         text = f"<{type(raw).__name__} that cannot be shown: {type(exc).__name__}>"
     return storable(text)[:MAX_RAW_CHARS]
+
+
+def _cut(v: Any) -> Any:
+    return v[:MAX_RAW_CHARS] + "..." if isinstance(v, str) and len(v) > MAX_RAW_CHARS else v
 
 
 def parse_time(value: Any) -> float:
