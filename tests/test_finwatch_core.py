@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tailorml.apps.finwatch import store
 from tailorml.apps.finwatch.config import FinwatchConfig, load_finwatch_config
@@ -397,3 +399,44 @@ def test_events_from_the_far_future_are_dead_lettered(tmp_path: Path) -> None:
         reason = conn.execute(sa.select(store.dead_letters.c.reason)).scalar()
     assert reason.startswith("time in the future")
     w.engine.dispose()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    windows=st.lists(
+        st.tuples(
+            st.sampled_from(["A", "B"]),
+            st.integers(0, 40),  # volume
+            st.floats(0, 1),  # negative share
+            st.integers(0, 4000),  # empty windows before it
+        ),
+        max_size=6,
+    ),
+    alpha=st.sampled_from([0.3, 0.9]),  # the count baseline reaches 0.0 within ~3000 windows
+    z_off=st.sampled_from([0.0, 1.0]),  # 0: a surge never ends in empty windows
+    tail=st.integers(0, 4000),
+)
+def test_empty_windows_in_runs_equal_one_by_one(
+    windows: list[tuple[str, int, float, int]], alpha: float, z_off: float, tail: int
+) -> None:
+    """`update_empty` (used to close long gaps quickly) leaves exactly the state, bit for bit,
+    and the alerts that judging each empty window alone does."""
+    params = {"alpha": alpha, "warmup": 2, "min_volume": 3, "min_negative": 1, "z_off": z_off}
+    fast = SurgeDetector(**params).fit([])
+    slow = SurgeDetector(**params).fit([])
+    w = 900.0
+    start = 0.0
+    fast_alerts, slow_alerts = [], []
+    for topic, n, share, gap in [*windows, ("A", 0, 0.0, tail)]:
+        fast_alerts += fast.update_empty(topic, start, gap, w)
+        for k in range(gap):
+            found = slow.update((topic, start + k * w, 0, 0))
+            slow_alerts += [found] if found else []
+        start += gap * w
+        row = (topic, start, n, round(n * share))
+        for det, out in ((fast, fast_alerts), (slow, slow_alerts)):
+            found = det.update(row)
+            out += [found] if found else []
+        start += w
+    assert fast.get_state() == slow.get_state()
+    assert fast_alerts == slow_alerts

@@ -165,7 +165,13 @@ def test_http_post_events_batches(tmp_path: Path) -> None:
                     got[k] += r.json()[k]
             assert got["accepted"] == len(events) and got["alerts"] >= 1
             again = cli.post("/v1/events", json=events[:500] + [{"id": "bad"}]).json()
-            assert again == {"accepted": 0, "duplicates": 500, "rejected": 1, "alerts": 0}
+            assert again == {
+                "accepted": 0,
+                "duplicates": 500,
+                "rejected": 1,
+                "alerts": 0,
+                "rejections": [{"index": 500, "id": "bad", "reason": "missing text"}],
+            }
             assert cli.post("/v1/events", json={"nope": 1}).status_code == 422
             health = cli.get("/healthz").json()
             assert health["events"] == len(events) and health["dead_letters"] == 1
@@ -259,6 +265,52 @@ def test_model_scorer_scores_in_micro_batches(
     assert all(0 <= r.p_negative <= 1 for r in rows)
     assert {r.topic for r in rows} <= set(TOPIC_NAMES)
     assert NEU  # keyword lists come from conftest
+    w.engine.dispose()
+
+
+def test_an_event_the_model_service_refuses_is_a_dead_letter(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Scoring through a real `tailor serve` (models.url) whose max_chars is below the watcher's
+    max_text_chars: the service refuses one text (413), that event is dead-lettered ("cannot be
+    scored") and the rest of its micro-batch is stored. What is not the event's fault raises
+    and commits nothing, so the source offers the batch again: a service that refuses every
+    text (even a plain probe), and a service that is down."""
+    from tailorml.apps.finwatch.scorer import RemoteScorer
+    from tailorml.client import ServiceError
+    from tailorml.predictors import load_predictor
+
+    from .serve_helpers import ThreadServer
+
+    pred = load_predictor(tiny_models["multitask"], threads=1)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+
+    def events(prefix: str, long_at: int | None = None) -> list[dict[str, Any]]:
+        return [
+            {"id": f"{prefix}{i}", "time": START + 60 * i, "text": "x " * 60 if i == long_at
+             else f"shares {NEG[i % len(NEG)]} today"}
+            for i in range(5)
+        ]  # fmt: skip
+
+    with ThreadServer(pred, max_chars=100) as srv:
+        c = FinwatchConfig(db=url, models={"url": srv.url}, batch_size=8)
+        scorer = RemoteScorer(c.models)
+        w = Watcher(c, store.make_engine(url), scorer).open()
+        res = w.ingest(events("a", long_at=2), "t")
+        assert (res.accepted, res.rejected) == (4, 1)
+        assert res.rejections[0]["id"] == "a2"
+        assert res.rejections[0]["reason"].startswith("cannot be scored")
+        assert "413" in res.rejections[0]["reason"] and "max_chars" in res.rejections[0]["reason"]
+    before = store.counts(w.engine)
+    with ThreadServer(pred, max_chars=5) as broken:  # refuses every text, the probe's too
+        scorer.client = type(scorer.client)(broken.url, retries=1)
+        with pytest.raises(ServiceError, match="413"):
+            w.ingest(events("b", long_at=2), "t")
+    assert store.counts(w.engine) == before
+    # That server is gone now: the service is down (connection refused).
+    with pytest.raises(ServiceError, match="cannot reach"):
+        w.ingest(events("c"), "t")
+    assert store.counts(w.engine) == before
     w.engine.dispose()
 
 

@@ -189,6 +189,39 @@ class SurgeDetector:
         s["counted"] += 1
         return alert
 
+    def update_empty(self, topic: str, window_start: float, count: int, step: float) -> list[Any]:
+        """Judge `count` consecutive windows without events for `topic` (the first starting at
+        `window_start`, `step` seconds apart): the same state and alerts as that many `update`
+        calls, at the cost of far fewer.
+
+        An empty window only decays the count baseline towards 0; once one leaves the state as
+        it found it apart from the counters (the decay has reached exactly 0.0 in floating
+        point, after some thousands of windows), every later empty window does the same, so the
+        rest are added to the counters at once. An event timed in 1970 ahead of a 2026 stream
+        thus costs milliseconds, not minutes of closing two million empty windows one by one."""
+        self._check_fitted()
+        counters = ("since_alert", "counted")
+        alerts = []
+        done = 0
+        while done < count:
+            before = self.state_.get(topic)
+            snapshot = dict(before) if before is not None else None
+            found = self.update((topic, window_start + done * step, 0, 0))
+            done += 1
+            if found:
+                alerts.append(found)
+            after = self.state_[topic]
+            same = snapshot is not None and all(
+                after[k] == v for k, v in snapshot.items() if k not in counters
+            )
+            if same and not found:
+                rest = count - done
+                after["since_alert"] += rest
+                after["counted"] += rest
+                self.n_windows_ += rest
+                break
+        return alerts
+
     def predict(self, windows: Iterable[Any]) -> list[bool]:
         """Would each window (in order, continuing from the fitted state) raise an alert?
 

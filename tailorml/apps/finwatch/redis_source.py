@@ -17,15 +17,16 @@ import threading
 import time
 from typing import Any
 
+from tailorml.apps.finwatch.events import Rejected, shown, storable
 from tailorml.apps.finwatch.pipeline import IngestResult, Watcher
 from tailorml.errors import TailorError
 
 log = logging.getLogger("tailorml.finwatch")
 
 
-def connect(url: str) -> Any:
+def connect(url: str, decode: bool = True) -> Any:
     """A Redis client that has answered PING, or a TailorError naming `--redis`, the URL and the
-    fix (never redis-py's traceback)."""
+    fix (never redis-py's traceback). `decode=False` answers bytes (see `consume`)."""
     try:
         import redis
     except ImportError:
@@ -34,7 +35,7 @@ def connect(url: str) -> Any:
         ) from None
     shown = redact(url)
     try:
-        r = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
+        r = redis.Redis.from_url(url, decode_responses=decode, socket_connect_timeout=5)
     except ValueError as exc:  # not a redis://, rediss:// or unix:// URL
         raise TailorError(
             f"--redis {shown}: {exc}. Give a URL like redis://127.0.0.1:6379/0."
@@ -87,8 +88,12 @@ def consume(
 ) -> IngestResult:
     """Consume until `stop` is set or the stream has been idle for `idle_exit_s`.
 
-    `processed` (optional) collects the ids of the events this consumer stored, for tests."""
-    r = connect(url)
+    `processed` (optional) collects the ids of the events this consumer stored, for tests.
+
+    Entries are read as bytes: a field that is not UTF-8 (or not there) is that entry's dead
+    letter, not an error in redis-py's decoder that would end the consumer and, since the entry
+    stays pending, every consumer that later claims it."""
+    r = connect(url, decode=False)
     consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
     ensure_group(r, stream, group)
     total = IngestResult()
@@ -112,7 +117,7 @@ def consume(
                 break
             continue
         idle_since = time.monotonic()
-        raws: list[Any] = [fields.get("event", "") for _, fields in entries]
+        raws = [_event_field(eid, fields, stream) for eid, fields in entries]
         res = watcher.ingest(raws, f"redis:{stream}")
         r.xack(stream, group, *[eid for eid, _ in entries])
         if processed is not None:
@@ -120,7 +125,20 @@ def consume(
 
             for raw in raws:
                 with contextlib.suppress(ValueError, KeyError, TypeError):
-                    processed.append(str(json.loads(raw)["id"]))
+                    processed.append(str(json.loads(raw)["id"]))  # type: ignore[arg-type]
         total.add(res)
     r.close()
     return total
+
+
+def _event_field(entry_id: bytes, fields: dict[bytes, bytes], stream: str) -> bytes | Rejected:
+    raw = fields.get(b"event")
+    if raw is not None:
+        return raw
+    names = ", ".join(storable(k.decode("utf-8", "backslashreplace"))[:40] for k in fields)
+    eid = entry_id.decode("ascii", "replace")
+    return Rejected(
+        f"Redis entry {eid} has no `event` field (fields: {names or 'none'})",
+        shown({k.decode("utf-8", "backslashreplace"): shown(v) for k, v in fields.items()}),
+        f"redis:{stream}",
+    )

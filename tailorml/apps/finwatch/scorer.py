@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tailorml.apps.finwatch.config import ModelsConfig
-from tailorml.apps.finwatch.events import Event
+from tailorml.apps.finwatch.events import MAX_TOPIC_CHARS, Event
 from tailorml.errors import ConfigError
 from tailorml.tasks.heads import named_heads
 
@@ -156,8 +156,11 @@ class LabelScorer:
         self.topics = list(topics or [])
 
     def problem(self, event: Event) -> str | None:
-        if "topic" not in event.labels or "sentiment" not in event.labels:
+        topic, sentiment = event.labels.get("topic"), event.labels.get("sentiment")
+        if not (topic and topic.strip()) or not (sentiment and sentiment.strip()):
             return "missing labels.topic or labels.sentiment (models.scorer is `labels`)"
+        if len(topic) > MAX_TOPIC_CHARS:
+            return f"labels.topic longer than {MAX_TOPIC_CHARS} chars"
         return None
 
     def score(self, events: list[Event]) -> list[tuple[str, str, float]]:
@@ -174,3 +177,17 @@ def make_scorer(cfg: ModelsConfig) -> Scorer:
     if cfg.url is not None and cfg.model is None:
         return RemoteScorer(cfg)
     return ModelScorer(cfg)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A scoring failure that is not the event's fault, so ingest raises it (nothing of the
+    micro-batch is committed and its source offers it again) instead of dead-lettering: the
+    model service unreachable or failing (no answer, 5xx, 429 after the client's retries, a
+    refused key), or no memory. A service's 400 / 413 / 422 is about the text sent."""
+    from tailorml.client import ServiceError
+
+    if isinstance(exc, MemoryError):
+        return True
+    if isinstance(exc, ServiceError):
+        return exc.status not in (400, 413, 422)
+    return False

@@ -13,12 +13,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import IO, Any, BinaryIO
 
 from tailorml.apps.finwatch import store
+from tailorml.apps.finwatch.events import MAX_RAW_CHARS, Rejected, shown
 from tailorml.apps.finwatch.pipeline import IngestResult, Watcher
 
 log = logging.getLogger("tailorml.finwatch")
+
+
+READ_BYTES = 4 << 20  # read at most this much at a time; a longer line is never held whole
 
 
 def follow_file(
@@ -29,10 +33,16 @@ def follow_file(
     idle_exit_s: float | None = None,
     stop: threading.Event | None = None,
 ) -> IngestResult:
-    """Ingest `path` from the stored offset; with `follow`, keep reading as the file grows."""
+    """Ingest `path` from the stored offset; with `follow`, keep reading as the file grows.
+
+    A line longer than READ_BYTES is scanned to its end without being held in memory and
+    dead-lettered once ("oversized"), with its first bytes. Without `follow`, a last line with
+    no newline is taken too (the file is complete); with `follow` it is read once its newline
+    lands (a writer may be appending it)."""
     total = IngestResult()
     path = path.resolve()
     key = f"offset:file:{path}"
+    src = f"file:{path.name}"
     with watcher.engine.connect() as conn:
         offset = int(store.get_kv(conn, key, 0))
     bs = watcher.cfg.batch_size
@@ -52,17 +62,25 @@ def follow_file(
         if size > offset:
             with path.open("rb") as fh:
                 fh.seek(offset)
-                data = fh.read(min(size - offset, 4 << 20))
-            end = data.rfind(b"\n")
-            if end < 0 and len(data) >= 4 << 20:
-                # A line over 4 MiB: dead-letter it as oversized; its tail then fails as JSON.
-                total.add(
-                    watcher.ingest(
-                        [data], f"file:{path.name}", checkpoint=(key, offset + len(data))
-                    )
-                )
-                offset += len(data)
-                continue
+                data = fh.read(min(size - offset, READ_BYTES))
+                end = data.rfind(b"\n")
+                if end < 0 and len(data) >= READ_BYTES:
+                    line_end = _line_end(fh, offset + len(data))
+                    if line_end is None and not follow:
+                        line_end = size
+                    if line_end is not None:
+                        n = line_end - offset
+                        why = (
+                            f"oversized: a line of {n} bytes (lines are read {READ_BYTES} at most)"
+                        )
+                        rej = Rejected(why, shown(data[:MAX_RAW_CHARS]), src)
+                        total.add(watcher.ingest([rej], src, checkpoint=(key, line_end)))
+                        offset = line_end
+                        idle_since = time.monotonic()
+                        continue
+            if end < 0 and not follow and offset + len(data) == size:
+                data += b"\n"  # the last line of a complete file, with no newline
+                end = len(data) - 1
             if end >= 0:
                 raw = data[: end + 1].split(b"\n")[:-1]
                 # Take whole lines up to ~batch size per transaction (the checkpoint is the byte
@@ -73,10 +91,10 @@ def follow_file(
                     taken += len(ln) + 1
                     if len(lines) >= bs * 8:
                         break
-                new_offset = offset + taken
+                new_offset = min(offset + taken, size)
         if lines:
             nonblank = [ln for ln in lines if ln.strip()]
-            total.add(watcher.ingest(nonblank, f"file:{path.name}", checkpoint=(key, new_offset)))
+            total.add(watcher.ingest(nonblank, src, checkpoint=(key, new_offset)))
             offset = new_offset
             idle_since = time.monotonic()
             continue
@@ -88,29 +106,63 @@ def follow_file(
     return total
 
 
+def _line_end(fh: BinaryIO, pos: int) -> int | None:
+    """The offset just after the next newline at or after `pos`, or None if the file ends
+    first; reads in READ_BYTES blocks, keeping none of them."""
+    fh.seek(pos)
+    while True:
+        block = fh.read(READ_BYTES)
+        if not block:
+            return None
+        nl = block.find(b"\n")
+        if nl >= 0:
+            return pos + nl + 1
+        pos += len(block)
+
+
 def read_stream(
     watcher: Watcher,
-    stream: TextIO | None = None,
+    stream: IO[str] | IO[bytes] | None = None,
     stop: threading.Event | None = None,
     poll_s: float = 0.2,
 ) -> IngestResult:
-    """Ingest JSON lines from stdin (or any text stream) until EOF or `stop`, in micro-batches
-    that wait at most `batch_wait_s` to fill.
+    """Ingest JSON lines from stdin (or any stream) until EOF or `stop`, in micro-batches that
+    wait at most `batch_wait_s` to fill.
 
-    A reader thread does the blocking reads, so this loop notices `stop` while no line comes; on
-    `stop` the micro-batch in hand is ingested before it returns."""
-    src = stream or sys.stdin
+    stdin is read as bytes, so bytes that are not UTF-8 reach the event's checks (and its
+    dead letter) rather than the decoder of the stream; a line longer than READ_BYTES is read
+    to its end in pieces and dead-lettered once. A reader thread does the blocking reads, so
+    this loop notices `stop` while no line comes; on `stop` the micro-batch in hand is
+    ingested before it returns."""
+    src: IO[Any] = stream if stream is not None else sys.stdin.buffer
     total = IngestResult()
     bs, wait = watcher.cfg.batch_size, watcher.cfg.batch_wait_s
-    lines: queue.Queue[str | None] = queue.Queue(maxsize=bs * 4)  # bounded: backpressure
+    # bounded: backpressure
+    lines: queue.Queue[str | bytes | Rejected | None] = queue.Queue(maxsize=bs * 4)
 
     def reader() -> None:
-        for line in iter(src.readline, ""):
-            lines.put(line)
-        lines.put(None)  # EOF
+        try:
+            while True:
+                line = src.readline(READ_BYTES + 1)
+                if not line:
+                    break
+                nl = b"\n" if isinstance(line, bytes) else "\n"
+                if len(line) <= READ_BYTES or line.endswith(nl):
+                    lines.put(line)
+                    continue
+                n, more = len(line), line
+                while more and not more.endswith(nl):  # skip the rest of the line
+                    more = src.readline(READ_BYTES)
+                    n += len(more)
+                why = f"oversized: a line of {n} bytes (lines are read {READ_BYTES} at most)"
+                lines.put(Rejected(why, shown(line[:MAX_RAW_CHARS]), "stdin"))
+        except Exception as exc:  # a read error ends the stream, said in the log
+            log.error("stdin: cannot read on (%s: %s); stopping there", type(exc).__name__, exc)
+        finally:
+            lines.put(None)  # EOF
 
     threading.Thread(target=reader, daemon=True, name="finwatch-stdin").start()
-    batch: list[str] = []
+    batch: list[str | bytes | Rejected] = []
     deadline = time.monotonic() + wait
     eof = False
     while not eof and not (stop and stop.is_set()):
@@ -121,7 +173,7 @@ def read_stream(
             line = ""  # nothing new in time
         if line is None:
             eof = True
-        elif line.strip():
+        elif isinstance(line, Rejected) or line.strip():
             if not batch:
                 deadline = time.monotonic() + wait
             batch.append(line)
