@@ -129,6 +129,11 @@ SKIPS = [
     ),
     Rule(r"--nnodes=2", "", "needs two machines with 8 GPUs each"),
     Rule(
+        r"git worktree add|cd /tmp/old",
+        "",
+        "an old commit of the project: needs its git history (the test runs in a plain copy)",
+    ),
+    Rule(
         r"--storage postgresql",
         "",
         "needs a PostgreSQL server of yours; two workers sharing one study are tested against a "
