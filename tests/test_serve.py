@@ -149,6 +149,10 @@ def test_models_health_openapi(server: Any) -> None:
     spec = httpx.get(server.url + "/openapi.json").json()
     assert "/v1/predict" in spec["paths"] and "/v1/models" in spec["paths"]
     assert "429" in spec["paths"]["/v1/predict"]["post"]["responses"]
+    # The route reads its own body; its schema is still on the page.
+    body_ref = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert body_ref["schema"] == {"$ref": "#/components/schemas/PredictRequest"}
+    assert {"PredictRequest", "TextInput"} <= set(spec["components"]["schemas"])
     assert httpx.get(server.url + "/docs").status_code == 200
 
 

@@ -86,7 +86,7 @@ class Gate:
                 await refusal(scope, receive, send_wrapped)
                 return
             await self.app(scope, self._limited(receive, status), send_wrapped)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             status["too_large"] = False
             if not status["started"]:
                 await self._json(413, "too_large", self.body_message(), send_wrapped)
@@ -146,7 +146,7 @@ class Gate:
                 if seen > limit:  # chunked bodies carry no Content-Length to check up front
                     self.metrics.errors.labels("too_large").inc()
                     status["too_large"] = True
-                    raise _BodyTooLarge()
+                    raise BodyTooLarge()
             return message
 
         return wrapped
@@ -157,8 +157,9 @@ class Gate:
         await resp({"type": "http"}, _no_receive, send)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(Exception):
+    """Raised from `receive` when a body passes max_body_bytes; the Gate answers the 413 (the
+    kit's handler keeps it out of the internal-error log on the way)."""
 
 
 async def _no_receive() -> Message:
