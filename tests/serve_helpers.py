@@ -24,20 +24,24 @@ def free_port() -> int:
 
 
 class ThreadServer:
-    """uvicorn serving `create_app(settings, predictor)` in a background thread."""
+    """uvicorn serving `create_app(settings, predictor)` in a background thread, with the same
+    connection guard as `tailor serve` (`parser`: "auto", "httptools" or "h11")."""
 
-    def __init__(self, predictor: Any, **settings: Any):
+    def __init__(self, predictor: Any, parser: str = "auto", **settings: Any):
         import uvicorn
 
         from tailorml.serve.app import create_app
         from tailorml.serve.settings import ServeSettings
+        from tailorml.serve.wire import uvicorn_config
 
         self.port = free_port()
         self.settings = ServeSettings(
             model=str(predictor.folder), port=self.port, **{"threads": 1, **settings}
         )
-        config = uvicorn.Config(
+        config = uvicorn_config(
             create_app(self.settings, predictor=predictor),
+            limits=self.settings.wire_limits(),
+            parser=parser,
             host="127.0.0.1",
             port=self.port,
             log_level="warning",

@@ -20,6 +20,8 @@ from tailorml.serve.metrics import Metrics
 from tailorml.serve.schemas import error_body
 
 log = logging.getLogger("uvicorn.error")
+# Set in a request's scope by tailorml.serve.wire when it answered the request itself.
+WIRE_STATUS = "tailorml.wire_status"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -103,7 +105,9 @@ class Gate:
                 )
         finally:
             self.answered += 1 if status["done"] else 0
-            self.metrics.requests.labels(label, str(status["code"])).inc()
+            # The connection guard may have answered for the app (408 on a body too slow).
+            code = scope.get(WIRE_STATUS) or status["code"]
+            self.metrics.requests.labels(label, str(code)).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - t0)
 
     def _check(self, scope: Scope, path: str) -> JSONResponse | None:
@@ -130,6 +134,13 @@ class Gate:
             self.metrics.errors.labels("too_large").inc()
             return JSONResponse(error_body("too_large", self.body_message()), 413)
         return None
+
+    def count_refusal(self, status: int, kind: str) -> None:
+        """A refusal made below the app, on the connection (tailorml.serve.wire): counted in
+        `errors{kind}`, and in `requests{path="other", status}` when an answer was sent."""
+        self.metrics.errors.labels(kind).inc()
+        if status:
+            self.metrics.requests.labels("other", str(status)).inc()
 
     def body_message(self) -> str:
         return f"request body larger than max_body_bytes={self.max_body_bytes} {self.body_hint}"
