@@ -84,6 +84,7 @@ def create_app(settings: ServeSettings, predictor: Any = None) -> Gate:
             on_queue=m.queue_depth.set,
         )
         state.batcher.start()
+        kit.freeze_startup_objects()  # full GCs must not walk torch's objects on every request
         life.ready = True
         log.info(
             "serving %s (%s, %s, version %s) with %d thread(s); max_batch_size=%d max_wait_ms=%g",

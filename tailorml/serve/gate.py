@@ -7,6 +7,7 @@ behind it does; `tailorml.serve.kit.install` builds it from an app's settings.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import time
@@ -20,6 +21,7 @@ from tailorml.serve.metrics import Metrics
 from tailorml.serve.schemas import error_body
 
 log = logging.getLogger("uvicorn.error")
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
 # Set in a request's scope by tailorml.serve.wire when it answered the request itself.
 WIRE_STATUS = "tailorml.wire_status"
 
@@ -78,6 +80,9 @@ class Gate:
                 return
             if message["type"] == "http.response.start":
                 status["code"], status["started"] = message["status"], True
+                # No browser may guess another type than the one sent (a JSON error echoing
+                # client text must never be sniffed as HTML).
+                message = {**message, "headers": [*message.get("headers", []), _NOSNIFF]}
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 status["done"] = True
             await send(message)
@@ -95,7 +100,8 @@ class Gate:
         except Exception:
             if not status["started"]:
                 ref = uuid.uuid4().hex[:12]
-                log.exception("internal error (ref %s) on %s %s", ref, scope.get("method"), path)
+                # %r: a path can hold a newline, which must not forge a log line.
+                log.exception("internal error (ref %s) on %s %r", ref, scope.get("method"), path)
                 self.metrics.errors.labels("internal").inc()
                 await self._json(
                     500,
@@ -119,7 +125,7 @@ class Gate:
             auth = headers.get("authorization", "")
             if auth.lower().startswith("bearer "):
                 given = auth[7:].strip()
-            if not given or not hmac.compare_digest(given.encode(), key.encode()):
+            if not given or not _same_secret(given, key):
                 self.metrics.errors.labels("auth").inc()
                 msg = (
                     "missing API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`"
@@ -166,6 +172,15 @@ class Gate:
     async def _json(status: int, kind: str, message: str, send: Send) -> None:
         resp = JSONResponse(error_body(kind, message), status)
         await resp({"type": "http"}, _no_receive, send)
+
+
+def _same_secret(given: str, key: str) -> bool:
+    """Compare in constant time, and compare digests of equal length: `hmac.compare_digest` on
+    the raw strings returns early when the lengths differ, which tells a prober the key's
+    length."""
+    a = hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest()
+    b = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+    return hmac.compare_digest(a, b)
 
 
 class BodyTooLarge(Exception):

@@ -14,6 +14,7 @@ protected prefixes, body-size limit, request metrics, last-resort 500).
 from __future__ import annotations
 
 import contextlib
+import gc
 import ipaddress
 import logging
 import signal
@@ -72,6 +73,16 @@ def hook_signals(lifecycle: Lifecycle) -> None:
                 prev(signum, frame)
 
         signal.signal(sig, handler)
+
+
+def freeze_startup_objects() -> None:
+    """Call once a service has loaded its model and warmed up. A process with torch and
+    transformers imported holds ~400k long-lived objects, and every full garbage collection
+    walks them all: ~0.85 s here, during which the event loop (and /healthz) stands still.
+    Moving them to the permanent generation (`gc.freeze`) makes later collections walk only
+    what requests allocate."""
+    gc.collect()
+    gc.freeze()
 
 
 def is_loopback(host: str) -> bool:
@@ -209,7 +220,7 @@ def _install_errors(app: FastAPI, m: Metrics, body_example: str) -> None:
     async def on_internal(request: Request, exc: Exception) -> JSONResponse:
         # Starlette sends this, then re-raises to the Gate (quiet once a response started).
         ref = uuid.uuid4().hex[:12]
-        log.error("internal error (ref %s) on %s", ref, request.url.path, exc_info=exc)
+        log.error("internal error (ref %s) on %r", ref, request.url.path, exc_info=exc)
         m.errors.labels("internal").inc()
         msg = f"internal error; the server log has details (ref {ref})"
         return JSONResponse(error_body("internal", msg), 500)
