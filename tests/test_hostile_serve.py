@@ -225,6 +225,7 @@ def h11_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServe
     logging.getLogger("uvicorn.error").addHandler(records)
     try:
         with ThreadServer(pred, parser="h11", api_key=KEY, **WIRE) as srv:
+            srv.records = records  # type: ignore[attr-defined]
             yield srv
     finally:
         logging.getLogger("uvicorn.error").removeHandler(records)
@@ -547,6 +548,10 @@ def test_generated_bodies(served: ProcessServer) -> None:
         ("GET", "//v1/models", AUTH, 404, "not_found"),
         ("GET", "/v1/" + "a" * 6000, AUTH, 404, "not_found"),
         ("GET", "/admin", AUTH, 404, "not_found"),
+        # No WebSocket routes: an upgrade request is a plain request (was a bare 403).
+        ("GET", "/v1/predict", {**AUTH, "Upgrade": "websocket", "Connection": "Upgrade",
+                                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                "Sec-WebSocket-Version": "13"}, 405, "method_not_allowed"),
     ],
 )  # fmt: skip
 def test_methods_paths_and_keys(
@@ -868,6 +873,20 @@ def test_malformed_http(wire_server: Any, name: str, raw: bytes) -> None:
     _wire(name, parser, got, took, watch)
 
 
+def test_bad_requests_do_not_flood_the_log(h11_served: ThreadServer) -> None:
+    """uvicorn logs a warning for every malformed request; a client sending them by the
+    thousand must not fill the disk: at most one line of each kind per 10 s."""
+    records: Records = h11_served.records  # type: ignore[attr-defined]
+    start = len(records.lines)
+    for _ in range(40):
+        c = connect(h11_served)
+        c.sendall(b"\x00\x01 nonsense\r\n\r\n")
+        read_until_closed(c)
+    lines = records.lines[start:]
+    assert sum("Invalid HTTP request" in line for line in lines) <= 1, lines
+    assert len(lines) <= 3, lines
+
+
 def test_refusals_on_the_wire_are_counted(h11_served: ThreadServer) -> None:
     """What the guard refuses never reaches the app, but it is counted in its metrics."""
 
@@ -877,12 +896,23 @@ def test_refusals_on_the_wire_are_counted(h11_served: ThreadServer) -> None:
         return {line[len(prefix) + 1 : line.index("}") - 1]: float(line.split()[-1])
                 for line in text.splitlines() if line.startswith(prefix)}  # fmt: skip
 
+    def requests(path: str, status: int) -> float:
+        text = httpx.get(h11_served.url + "/metrics", headers=AUTH).text
+        name = f'tailorml_requests_total{{path="{path}",status="{status}"}} '
+        return next((float(x.split()[-1]) for x in text.splitlines() if x.startswith(name)), 0.0)
+
     before = errors()
+    slow_before = requests("/v1/predict", 408)
+    slow = connect(h11_served)  # a body that never completes: 408, counted under its path
+    slow.sendall(
+        b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: 99\r\n\r\n{"
+    )
     big = connect(h11_served)
     big.sendall(REQUEST + b"X-Big: " + b"a" * 20_000 + b"\r\n\r\n")
     garbage = connect(h11_served)
     garbage.sendall(b"\x00\x01 nonsense\r\n\r\n")
-    for c in (big, garbage):
+    for c in (big, garbage, slow):
         read_until_closed(c)
     idle, refused = fill_connections(h11_served)
     for c in refused:
@@ -894,7 +924,8 @@ def test_refusals_on_the_wire_are_counted(h11_served: ThreadServer) -> None:
     gained = {k: after[k] - before.get(k, 0) for k in after}
     assert gained.get("too_large") == 1 and gained.get("bad_request") == 1, gained
     assert gained.get("overloaded") == len(refused), gained
-    assert gained.get("slow_client") == len(idle), gained
+    assert gained.get("slow_client") == len(idle) + 1, gained
+    assert requests("/v1/predict", 408) == slow_before + 1
 
 
 # ----------------------------------------------------------------------------- settings
