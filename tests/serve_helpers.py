@@ -13,8 +13,39 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from .conftest import REPO
+from .conftest import REPO, make_rows, tiny_config, write_csv
+
+
+def train_tiny(tmp: Path, task: str, path: Path, epochs: int = 3, **data: Any) -> Path:
+    """A tiny model (tiny_config) trained on `path`; returns its model folder."""
+    from tailorml.config.load import validate_mapping
+    from tailorml.recipes.finetune import finetune
+
+    raw = tiny_config(
+        tmp,
+        data={"train": str(path), **data},
+        task={"type": task},
+        train={"epochs": epochs, "batch_size": 16, "lr": 3e-3, "seed": 0, "threads": 1},
+    )
+    cfg, problems = validate_mapping(raw)
+    assert cfg is not None, problems
+    finetune(cfg)
+    return tmp / "run" / "model"
+
+
+_TRAINED: dict[str, Path] = {}
+
+
+def trained_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The keyword classifier every serving test module shares, trained once per pytest run
+    (a session fixture defined in two modules would train it twice)."""
+    if "cls" not in _TRAINED:
+        tmp = tmp_path_factory.mktemp("serve_cls")
+        rows = write_csv(tmp / "train.csv", make_rows(240, 0))
+        _TRAINED["cls"] = train_tiny(tmp, "classification", rows, 10)
+    return _TRAINED["cls"]
 
 
 def free_port() -> int:
@@ -24,20 +55,24 @@ def free_port() -> int:
 
 
 class ThreadServer:
-    """uvicorn serving `create_app(settings, predictor)` in a background thread."""
+    """uvicorn serving `create_app(settings, predictor)` in a background thread, with the same
+    connection guard as `tailor serve` (`parser`: "auto", "httptools" or "h11")."""
 
-    def __init__(self, predictor: Any, **settings: Any):
+    def __init__(self, predictor: Any, parser: str = "auto", **settings: Any):
         import uvicorn
 
         from tailorml.serve.app import create_app
         from tailorml.serve.settings import ServeSettings
+        from tailorml.serve.wire import uvicorn_config
 
         self.port = free_port()
         self.settings = ServeSettings(
             model=str(predictor.folder), port=self.port, **{"threads": 1, **settings}
         )
-        config = uvicorn.Config(
+        config = uvicorn_config(
             create_app(self.settings, predictor=predictor),
+            limits=self.settings.wire_limits(),
+            parser=parser,
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
@@ -59,6 +94,38 @@ class ThreadServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+class AppServer:
+    """Any ASGI app (a `kit.install` result) under uvicorn in a thread on 127.0.0.1, with the
+    connection guard."""
+
+    def __init__(self, asgi: Any, **limits: Any):
+        import uvicorn
+
+        from tailorml.serve.wire import WireLimits, uvicorn_config
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn_config(
+            asgi, limits=WireLimits(**limits), host="127.0.0.1", port=self.port,
+            log_level="warning",
+        )  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> AppServer:
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
 
 
 class ProcessServer:

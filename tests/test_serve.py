@@ -16,12 +16,10 @@ import httpx
 import numpy as np
 import pytest
 
-from tailorml.config.load import validate_mapping
 from tailorml.predictors import load_predictor
-from tailorml.recipes.finetune import finetune
 
-from .conftest import REPO, make_rows, tiny_config, write_csv, write_jsonl
-from .serve_helpers import ProcessServer, ThreadServer, free_port
+from .conftest import REPO, make_rows, write_csv, write_jsonl
+from .serve_helpers import ProcessServer, ThreadServer, free_port, train_tiny, trained_classifier
 
 KEY = "test-key-0123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -36,23 +34,9 @@ TEXTS = [
 ]
 
 
-def _train(tmp: Path, task: str, path: Path, epochs: int = 3, **data: Any) -> Path:
-    raw = tiny_config(
-        tmp,
-        data={"train": str(path), **data},
-        task={"type": task},
-        train={"epochs": epochs, "batch_size": 16, "lr": 3e-3, "seed": 0, "threads": 1},
-    )
-    cfg, problems = validate_mapping(raw)
-    assert cfg is not None, problems
-    finetune(cfg)
-    return tmp / "run" / "model"
-
-
 @pytest.fixture(scope="session")
 def cls_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("serve_cls")
-    return _train(tmp, "classification", write_csv(tmp / "train.csv", make_rows(240, 0)), 10)
+    return trained_classifier(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -149,6 +133,10 @@ def test_models_health_openapi(server: Any) -> None:
     spec = httpx.get(server.url + "/openapi.json").json()
     assert "/v1/predict" in spec["paths"] and "/v1/models" in spec["paths"]
     assert "429" in spec["paths"]["/v1/predict"]["post"]["responses"]
+    # The route reads its own body; its schema is still on the page.
+    body_ref = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert body_ref["schema"] == {"$ref": "#/components/schemas/PredictRequest"}
+    assert {"PredictRequest", "TextInput"} <= set(spec["components"]["schemas"])
     assert httpx.get(server.url + "/docs").status_code == 200
 
 
@@ -339,11 +327,11 @@ def test_pair_and_regression_models(tmp_path_factory: pytest.TempPathFactory) ->
     rows = make_rows(120, 3)
     pair_rows = [{"q": r["text"], "a": r["label"], "label": "yes" if i % 2 else "no"}
                  for i, r in enumerate(rows)]  # fmt: skip
-    pair = _train(tmp / "pair", "pair-classification", write_csv(tmp / "p.csv", pair_rows),
+    pair = train_tiny(tmp / "pair", "pair-classification", write_csv(tmp / "p.csv", pair_rows),
                   text_column="q", text_pair_column="a")  # fmt: skip
     score = {"negative": -1.0, "neutral": 0.0, "positive": 1.0}
     reg_rows = [{"text": r["text"], "label": score[r["label"]]} for r in rows]
-    reg = _train(tmp / "reg", "regression", write_jsonl(tmp / "r.jsonl", reg_rows))
+    reg = train_tiny(tmp / "reg", "regression", write_jsonl(tmp / "r.jsonl", reg_rows))
 
     pp = load_predictor(pair, threads=1)
     with ThreadServer(pp) as srv:

@@ -17,12 +17,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from tailorml.serve import kit
 from tailorml.serve.batcher import MicroBatcher, QueueFull
+from tailorml.serve.body import parse_predict
 from tailorml.serve.cards import model_card, to_predictions
 from tailorml.serve.gate import Gate
 from tailorml.serve.metrics import Metrics
@@ -83,6 +84,7 @@ def create_app(settings: ServeSettings, predictor: Any = None) -> Gate:
             on_queue=m.queue_depth.set,
         )
         state.batcher.start()
+        kit.freeze_startup_objects()  # full GCs must not walk torch's objects on every request
         life.ready = True
         log.info(
             "serving %s (%s, %s, version %s) with %d thread(s); max_batch_size=%d max_wait_ms=%g",
@@ -119,9 +121,19 @@ def create_app(settings: ServeSettings, predictor: Any = None) -> Gate:
         504: {"description": "Not answered within the per-request timeout."},
     }
 
-    @app.post("/v1/predict", response_model=PredictResponse, responses=codes, dependencies=secured)
-    async def predict(body: PredictRequest) -> Response:
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        responses=codes,
+        dependencies=secured,
+        openapi_extra=_REQUEST_DOC,
+    )
+    async def predict(request: Request) -> Response:
         """Predict every input; answers in input order."""
+        # The body is read and checked here rather than by FastAPI, so that its limits come
+        # before its validation and its cost stays bounded (tailorml.serve.body).
+        raw = await request.body()
+        body = parse_predict(raw, request.headers.get("content-type", ""), settings.max_inputs)
         if not life.ready and not life.draining:
             raise ApiError(503, "not_ready", "model still loading", {"Retry-After": "1"})
         texts, pairs = split_inputs(body.inputs, state.card, settings)
@@ -161,6 +173,7 @@ def create_app(settings: ServeSettings, predictor: Any = None) -> Gate:
         }
         return {"models": [{**state.card, "limits": limits}]}
 
+    _document_request(app)
     return kit.install(
         app,
         api_key=settings.api_key,
@@ -171,6 +184,32 @@ def create_app(settings: ServeSettings, predictor: Any = None) -> Gate:
         metrics=m,
         ready_doc="Readiness: the model is loaded and the service is not shutting down.",
     )
+
+
+# /v1/predict reads its own body, so its schema is given to the OpenAPI page by hand.
+_REQUEST_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
+        },
+    }
+}
+
+
+def _document_request(app: FastAPI) -> None:
+    """Add PredictRequest (and the models it refers to) to the OpenAPI components."""
+    schema = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    models = {"PredictRequest": schema, **schema.pop("$defs", {})}
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = build()
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(models)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_from_env() -> Any:

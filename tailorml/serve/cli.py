@@ -40,6 +40,17 @@ def serve(
     max_inputs: Annotated[int | None, typer.Option(help=_doc("max_inputs"))] = None,
     max_chars: Annotated[int | None, typer.Option(help=_doc("max_chars"))] = None,
     max_body_bytes: Annotated[int | None, typer.Option(help=_doc("max_body_bytes"))] = None,
+    max_header_bytes: Annotated[int | None, typer.Option(help=_doc("max_header_bytes"))] = None,
+    header_timeout: Annotated[
+        float | None, typer.Option("--header-timeout", help=_doc("header_timeout_s"))
+    ] = None,
+    body_timeout: Annotated[
+        float | None, typer.Option("--body-timeout", help=_doc("body_timeout_s"))
+    ] = None,
+    keepalive_timeout: Annotated[
+        float | None, typer.Option("--keepalive-timeout", help=_doc("keepalive_timeout_s"))
+    ] = None,
+    max_connections: Annotated[int | None, typer.Option(help=_doc("max_connections"))] = None,
     workers: Annotated[int | None, typer.Option(help=_doc("workers"))] = None,
     threads: Annotated[int | None, typer.Option(help=_doc("threads"), show_default=False)] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
@@ -60,6 +71,11 @@ def serve(
         "max_inputs": max_inputs,
         "max_chars": max_chars,
         "max_body_bytes": max_body_bytes,
+        "max_header_bytes": max_header_bytes,
+        "header_timeout_s": header_timeout,
+        "body_timeout_s": body_timeout,
+        "keepalive_timeout_s": keepalive_timeout,
+        "max_connections": max_connections,
         "workers": workers,
         "threads": threads,
     }
@@ -69,7 +85,13 @@ def serve(
             config,
             flags,
             "serve",
-            {"timeout_s": "--timeout", "model": "the PATH argument, or `model:` in --config"},
+            {
+                "timeout_s": "--timeout",
+                "header_timeout_s": "--header-timeout",
+                "body_timeout_s": "--body-timeout",
+                "keepalive_timeout_s": "--keepalive-timeout",
+                "model": "the PATH argument, or `model:` in --config",
+            },
         )
         if settings.api_key is None and os.environ.get(ENV_API_KEY):
             settings.api_key = os.environ[ENV_API_KEY]

@@ -7,6 +7,7 @@ behind it does; `tailorml.serve.kit.install` builds it from an app's settings.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import time
@@ -20,6 +21,9 @@ from tailorml.serve.metrics import Metrics
 from tailorml.serve.schemas import error_body
 
 log = logging.getLogger("uvicorn.error")
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+# Set in a request's scope by tailorml.serve.wire when it answered the request itself.
+WIRE_STATUS = "tailorml.wire_status"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -76,6 +80,9 @@ class Gate:
                 return
             if message["type"] == "http.response.start":
                 status["code"], status["started"] = message["status"], True
+                # No browser may guess another type than the one sent (a JSON error echoing
+                # client text must never be sniffed as HTML).
+                message = {**message, "headers": [*message.get("headers", []), _NOSNIFF]}
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 status["done"] = True
             await send(message)
@@ -86,14 +93,15 @@ class Gate:
                 await refusal(scope, receive, send_wrapped)
                 return
             await self.app(scope, self._limited(receive, status), send_wrapped)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             status["too_large"] = False
             if not status["started"]:
                 await self._json(413, "too_large", self.body_message(), send_wrapped)
         except Exception:
             if not status["started"]:
                 ref = uuid.uuid4().hex[:12]
-                log.exception("internal error (ref %s) on %s %s", ref, scope.get("method"), path)
+                # %r: a path can hold a newline, which must not forge a log line.
+                log.exception("internal error (ref %s) on %s %r", ref, scope.get("method"), path)
                 self.metrics.errors.labels("internal").inc()
                 await self._json(
                     500,
@@ -103,7 +111,9 @@ class Gate:
                 )
         finally:
             self.answered += 1 if status["done"] else 0
-            self.metrics.requests.labels(label, str(status["code"])).inc()
+            # The connection guard may have answered for the app (408 on a body too slow).
+            code = scope.get(WIRE_STATUS) or status["code"]
+            self.metrics.requests.labels(label, str(code)).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - t0)
 
     def _check(self, scope: Scope, path: str) -> JSONResponse | None:
@@ -115,7 +125,7 @@ class Gate:
             auth = headers.get("authorization", "")
             if auth.lower().startswith("bearer "):
                 given = auth[7:].strip()
-            if not given or not hmac.compare_digest(given.encode(), key.encode()):
+            if not given or not _same_secret(given, key):
                 self.metrics.errors.labels("auth").inc()
                 msg = (
                     "missing API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`"
@@ -130,6 +140,13 @@ class Gate:
             self.metrics.errors.labels("too_large").inc()
             return JSONResponse(error_body("too_large", self.body_message()), 413)
         return None
+
+    def count_refusal(self, status: int, kind: str) -> None:
+        """A refusal made below the app, on the connection (tailorml.serve.wire): counted in
+        `errors{kind}`, and in `requests{path="other", status}` when an answer was sent."""
+        self.metrics.errors.labels(kind).inc()
+        if status:
+            self.metrics.requests.labels("other", str(status)).inc()
 
     def body_message(self) -> str:
         return f"request body larger than max_body_bytes={self.max_body_bytes} {self.body_hint}"
@@ -146,7 +163,7 @@ class Gate:
                 if seen > limit:  # chunked bodies carry no Content-Length to check up front
                     self.metrics.errors.labels("too_large").inc()
                     status["too_large"] = True
-                    raise _BodyTooLarge()
+                    raise BodyTooLarge()
             return message
 
         return wrapped
@@ -157,8 +174,18 @@ class Gate:
         await resp({"type": "http"}, _no_receive, send)
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _same_secret(given: str, key: str) -> bool:
+    """Compare in constant time, and compare digests of equal length: `hmac.compare_digest` on
+    the raw strings returns early when the lengths differ, which tells a prober the key's
+    length."""
+    a = hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest()
+    b = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+    return hmac.compare_digest(a, b)
+
+
+class BodyTooLarge(Exception):
+    """Raised from `receive` when a body passes max_body_bytes; the Gate answers the 413 (the
+    kit's handler keeps it out of the internal-error log on the way)."""
 
 
 async def _no_receive() -> Message:

@@ -31,11 +31,21 @@ def error_body(kind: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message, **extra}}
 
 
+# Most problems listed in one answer; the rest are counted ("… and 39,990 more problems").
+MAX_PROBLEMS = 10
+
+
 def describe_errors(
-    errors: Any, content_type: str = "", example: str = PREDICT_EXAMPLE
+    errors: Any,
+    content_type: str = "",
+    example: str = PREDICT_EXAMPLE,
+    limit: int = MAX_PROBLEMS,
 ) -> list[str]:
-    """pydantic's error list -> one readable line per problem (no internals, no stack)."""
+    """pydantic's error list -> one readable line per problem (no internals, no stack): the first
+    `limit` distinct ones, then one line counting the rest. Linear in the number of errors."""
     out: list[str] = []
+    seen: set[str] = set()
+    more = 0
     for e in errors:
         kind = e.get("type", "")
         raw = [str(p) for p in e.get("loc", ()) if p != "body"]
@@ -69,11 +79,19 @@ def describe_errors(
         elif kind in ("model_type", "model_attributes_type") and not loc:
             line = f"body: expected a JSON object like {example}"
             if "json" not in content_type:
-                line += f" sent as Content-Type: application/json (got {content_type or 'none'!r})"
+                got = clip(content_type or "none", 60)
+                line += f" sent as Content-Type: application/json (got {got!r})"
         else:
-            line = f"{where or 'body'}: {e.get('msg', 'invalid')}"
-        if line not in out:
+            line = f"{where or 'body'}: {clip(str(e.get('msg', 'invalid')), 200)}"
+        if line in seen:
+            continue
+        seen.add(line)
+        if len(out) < limit:
             out.append(line)
+        else:
+            more += 1
+    if more:
+        out.append(f"… and {more:,} more problem{'s' if more > 1 else ''}")
     return out
 
 
@@ -86,8 +104,15 @@ def _json_type(value: Any) -> str:
 def _loc(parts: list[str]) -> str:
     s = ""
     for p in parts:
+        p = clip(p, 40)  # field names come from the client
         s += f"[{p}]" if p.isdigit() else (f".{p}" if s else p)
     return s
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters with a marker: strings a client chose (field names,
+    headers) are quoted back in messages, but never at any length."""
+    return text if len(text) <= limit else text[:limit] + f"…(+{len(text) - limit} chars)"
 
 
 # ----------------------------------------------------------------------------- the model service
@@ -136,18 +161,21 @@ class PredictResponse(BaseModel):
     )
 
 
+def check_count(n: int, max_inputs: int) -> None:
+    if n > max_inputs:
+        raise ApiError(
+            413,
+            "too_large",
+            f"{n} inputs in one request; the limit is max_inputs={max_inputs} "
+            "(`tailor serve --max-inputs`). Split the request.",
+        )
+
+
 def split_inputs(
     inputs: list[str | TextInput], card: dict[str, Any], settings: ServeSettings
 ) -> tuple[list[str], list[str] | None]:
     """Validate the request against the model and the limits; texts and (pair tasks) pairs."""
-    n = len(inputs)
-    if n > settings.max_inputs:
-        raise ApiError(
-            413,
-            "too_large",
-            f"{n} inputs in one request; the limit is max_inputs={settings.max_inputs} "
-            "(`tailor serve --max-inputs`). Split the request.",
-        )
+    check_count(len(inputs), settings.max_inputs)
     texts: list[str] = []
     pairs: list[str] = []
     for i, item in enumerate(inputs):

@@ -9,6 +9,7 @@ Either way the process ends by SIGTERM (exit status 143) after a SIGTERM, and wi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ from tailorml import env
 from tailorml.errors import ConfigError
 from tailorml.serve.kit import warn_if_open
 from tailorml.serve.settings import ENV_API_KEY, ENV_SETTINGS, ServeSettings
+from tailorml.serve.wire import uvicorn_config
 
 log = logging.getLogger("uvicorn.error")
 
@@ -80,13 +82,22 @@ def run(settings: ServeSettings, log_level: str = "info") -> None:
     try:
         if settings.workers > 1:
             del predictor  # each worker loads its own
-            stopped_by = _supervise(uvicorn.Config(APP, **options))
+            # The connection guard (header cap, slow-client timeouts, connection bound) comes
+            # with the config, in every worker.
+            stopped_by = _supervise(uvicorn_config(APP, limits=settings.wire_limits(), **options))
         else:
             from tailorml.serve.app import create_app
 
-            # One process: uvicorn itself re-raises SIGTERM once drained (exit status 143).
             options.pop("factory")
-            uvicorn.run(create_app(settings, predictor=predictor), **options)
+            app = create_app(settings, predictor=predictor)
+            config = uvicorn_config(app, limits=settings.wire_limits(), **options)
+            # One process: uvicorn itself re-raises SIGTERM once drained (exit status 143);
+            # Ctrl+C ends as KeyboardInterrupt, which is a normal stop (status 0).
+            server = uvicorn.Server(config)
+            with contextlib.suppress(KeyboardInterrupt):
+                server.run()
+            if not server.started:
+                sys.exit(3)  # what uvicorn.run does when the app could not start
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)

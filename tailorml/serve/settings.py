@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from tailorml.serve.wire import WireLimits
 
 ENV_SETTINGS = "TAILORML_SERVE_SETTINGS"
 ENV_API_KEY = "TAILORML_API_KEY"
@@ -44,6 +48,35 @@ class ServeSettings(BaseModel):
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest request body in bytes (else 413)."
     )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request line + headers in bytes (else 431 and the connection closes).",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a request's headers, counted from connecting "
+        "(or from its first byte on a kept-alive connection); else 408 and close.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a request's body once its headers are in; "
+        "else 408 and close.",
+    )
+    keepalive_timeout_s: float = Field(
+        5.0, gt=0, le=3600, description="Seconds an idle kept-alive connection stays open."
+    )
+    max_connections: int = Field(
+        256,
+        ge=1,
+        description="Most open connections per worker; one more is answered 503 at once and "
+        "closed. Each may hold up to max_body_bytes while its body is read.",
+    )
     workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port.")
     threads: int | None = Field(
         None, ge=1, description="Inference threads per worker; default: cores // workers."
@@ -53,6 +86,17 @@ class ServeSettings(BaseModel):
         if self.threads:
             return self.threads
         return max(1, (os.cpu_count() or 1) // self.workers)
+
+    def wire_limits(self) -> WireLimits:
+        from tailorml.serve.wire import WireLimits
+
+        return WireLimits(
+            max_header_bytes=self.max_header_bytes,
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+            keepalive_timeout_s=self.keepalive_timeout_s,
+            max_connections=self.max_connections,
+        )
 
     def to_env(self) -> str:
         # The API key travels separately (TAILORML_API_KEY) so it is never written into a JSON blob.

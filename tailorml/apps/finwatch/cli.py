@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -222,13 +223,20 @@ class _HttpThread:
 
         from tailorml.apps.finwatch.server import create_app
         from tailorml.serve.kit import Lifecycle
+        from tailorml.serve.wire import WireLimits, uvicorn_config
 
         self.where = f"{host}:{port}"
         self.lifecycle = Lifecycle(ready=True)
         app = create_app(cfg, engine, watcher, api_key=key, lifecycle=self.lifecycle)
+        # The same connection guard as `tailor serve` (header cap, slow clients, connections).
         self.server = uvicorn.Server(
-            uvicorn.Config(
-                app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30
+            uvicorn_config(
+                app,
+                limits=WireLimits(hint="finwatch"),
+                host=host,
+                port=port,
+                log_level="warning",
+                timeout_graceful_shutdown=30,
             )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="finwatch-http")
@@ -263,6 +271,7 @@ def dashboard(
 
     from tailorml.apps.finwatch.server import create_app
     from tailorml.apps.finwatch.store import make_engine, migrate
+    from tailorml.serve.wire import WireLimits, uvicorn_config
 
     _logging()
     key = _api_key(api_key, host)
@@ -271,7 +280,15 @@ def dashboard(
     migrate(engine)
     where = f"http://{host}:{port}/" + ("#key=YOUR_KEY" if key else "")
     typer.echo(f"finwatch dashboard on {where}", err=True)
-    uvicorn.run(create_app(cfg, engine, api_key=key), host=host, port=port, log_level="warning")
+    config_ = uvicorn_config(
+        create_app(cfg, engine, api_key=key),
+        limits=WireLimits(hint="finwatch"),
+        host=host,
+        port=port,
+        log_level="warning",
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C is the normal way to stop it
+        uvicorn.Server(config_).run()
 
 
 @app.command()
