@@ -63,7 +63,7 @@ class ThreadServer:
 
         from tailorml.serve.app import create_app
         from tailorml.serve.settings import ServeSettings
-        from tailorml.serve.wire import uvicorn_config
+        from tailorml.serve.wire import limits_of, uvicorn_config
 
         self.port = free_port()
         self.settings = ServeSettings(
@@ -71,7 +71,7 @@ class ThreadServer:
         )
         config = uvicorn_config(
             create_app(self.settings, predictor=predictor),
-            limits=self.settings.wire_limits(),
+            limits=limits_of(self.settings),
             parser=parser,
             host="127.0.0.1",
             port=self.port,

@@ -22,7 +22,7 @@ from tailorml import env
 from tailorml.errors import ConfigError
 from tailorml.serve.kit import warn_if_open
 from tailorml.serve.settings import ENV_API_KEY, ENV_SETTINGS, ServeSettings
-from tailorml.serve.wire import uvicorn_config
+from tailorml.serve.wire import limits_of, uvicorn_config
 
 log = logging.getLogger("uvicorn.error")
 
@@ -84,13 +84,13 @@ def run(settings: ServeSettings, log_level: str = "info") -> None:
             del predictor  # each worker loads its own
             # The connection guard (header cap, slow-client timeouts, connection bound) comes
             # with the config, in every worker.
-            stopped_by = _supervise(uvicorn_config(APP, limits=settings.wire_limits(), **options))
+            stopped_by = _supervise(uvicorn_config(APP, limits=limits_of(settings), **options))
         else:
             from tailorml.serve.app import create_app
 
             options.pop("factory")
             app = create_app(settings, predictor=predictor)
-            config = uvicorn_config(app, limits=settings.wire_limits(), **options)
+            config = uvicorn_config(app, limits=limits_of(settings), **options)
             # One process: uvicorn itself re-raises SIGTERM once drained (exit status 143);
             # Ctrl+C ends as KeyboardInterrupt, which is a normal stop (status 0).
             server = uvicorn.Server(config)

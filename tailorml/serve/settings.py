@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
-
-if TYPE_CHECKING:
-    from tailorml.serve.wire import WireLimits
 
 ENV_SETTINGS = "TAILORML_SERVE_SETTINGS"
 ENV_API_KEY = "TAILORML_API_KEY"
@@ -86,17 +82,6 @@ class ServeSettings(BaseModel):
         if self.threads:
             return self.threads
         return max(1, (os.cpu_count() or 1) // self.workers)
-
-    def wire_limits(self) -> WireLimits:
-        from tailorml.serve.wire import WireLimits
-
-        return WireLimits(
-            max_header_bytes=self.max_header_bytes,
-            header_timeout_s=self.header_timeout_s,
-            body_timeout_s=self.body_timeout_s,
-            keepalive_timeout_s=self.keepalive_timeout_s,
-            max_connections=self.max_connections,
-        )
 
     def to_env(self) -> str:
         # The API key travels separately (TAILORML_API_KEY) so it is never written into a JSON blob.

@@ -38,6 +38,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from tailorml.serve.gate import WIRE_STATUS, Gate
 from tailorml.serve.schemas import error_body
+from tailorml.serve.settings import ServeSettings
 
 log = logging.getLogger("uvicorn.error")
 LINGER_S = 2.0  # how long a refused connection may keep sending before it is closed
@@ -53,6 +54,17 @@ class WireLimits:
     keepalive_timeout_s: float = 5.0
     max_connections: int = 256
     hint: str = "`tailor serve` settings"  # where an operator changes them, quoted in messages
+
+
+def limits_of(settings: ServeSettings) -> WireLimits:
+    """The connection limits a `tailor serve` process was asked for."""
+    return WireLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        keepalive_timeout_s=settings.keepalive_timeout_s,
+        max_connections=settings.max_connections,
+    )
 
 
 def uvicorn_config(

@@ -9,11 +9,28 @@ See `tailorml/tasks/base.py` for the protocol and how to add a task.
 from __future__ import annotations
 
 import difflib
+import importlib
+from typing import TYPE_CHECKING
 
 from tailorml.errors import ConfigError
-from tailorml.tasks.base import Task
 
+if TYPE_CHECKING:
+    from tailorml.tasks.base import Task
+
+# The built-in task modules, imported on the first lookup (a registry that other layers, the
+# config's `task.type` check among them, can ask without importing every task). Their order is
+# the order `tailor tasks` lists them in.
+BUILT_IN = ("classification", "multilabel", "pair", "regression")
 _REGISTRY: dict[str, Task] = {}
+_loaded = False
+
+
+def _load_built_in() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for name in BUILT_IN:
+            importlib.import_module(f"tailorml.tasks.{name}")
 
 
 def register(task: Task) -> Task:
@@ -24,15 +41,18 @@ def register(task: Task) -> Task:
 
 
 def task_names() -> list[str]:
+    _load_built_in()
     return list(_REGISTRY)
 
 
 def all_tasks() -> list[Task]:
+    _load_built_in()
     return list(_REGISTRY.values())
 
 
 def get_task(name: str, key: str = "task.type") -> Task:
     """The task registered under `name`; `key` names the config field in the error."""
+    _load_built_in()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -43,8 +63,4 @@ def get_task(name: str, key: str = "task.type") -> Task:
             f"{', '.join(_REGISTRY)} (`tailor tasks` describes each)."
         ) from None
 
-
-# The built-in task types register themselves on import (order = the order `tailor tasks` lists).
-from tailorml.tasks import classification, multilabel, pair, regression  # noqa: E402, F401
-
-__all__ = ["Task", "all_tasks", "get_task", "register", "task_names"]
+__all__ = ["all_tasks", "get_task", "register", "task_names"]
