@@ -374,7 +374,9 @@ def test_gradient_accumulation_matches_one_big_batch(
     assert worst < 1e-4, worst
 
 
-def test_left_out_settings_are_chosen_from_data_and_model(tmp_path: Path) -> None:
+def test_left_out_settings_are_chosen_from_data_and_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A config that names only data and model trains with chosen lr, epoch budget, early
     stopping and warmup; each choice is printed, kept in auto.json, and config.yaml holds the
     values used. Keys the config sets win."""
@@ -413,3 +415,7 @@ def test_left_out_settings_are_chosen_from_data_and_model(tmp_path: Path) -> Non
     assert set(picked) == {"train.lr", "train.warmup_ratio"} and picked["train.lr"]["value"] == 1e-4
     saved = yaml.safe_load((out / "config.yaml").read_text())["train"]
     assert saved["lr"] == 1e-4 and saved["epochs"] == 2 and saved["warmup_ratio"] == 0.06
+    err = capsys.readouterr().err
+    assert "train.lr = 0.0001 (chosen: encoder hidden size 32)" in err, err[-2000:]
+    for split in ("train", "eval", "test"):  # the class balance of every split is printed
+        assert f"class balance ({split}): negative:" in err
