@@ -368,6 +368,11 @@ def test_compressed_folders_evaluate_predict_and_serve_through_one_loader(run: P
     and tailorml's ONNX path (predictor + service) never imports torch or transformers."""
     compress(run, CompressOptions(variants=["onnx-int8", "torch-int8"], **FAST))  # type: ignore[arg-type]
     test_csv = yaml.safe_load((run / "config.yaml").read_text())["data"]["test"]
+    from typer.testing import CliRunner
+
+    from tailorml.cli import app
+
+    runner = CliRunner()
     rows = [r.split(",") for r in Path(test_csv).read_text().splitlines()[1:]]
     gold = {"negative": 0, "neutral": 1, "positive": 2}
     texts = ["great strong rally today", "terrible crash and loss"]
@@ -377,21 +382,16 @@ def test_compressed_folders_evaluate_predict_and_serve_through_one_loader(run: P
         want = float(
             np.mean(pred.predict([t for t, _ in rows]).argmax(1) == [gold[y] for _, y in rows])
         )
-        res = subprocess.run(
-            [*CLI, "evaluate", str(folder), "--data", test_csv], capture_output=True, text=True
-        )
-        assert res.returncode == 0, res.stderr
+        res = runner.invoke(app, ["evaluate", str(folder), "--data", test_csv])
+        assert res.exit_code == 0, res.output
         metrics = json.loads(res.stdout)
         assert metrics["n"] == 60 and metrics["runtime"] == pred.runtime, metrics
         assert metrics["accuracy"] == pytest.approx(want), (variant, metrics)
-        res = subprocess.run(
-            [*CLI, "predict", str(folder), "--input", "-"],
-            input="\n".join(texts) + "\n",
-            capture_output=True,
-            text=True,
-        )
-        assert res.returncode == 0, res.stderr
-        labels = [json.loads(x)["label"] for x in res.stdout.splitlines()]
+        out = folder.parent / f"{variant}.jsonl"
+        res = runner.invoke(app, ["predict", str(folder), "--input", "-", "-o", str(out)],
+                            input="\n".join(texts) + "\n")  # fmt: skip
+        assert res.exit_code == 0, res.output
+        labels = [json.loads(x)["label"] for x in out.read_text().splitlines()]
         assert labels == [p["label"] for p in pred.format(pred.predict(texts))], variant
 
     script = f"""

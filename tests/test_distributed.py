@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from .conftest import REPO, tiny_config, write_config
@@ -73,6 +74,7 @@ def test_two_processes_match_one(tmp_path: Path, cls_data: dict[str, Path]) -> N
     assert moved < 1e-3
 
 
+@pytest.mark.slow  # the same 2-process run as above, through `--nproc`; also run by the docs test
 def test_tailor_nproc_launcher(tmp_path: Path, cls_data: dict[str, Path]) -> None:
     raw = tiny_config(tmp_path, data={k: str(v) for k, v in cls_data.items()})
     raw["train"].update(max_steps=4)

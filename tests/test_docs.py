@@ -129,6 +129,13 @@ SKIPS = [
     ),
     Rule(r"--nnodes=2", "", "needs two machines with 8 GPUs each"),
     Rule(
+        r"uvicorn\.Server\(config\)\.run\(\)",
+        "",
+        "a service of your own built on the kit: it serves until stopped (the kit itself is "
+        "tested against real servers in tests/test_serve_kit.py)",
+        doc="docs/serve.md",
+    ),
+    Rule(
         r"git worktree add|cd /tmp/old",
         "",
         "an old commit of the project: needs its git history (the test runs in a plain copy)",
@@ -402,7 +409,12 @@ def parse_commands(doc: str) -> list[Command]:
     cmds: list[Command] = []
     for block in parse_blocks(doc):
         if block.lang == "python":
-            cmds.append(Command(block, 1, block.text, block.text))
+            cmd = Command(block, 1, block.text, block.text)
+            cmd.skip = next(
+                (r.why for r in SKIPS if r.doc in (None, doc) and re.search(r.pattern, block.text)),
+                None,
+            )
+            cmds.append(cmd)
             continue
         number = 0
         for line in logical_lines(block.text):

@@ -224,22 +224,20 @@ def test_bad_input_leaves_no_run(cls_config: dict[str, Any], breakage: Any, expe
 def test_resume_with_nothing_to_resume_is_an_error_unless_asked(
     tmp_path: Path, cls_config: dict[str, Any]
 ) -> None:
+    from typer.testing import CliRunner
+
+    from tailorml.cli import app
+
     cls_config["train"].update(max_steps=3)
     path = write_config(tmp_path, cls_config)
-    res = subprocess.run(
-        [*CLI, "finetune", str(path), "--resume"], cwd=REPO, capture_output=True, text=True
-    )
-    assert (
-        res.returncode == 2 and "no checkpoint" in res.stderr and "--resume-or-start" in res.stderr
-    )
+    res = CliRunner().invoke(app, ["finetune", str(path), "--resume"])
+    assert res.exit_code == 2 and "no checkpoint" in res.output, res.output
+    assert "--resume-or-start" in res.output
     assert not (tmp_path / "run" / "model").exists()
-    res = subprocess.run(
-        [*CLI, "finetune", str(path), "--resume-or-start"], cwd=REPO, capture_output=True, text=True
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert (
-        "starting from the beginning" in res.stderr and (tmp_path / "run" / "eval.json").is_file()
-    )
+    res = CliRunner().invoke(app, ["finetune", str(path), "--resume-or-start"])
+    assert res.exit_code == 0, res.output[-2000:]
+    assert "starting from the beginning" in res.output
+    assert (tmp_path / "run" / "eval.json").is_file()
 
 
 def test_empty_data_and_cli_exit_code(tmp_path: Path) -> None:
@@ -306,24 +304,21 @@ def test_evaluate_and_predict_cli(
     )
     assert res.returncode == 0 and len(out.read_text().splitlines()) == 60
     # Plain text, one per line (.txt), is accepted; a table without the text column says how.
+    from typer.testing import CliRunner
+
+    from tailorml.cli import app
+
     (tmp_path / "in.txt").write_text("great strong rally today\n\nterrible crash and loss\n")
-    res = subprocess.run(
-        [*CLI, "predict", run, "--input", str(tmp_path / "in.txt")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    out_txt = tmp_path / "txt.jsonl"
+    res2 = CliRunner().invoke(
+        app, ["predict", run, "--input", str(tmp_path / "in.txt"), "-o", str(out_txt)]
     )
-    assert res.returncode == 0, res.stderr
-    assert [json.loads(x)["label"] for x in res.stdout.splitlines()] == ["positive", "negative"]
+    assert res2.exit_code == 0, res2.output
+    labels = [json.loads(x)["label"] for x in out_txt.read_text().splitlines()]
+    assert labels == ["positive", "negative"]
     (tmp_path / "noheader.csv").write_text("great strong rally today\nterrible crash\n")
-    res = subprocess.run(
-        [*CLI, "predict", run, "--input", str(tmp_path / "noheader.csv")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert res.returncode == 2 and "--text-column" in res.stderr and ".txt" in res.stderr
-    assert "Traceback" not in res.stderr
+    res2 = CliRunner().invoke(app, ["predict", run, "--input", str(tmp_path / "noheader.csv")])
+    assert res2.exit_code == 2 and "--text-column" in res2.output and ".txt" in res2.output
     res = subprocess.run(
         [*CLI, "evaluate", str(tmp_path), "--data", str(cls_data["test"])],
         cwd=REPO,

@@ -425,6 +425,7 @@ def test_demo_command_fires_the_alert_and_its_dashboard_shows_it(tmp_path: Path)
     assert f"{health['events']} events stored" in again.stdout
 
 
+@pytest.mark.slow  # ~40 s: the labels demo above runs the same command path by default
 def test_demo_with_the_model_scores_held_out_tweets(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
