@@ -442,6 +442,35 @@ def test_healthz_answers_without_counting_the_tables(
         assert took < 2, took
 
 
+def test_healthz_count_taken_during_a_commit_is_not_added_twice(tmp_path: Path) -> None:
+    """The race CI once hit: the background count ran after a commit and before the watcher
+    added that commit to its totals, so /healthz showed the batch twice (6 events for 3).
+    Here a count starts exactly in that gap; it must wait the commit out, then be exact."""
+    from tailorml.apps.finwatch.server import HealthCounts
+
+    c = FinwatchConfig(db=f"sqlite:///{tmp_path / 'h.db'}", models={"scorer": "labels"})
+    w = Watcher(c, store.make_engine(c.db), LabelScorer(c.models)).open()
+    health = HealthCounts(w.engine, w)
+    assert health()["events"] == 0  # the first count, before anything is stored
+    real_store = w._store
+    counter: list[threading.Thread] = []
+
+    def store_then_count(*args: Any, **kw: Any) -> int:
+        n = real_store(*args, **kw)  # committed: a count now sees the rows
+        t = threading.Thread(target=health._count, args=(True,))
+        t.start()
+        counter.append(t)
+        time.sleep(0.05)  # the totals are added only after this returns
+        return n
+
+    w._store = store_then_count  # type: ignore[method-assign]
+    res = w.ingest([good(f"k{i}") for i in range(3)] + [{"id": "bad"}], "http", advance=False)
+    assert (res.accepted, res.rejected) == (3, 1)
+    counter[0].join()
+    assert (health()["events"], health()["dead_letters"]) == (3, 1)
+    w.engine.dispose()
+
+
 # -- hypothesis: generated lines and bodies --------------------------------------------------------
 JSON_SCALARS = (
     st.none()

@@ -63,4 +63,5 @@ def get_task(name: str, key: str = "task.type") -> Task:
             f"{', '.join(_REGISTRY)} (`tailor tasks` describes each)."
         ) from None
 
+
 __all__ = ["all_tasks", "get_task", "register", "task_names"]

@@ -62,6 +62,15 @@ class Watcher:
         # committed, so a source stopped mid-way (SIGTERM) loses nothing from the final report.
         self.totals = IngestResult()
         self._count_lock = threading.Lock()
+        # Commits under way whose rows are in the database but not yet in `totals` (see `tally`).
+        self._committing = 0
+
+    def tally(self) -> tuple[tuple[int, int, int], bool]:
+        """(stored events, dead letters, alerts) this watcher has added, and whether a commit is
+        under way (its rows may already be visible to a count of the database, not yet here)."""
+        with self._count_lock:
+            t = self.totals
+            return (t.accepted, t.rejected, len(t.alerts)), self._committing > 0
 
     # -- setup -------------------------------------------------------------------------------
     def open(self) -> Watcher:
@@ -136,7 +145,14 @@ class Watcher:
                         "ingested_at": now,
                     }
                     rows.append((i, row))
-            inserted = self._store(rows, bad, raws, checkpoint)
+            with self._count_lock:
+                self._committing += 1
+            try:
+                inserted = self._store(rows, bad, raws, checkpoint)
+            except BaseException:
+                with self._count_lock:
+                    self._committing -= 1
+                raise
             bad.sort(key=lambda b: b[0])  # scoring and storing may have added some
             # A concurrent writer (another watcher) may have stored some ids since the dedupe.
             res.duplicates += len(rows) - inserted
@@ -145,6 +161,7 @@ class Watcher:
             res.rejections = [{"index": i, "id": r.id, "reason": r.reason} for i, r in bad]
             with self._count_lock:
                 self.totals.add(IngestResult(res.accepted, res.duplicates, res.rejected))
+                self._committing -= 1
             for _, r in bad:
                 log.info("dead letter (%s): %s", r.source, _one_line(r.reason))
             if advance:
@@ -294,9 +311,15 @@ class Watcher:
 
         The watermark is (newest event time - lateness). `final` closes the window holding the
         newest event too (end of a replay)."""
-        fired = list(self._retry(lambda: self._advance(final), "close windows"))
         with self._count_lock:
-            self.totals.alerts.extend(fired)
+            self._committing += 1
+        fired: list[dict[str, Any]] = []
+        try:
+            fired = list(self._retry(lambda: self._advance(final), "close windows"))
+        finally:
+            with self._count_lock:
+                self.totals.alerts.extend(fired)
+                self._committing -= 1
         return fired
 
     def _advance(self, final: bool) -> list[dict[str, Any]]:

@@ -195,7 +195,7 @@ class HealthCounts:
     probe must answer at once. So the database is counted on the first probe, then again at
     most every `refresh_s` in a background thread while probes come; in between, what this
     process's watcher commits is added to the last count. Exact while the watcher is idle; while
-    it ingests, off by at most the batches committed during one count, until the next one."""
+    it ingests, a count that overlapped a commit is taken again (see `_count`)."""
 
     def __init__(self, engine: Engine, watcher: Watcher | None, refresh_s: float = 5.0):
         self.engine, self.watcher, self.refresh_s = engine, watcher, refresh_s
@@ -204,17 +204,27 @@ class HealthCounts:
         self.mark = (0, 0, 0)  # the watcher's totals when it was taken
         self.at = 0.0
         self.refreshing = False
+        self.tries = 8  # about 0.3 s of waiting for a commit to finish
 
-    def _totals(self) -> tuple[int, int, int]:
+    def _totals(self) -> tuple[tuple[int, int, int], bool]:
         if self.watcher is None:
-            return (0, 0, 0)
-        t = self.watcher.totals
-        return (t.accepted, t.rejected, len(t.alerts))
+            return (0, 0, 0), False
+        return self.watcher.tally()
 
     def _count(self, background: bool = False) -> None:
+        """Count the database and note the watcher's totals at that moment. A commit under way
+        has rows a count may or may not see while the totals do not hold them yet, so a count
+        is taken as exact only when no commit was under way before or after it and the totals
+        did not move; else it is tried again, and after `tries` the figures are kept anyway
+        (off by at most the batches committed during the count, until the next one)."""
         try:
-            mark = self._totals()
-            base = store.counts(self.engine)
+            for attempt in range(self.tries):
+                mark, busy = self._totals()
+                base = store.counts(self.engine)
+                after, busy_after = self._totals()
+                if (mark == after and not busy and not busy_after) or attempt == self.tries - 1:
+                    break
+                time.sleep(0.01 * (attempt + 1))
             with self.lock:
                 self.base, self.mark, self.at = base, mark, time.monotonic()
         except Exception as exc:
@@ -245,7 +255,7 @@ class HealthCounts:
         with self.lock:
             assert self.base is not None
             base, mark = dict(self.base), self.mark
-        now = self._totals()
+        now, _ = self._totals()
         for k, key in enumerate(("events", "dead_letters", "alerts")):
             base[key] += now[k] - mark[k]
         return base
