@@ -265,21 +265,16 @@ def test_evaluate_and_predict_cli(
     cfg = cfg_of(cls_config)
     finetune(cfg)
     run = str(cfg.output_dir)
-    res = subprocess.run(
-        [
-            *CLI,
-            "evaluate",
-            run,
-            "--data",
-            str(cls_data["test"]),
-            "--output",
-            str(tmp_path / "m.json"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    from typer.testing import CliRunner
+
+    from tailorml.cli import app
+
+    # In-process where a child process adds nothing; the stdin case below runs the real command.
+    res = CliRunner().invoke(
+        app,
+        ["evaluate", run, "--data", str(cls_data["test"]), "--output", str(tmp_path / "m.json")],
     )
-    assert res.returncode == 0, res.stderr
+    assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "m.json").read_text())
     saved = json.loads((Path(run) / "eval.json").read_text())["test"]
     assert m["accuracy"] == pytest.approx(saved["accuracy"]) and m["n"] == 60
@@ -296,18 +291,11 @@ def test_evaluate_and_predict_cli(
     assert all(len(p["top_k"]) == 2 and 0 <= p["score"] <= 1 for p in preds)
     assert preds[0]["label"] == "positive" and preds[1]["label"] == "negative"
     out = tmp_path / "p.jsonl"
-    res = subprocess.run(
-        [*CLI, "predict", run, "--input", str(cls_data["test"]), "-o", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    res2 = CliRunner().invoke(
+        app, ["predict", run, "--input", str(cls_data["test"]), "-o", str(out)]
     )
-    assert res.returncode == 0 and len(out.read_text().splitlines()) == 60
+    assert res2.exit_code == 0 and len(out.read_text().splitlines()) == 60
     # Plain text, one per line (.txt), is accepted; a table without the text column says how.
-    from typer.testing import CliRunner
-
-    from tailorml.cli import app
-
     (tmp_path / "in.txt").write_text("great strong rally today\n\nterrible crash and loss\n")
     out_txt = tmp_path / "txt.jsonl"
     res2 = CliRunner().invoke(
@@ -319,13 +307,8 @@ def test_evaluate_and_predict_cli(
     (tmp_path / "noheader.csv").write_text("great strong rally today\nterrible crash\n")
     res2 = CliRunner().invoke(app, ["predict", run, "--input", str(tmp_path / "noheader.csv")])
     assert res2.exit_code == 2 and "--text-column" in res2.output and ".txt" in res2.output
-    res = subprocess.run(
-        [*CLI, "evaluate", str(tmp_path), "--data", str(cls_data["test"])],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert res.returncode == 2 and "not a finished tailorml run" in res.stderr
+    res2 = CliRunner().invoke(app, ["evaluate", str(tmp_path), "--data", str(cls_data["test"])])
+    assert res2.exit_code == 2 and "not a finished tailorml run" in res2.output
 
 
 def test_load_predictor_matches_the_trained_model(cls_config: dict[str, Any]) -> None:
