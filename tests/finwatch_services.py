@@ -93,8 +93,8 @@ class Postgres:
             ]
         )
 
-    def stop(self) -> None:
-        self._run([self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop"])
+    def stop(self, mode: str = "fast") -> None:
+        self._run([self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "stop"])
 
     def fresh_db(self, name: str) -> str:
         import psycopg
@@ -108,7 +108,7 @@ class Postgres:
 
     def close(self) -> None:
         try:
-            self.stop()
+            self.stop("immediate")  # a throwaway server: no shutdown checkpoint to wait for
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
