@@ -45,3 +45,19 @@ def set_threads(threads: int | None, world: int = 1) -> int:
         threads = max(1, (os.cpu_count() or 1) // max(1, local))
     torch.set_num_threads(threads)
     return threads
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo); empty where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+# CPU features that compute bf16 matrix products natively (AMX tiles, AVX-512 BF16 dot products).
+NATIVE_BF16 = ("amx_bf16", "avx512_bf16")

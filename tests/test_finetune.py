@@ -383,6 +383,12 @@ def test_left_out_settings_are_chosen_from_data_and_model(
         None,
     )
     assert chosen == {}
+    # precision: bf16 where the hardware computes it natively, fp32 on other CPUs
+    assert auto.choose_precision("auto", cuda=True) == ("bf16", "a CUDA device (bf16 autocast)")
+    assert auto.choose_precision("auto", False, {"avx2", "amx_bf16"})[0] == "bf16"
+    assert auto.choose_precision("auto", False, {"avx2", "avx512_bf16"})[0] == "bf16"
+    assert auto.choose_precision("auto", False, {"avx2", "avx512f"})[0] == "fp32"
+    assert auto.choose_precision("fp32", True) == ("fp32", "set in the config")
 
     train = write_csv(tmp_path / "t.csv", make_rows(96, 0))
     raw = tiny_config(tmp_path, data={"train": str(train)}, train={"epochs": 2})
@@ -390,7 +396,10 @@ def test_left_out_settings_are_chosen_from_data_and_model(
     finetune(cfg_of(raw))
     out = tmp_path / "run"
     picked = json.loads((out / "auto.json").read_text())
-    assert set(picked) == {"train.lr", "train.warmup_ratio"} and picked["train.lr"]["value"] == 1e-4
+    assert set(picked) == {"train.lr", "train.warmup_ratio", "train.precision"}
+    assert picked["train.lr"]["value"] == 1e-4
+    native = bool(auto.env.cpu_flags() & {"amx_bf16", "avx512_bf16"})
+    assert picked["train.precision"]["value"] == ("bf16" if native else "fp32")
     saved = yaml.safe_load((out / "config.yaml").read_text())["train"]
     assert saved["lr"] == 1e-4 and saved["epochs"] == 2 and saved["warmup_ratio"] == 0.06
     err = capsys.readouterr().err

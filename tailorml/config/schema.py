@@ -120,7 +120,9 @@ class TrainConfig(_Section):
     )
     seed: int = Field(42, description="Seed for splits, initialisation, shuffling and dropout.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="`auto` = bf16 autocast on CUDA, fp32 on CPU."
+        "auto",
+        description="`auto` = bf16 autocast on CUDA and on CPUs with native bf16 (AMX, "
+        "AVX-512 BF16), else fp32.",
     )
     compile: bool = Field(False, description="Wrap the model in torch.compile.")
     bucket_by_length: bool = Field(

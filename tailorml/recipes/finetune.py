@@ -135,8 +135,8 @@ def finetune(
         console.print(f"[yellow]No checkpoint in {ckpt_dir}; starting from the beginning.[/]")
 
     use_cuda = torch.cuda.is_available()
-    precision = cfg.train.precision
-    mixed = "bf16" if (precision == "bf16" or (precision == "auto" and use_cuda)) else "no"
+    precision, precision_why = auto.choose_precision(cfg.train.precision, use_cuda)
+    mixed = "bf16" if precision == "bf16" else "no"
     acc = Accelerator(cpu=not use_cuda, mixed_precision=mixed)
     world, main = acc.num_processes, acc.is_main_process
     threads = env.set_threads(cfg.train.threads, world) if not use_cuda else torch.get_num_threads()
@@ -164,6 +164,8 @@ def finetune(
     steps_per_epoch = sum(math.ceil(len(e["train"]) / cfg.train.batch_size) for e in enc.values())
     t, chosen = auto.resolve(cfg.train, steps_per_epoch, getattr(model.config, "hidden_size", None))
     cfg = cfg.model_copy(update={"train": t})
+    if cfg.train.precision == "auto":
+        chosen["train.precision"] = {"value": precision, "why": precision_why}
     if main:
         for key, c in chosen.items():
             console.print(f"  {key} = {c['value']} (chosen: {c['why']})", highlight=False)

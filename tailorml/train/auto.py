@@ -13,6 +13,8 @@ value comes with the reason, printed at the start of the run and kept in the run
     warmup        6% of the steps
     evaluation    once per epoch, and at least every 500 steps on large sets (so that early
                   stopping can act within an epoch)
+    precision     `auto`: bf16 autocast on CUDA and on CPUs that compute bf16 natively (AMX or
+                  AVX-512 BF16), fp32 elsewhere (on other CPUs bf16 is emulated and slower)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from tailorml import env
 from tailorml.config.schema import TrainConfig
 
 TARGET_STEPS = 3000
@@ -70,3 +73,16 @@ def resolve(t: TrainConfig, steps_per_epoch: int, hidden: int | None) -> tuple[T
         update["warmup_ratio"] = WARMUP_RATIO
         chosen["train.warmup_ratio"] = {"value": WARMUP_RATIO, "why": "6% of the steps"}
     return t.model_copy(update=update), chosen
+
+
+def choose_precision(setting: str, cuda: bool, flags: set[str] | None = None) -> tuple[str, str]:
+    """("bf16" or "fp32", why) for `train.precision`; `flags` default to this CPU's."""
+    if setting != "auto":
+        return setting, "set in the config"
+    if cuda:
+        return "bf16", "a CUDA device (bf16 autocast)"
+    flags = env.cpu_flags() if flags is None else flags
+    native = [f for f in env.NATIVE_BF16 if f in flags]
+    if native:
+        return "bf16", f"this CPU computes bf16 natively ({', '.join(native)})"
+    return "fp32", "this CPU has no native bf16 (no AMX / AVX-512 BF16): bf16 would be emulated"
