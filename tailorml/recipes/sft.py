@@ -225,8 +225,8 @@ def sft(
                 splits.test.references()[:n],
                 cfg.generate.max_new_tokens,
             )
-            results["generation"] = {**scores, "max_new_tokens": cfg.generate.max_new_tokens}
-            results["generation_examples"] = examples
+            results["generated"] = {**scores, "max_new_tokens": cfg.generate.max_new_tokens}
+            results["generated_examples"] = examples
         logger.log(state["global_step"], "final_eval", _scalars(results["eval"]))
         logger.log(state["global_step"], "final_test", _scalars(results["test"]))
         info = {
@@ -245,8 +245,8 @@ def sft(
                 f"  {split}: loss {m['loss']:.4f}, perplexity {m['perplexity']:.3f}",
                 highlight=False,
             )
-        if "generation" in results:
-            g = results["generation"]
+        if "generated" in results:
+            g = results["generated"]
             console.print(
                 f"  generated ({g['samples']} test rows): ROUGE-L {g['rouge_l']:.3f}, "
                 f"token F1 {g['token_f1']:.3f}, exact match {g['exact_match']:.3f}",

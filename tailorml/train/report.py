@@ -231,7 +231,7 @@ def write_generation_report(
     for split in ("eval", "test"):
         m = results[split]
         lines.append(f"| {split} | {m['loss']:.4f} | {m['perplexity']:.3f} | {m['tokens']} |")
-    gen = results.get("generation")
+    gen = results.get("generated")
     if gen:
         lines += [
             "",
