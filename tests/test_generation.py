@@ -128,6 +128,24 @@ def test_prompt_response_rows_mask_the_prompt_and_count_truncation(tok: Any) -> 
     assert cut.labels[0] == enc.labels[0][: n - 2]
 
 
+def test_text_scores_on_hand_computed_pairs() -> None:
+    from tailorml.evaluate.text_metrics import exact_match, rouge_l, text_scores, token_f1
+
+    # LCS "the cat on the mat" = 5 of 6 tokens each way: P = R = F = 5/6.
+    assert rouge_l("The cat sat on the mat.", "the cat is on the mat") == pytest.approx(5 / 6)
+    # Same bag of words in another order: token F1 is 1, ROUGE-L only counts the order kept
+    # (LCS 2 of 4: "the on" / "the cat").
+    assert token_f1("mat the on cat", "the cat on mat") == 1.0
+    assert rouge_l("mat the on cat", "the cat on mat") == pytest.approx(0.5)
+    assert exact_match("Blue.", " blue ") == 1.0 and exact_match("Blue", "Blue sky") == 0.0
+    assert token_f1("", "x") == 0.0 and rouge_l("", "") == 1.0
+    assert text_scores(["a b", "c"], ["a b", "d"]) == {
+        "rouge_l": 0.5,
+        "token_f1": 0.5,
+        "exact_match": 0.5,
+    }
+
+
 # ---- packing ----------------------------------------------------------------------------------
 def test_pack_places_every_example_once_within_the_block() -> None:
     lengths = [50, 10, 70, 30, 30, 100, 5, 64]
