@@ -249,19 +249,26 @@ def evaluate(
     samples: Annotated[
         int | None, typer.Option(help="Generation runs: prompts answered and scored.")
     ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Generation runs: longest answer (default: the run's).")
+    ] = None,
 ) -> None:
     """Score a model folder (torch or ONNX) on a labeled file and print its metrics; a
     generation run: loss, perplexity and scored greedy answers."""
     from tailorml.files import atomic_json, writable
+    from tailorml.predictors.generator import is_causal_lm
     from tailorml.recipes.evaluate import evaluate_file
     from tailorml.tasks.base import CAUSAL_LM
     from tailorml.tasks.folder import folder_family
 
     try:
-        if folder_family(run_dir) == CAUSAL_LM:
+        family = folder_family(run_dir)
+        if family == CAUSAL_LM or (family is None and is_causal_lm(run_dir)):
             from tailorml.recipes.generate import evaluate_generation
 
-            metrics = evaluate_generation(run_dir, data, samples=samples)
+            metrics = evaluate_generation(
+                run_dir, data, samples=samples, max_new_tokens=max_new_tokens
+            )
         elif data is None:
             raise TailorError("--data FILE is required: the labeled file to score the model on.")
         else:

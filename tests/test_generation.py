@@ -332,9 +332,9 @@ def test_generate_cli_errors(run: tuple[Path, dict[str, Any]], tmp_path: Path) -
     res = CliRunner().invoke(app, ["generate", str(out)])
     assert res.exit_code == 2 and "--prompt" in res.output
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"messages": [{"role": "bot", "content": "x"}]}) + "\n")
+    bad.write_text("Hi\n\n" + json.dumps({"messages": [{"role": "bot", "content": "x"}]}) + "\n")
     res = CliRunner().invoke(app, ["generate", str(out), "-i", str(bad)])
-    assert res.exit_code == 2 and f"{bad}:1" in res.output and "'bot'" in res.output
+    assert res.exit_code == 2 and f"{bad}:3" in res.output and "'bot'" in res.output
     res = CliRunner().invoke(app, ["generate", str(tmp_path), "-p", "x"])
     assert res.exit_code == 2 and "not a run folder" in res.output
     # The classifier commands refuse a generation run and name the one that runs it.
@@ -360,6 +360,14 @@ def test_evaluate_a_generation_run_reports_what_training_reported(
     assert res.exit_code == 0, res.output
     shown = json.loads(res.stdout)
     assert shown["n"] == 1 and shown["exact_match"] == 0.0 and shown["source"] == str(f)
+    # A plain Hugging Face causal-LM folder (no task.json): columns `prompt` and `response`.
+    import shutil
+
+    plain = tmp_path / "plain"
+    shutil.copytree(out / "model", plain, ignore=shutil.ignore_patterns("task.json"))
+    res = CliRunner().invoke(app, ["evaluate", str(plain), "--data", str(f), "--samples", "1"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["loss"] == pytest.approx(shown["loss"], rel=1e-5)
 
 
 # ---- bad input: clear errors, nothing written -------------------------------------------------

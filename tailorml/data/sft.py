@@ -367,7 +367,11 @@ def read_prompts(source: str) -> list[str | list[Message]]:
     text = raw.decode("utf-8", errors="surrogateescape") if isinstance(raw, bytes) else raw
     out: list[str | list[Message]] = []
     problems: list[str] = []
-    for line, row in enumerate(iter_text_lines(io.StringIO(text.removeprefix("\ufeff"))), 1):
+    for line, raw_line in enumerate(io.StringIO(text.removeprefix("\ufeff")), 1):
+        rows = list(iter_text_lines([raw_line]))  # a JSON object, or the line as text
+        if not rows:
+            continue  # a blank line
+        row = rows[0]
         if "messages" in row:
             msgs, reason = _prompt_messages(row["messages"])
             if msgs is None:

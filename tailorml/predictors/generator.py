@@ -49,6 +49,24 @@ def resolve_causal_folder(source: str | Path) -> Path:
     )
 
 
+def is_causal_lm(source: str | Path) -> bool:
+    """`smollm2`, or a folder (or run) whose config.json names a *ForCausalLM architecture."""
+    import json
+
+    if str(source) == "smollm2":
+        return True
+    path = Path(source).expanduser()
+    for folder in (path / "model", path):
+        if (folder / "config.json").is_file():
+            try:
+                config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            except ValueError:
+                return False
+            archs = config.get("architectures") or [] if isinstance(config, dict) else []
+            return any(str(a).endswith("ForCausalLM") for a in archs)
+    return False
+
+
 class Generator:
     def __init__(self, model: Any, tokenizer: Any, folder: Path | None = None):
         self.model = model

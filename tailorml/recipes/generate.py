@@ -71,9 +71,9 @@ def evaluate_generation(
     else:
         from tailorml.config.schema import DataConfig
 
-        d = DataConfig.model_validate(
-            {k: v for k, v in (info.get("data") or {}).items() if v is not None}
-        )
+        # A folder without task.json (smollm2, any HF causal LM): `prompt` and `response`.
+        columns = info.get("data") or {"prompt_column": "prompt", "response_column": "response"}
+        d = DataConfig.model_validate({k: v for k, v in columns.items() if v is not None})
         chats, source = build_chats(read_table(data, key="--data"), d, "evaluation data"), str(data)
     max_length = int((info.get("data") or {}).get("max_length") or 512)
     enc = encode_chats(gen.tokenizer, chats, max_length)
