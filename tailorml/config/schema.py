@@ -193,7 +193,7 @@ class TuneConfig(_Section):
         None, description="Eval metric to optimise; null = the run's metric_for_best."
     )
     direction: Literal["maximize", "minimize"] | None = Field(
-        None, description="null = from the metric (loss, mse, mae, rmse: minimize)."
+        None, description="null = from the metric (loss, mse, mae, rmse, perplexity: minimize)."
     )
     storage: str | None = Field(
         None,
