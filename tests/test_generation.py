@@ -423,6 +423,36 @@ def test_bad_rows_are_named_with_file_and_line_before_anything_is_written(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_chats_in_a_messages_column_and_tailor_validate(tmp_path: Path) -> None:
+    from tailorml.data.sft import prepare_chat_splits
+
+    chat = [
+        {"role": "system", "content": "You answer for a bank."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Card lost"},
+        {"role": "assistant", "content": "Freeze it in the app."},
+    ]
+    f = write_jsonl(tmp_path / "chats.jsonl", [{"messages": chat}] * 20)
+    raw = _config(tmp_path)
+    raw["data"] = {"train": str(f), "messages_column": "messages", "max_length": 64}
+    splits = prepare_chat_splits(_cfg(raw))
+    assert (len(splits.train), len(splits.eval), len(splits.test)) == (16, 2, 2)
+    assert splits.test.prompts()[0] == chat[:4]
+    assert splits.test.references() == ["Freeze it in the app."] * 2
+    # `tailor validate` runs the same checks and lists every problem.
+    from tailorml.config.load import dump_config
+    from tailorml.recipes.validate import validate_config
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(dump_config(_cfg(raw)), encoding="utf-8")
+    assert validate_config(path) == []
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": chat[:1]}, {"messages": chat}])
+    problems = validate_config(path, [f"data.train={bad}", "train.metric_for_best=rouge"])
+    assert any(f"{bad}:1: no assistant message" in p for p in problems), problems
+    assert any("`train.metric_for_best` = 'rouge'" in p for p in problems), problems
+
+
 # ---- the real model ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_smollm2_loads_from_the_package_and_answers_sensibly() -> None:
