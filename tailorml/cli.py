@@ -52,9 +52,9 @@ def finetune(
         int, typer.Option(help="Processes on this machine (launches torchrun; CPU: gloo).")
     ] = 1,
 ) -> None:
-    """Fine-tune a pretrained encoder on labeled data and write a run folder."""
+    """Fine-tune a pretrained model on your data (classifier heads, or a causal LM for
+    `task.type: generation`) and write a run folder."""
     from tailorml.config.load import load_config
-    from tailorml.recipes.finetune import finetune as run
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         flags = ["--resume"] if resume else []
@@ -63,6 +63,7 @@ def finetune(
         _launch_torchrun(nproc, config, overrides or [], flags)
     try:
         cfg = load_config(config, overrides or [])
+        run = _training_recipe(cfg)
         run(
             cfg,
             resume=resume or resume_or_start,
@@ -73,6 +74,21 @@ def finetune(
         _fail(exc)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def _training_recipe(cfg: Any) -> Any:
+    """The recipe that trains this config's model family: the classifier recipe, or supervised
+    fine-tuning for a causal LM."""
+    from tailorml.tasks import find_task
+    from tailorml.tasks.base import CAUSAL_LM
+
+    if cfg.heads is None and find_task(cfg.task.type).family == CAUSAL_LM:
+        from tailorml.recipes.sft import sft
+
+        return sft
+    from tailorml.recipes.finetune import finetune as run
+
+    return run
 
 
 @app.command()
@@ -185,16 +201,21 @@ def tasks() -> None:
     from rich.console import Console
 
     from tailorml.tasks import all_tasks
+    from tailorml.tasks.base import Task
 
     out = Console(width=120)
     for t in all_tasks():
         rows, data = t.example_rows(2, seed=0)
-        columns = {"text_column": "text", "label_column": "label", **data}
         out.print(f"[bold]{t.name}[/]: {t.description}", highlight=False)
-        cols = f"text: `{columns['text_column']}`"
-        if t.pair:
-            cols += f", second text: `{columns['text_pair_column']}`"
-        out.print(f"  columns   {cols}, label: `{columns['label_column']}`", highlight=False)
+        if isinstance(t, Task):
+            columns = {"text_column": "text", "label_column": "label", **data}
+            cols = f"text: `{columns['text_column']}`"
+            if t.pair:
+                cols += f", second text: `{columns['text_pair_column']}`"
+            cols += f", label: `{columns['label_column']}`"
+        else:  # another family names its own columns
+            cols = ", ".join(f"{k.removesuffix('_column')}: `{v}`" for k, v in data.items())
+        out.print(f"  columns   {cols}", highlight=False)
         out.print(f"  label     {t.label_help}", highlight=False)
         out.print(
             f"  metrics   {', '.join(t.metrics)} (best checkpoint by {t.default_metric})",
@@ -212,7 +233,12 @@ def evaluate(
     run_dir: Annotated[
         Path, typer.Argument(help="Run folder, RUN_DIR/model or RUN_DIR/compressed/<variant>.")
     ],
-    data: Annotated[Path, typer.Option(help="Labeled file (.csv/.jsonl/.parquet).")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Labeled file (.csv/.jsonl/.parquet); generation runs: default their test split."
+        ),
+    ] = None,
     output: Annotated[Path | None, typer.Option(help="Write metrics JSON here.")] = None,
     skip_bad_rows: Annotated[bool, typer.Option(help="Skip and count bad rows.")] = False,
     text_column: Annotated[str | None, typer.Option(help="Override the text column.")] = None,
@@ -220,20 +246,40 @@ def evaluate(
     head: Annotated[
         str | None, typer.Option(help="Multi-task models: the head whose labels the file has.")
     ] = None,
+    samples: Annotated[
+        int | None, typer.Option(help="Generation runs: prompts answered and scored.")
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Generation runs: longest answer (default: the run's).")
+    ] = None,
 ) -> None:
-    """Score a model folder (torch or ONNX) on a labeled file and print its metrics."""
+    """Score a model folder (torch or ONNX) on a labeled file and print its metrics; a
+    generation run: loss, perplexity and scored greedy answers."""
     from tailorml.files import atomic_json, writable
+    from tailorml.predictors.generator import is_causal_lm
     from tailorml.recipes.evaluate import evaluate_file
+    from tailorml.tasks.base import CAUSAL_LM
+    from tailorml.tasks.folder import folder_family
 
     try:
-        metrics = evaluate_file(
-            run_dir,
-            data,
-            on_bad_rows="skip" if skip_bad_rows else "error",
-            text_column=text_column,
-            label_column=label_column,
-            head=head,
-        )
+        family = folder_family(run_dir)
+        if family == CAUSAL_LM or (family is None and is_causal_lm(run_dir)):
+            from tailorml.recipes.generate import evaluate_generation
+
+            metrics = evaluate_generation(
+                run_dir, data, samples=samples, max_new_tokens=max_new_tokens
+            )
+        elif data is None:
+            raise TailorError("--data FILE is required: the labeled file to score the model on.")
+        else:
+            metrics = evaluate_file(
+                run_dir,
+                data,
+                on_bad_rows="skip" if skip_bad_rows else "error",
+                text_column=text_column,
+                label_column=label_column,
+                head=head,
+            )
     except TailorError as exc:
         _fail(exc)
     if output:
@@ -281,6 +327,56 @@ def predict(
         col, pair = default_columns(run_dir)
         rows = read_inputs(input, text_column or col, pair)
         _write_jsonl(predict_rows(run_dir, rows, top_k=top_k), output)
+    except TailorError as exc:
+        _fail(exc)
+
+
+@app.command()
+def generate(
+    model: Annotated[
+        str, typer.Argument(help="Generation run, RUN_DIR/model, a causal-LM folder or smollm2.")
+    ],
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", "-p", help="A prompt (repeatable).")
+    ] = None,
+    input: Annotated[
+        str | None,
+        typer.Option(
+            "--input", "-i", help="File or - (stdin): lines of text, or JSONL with prompt/messages."
+        ),
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="JSONL out.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 = greedy; > 0 samples.")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Sampling: nucleus share.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Sampling: the k likeliest tokens (0 = all).")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Sampling: seed (repeatable output).")] = None,
+    stop: Annotated[
+        list[str] | None,
+        typer.Option("--stop", help="Stop string (repeatable); the output ends before it."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 8,
+) -> None:
+    """Answer prompts with a causal LM; writes JSONL (input, output, tokens, finish_reason)."""
+    from tailorml.data.sft import read_prompts
+    from tailorml.recipes.generate import generate_rows
+
+    try:
+        if bool(prompt) == (input is not None):
+            raise TailorError("Give --prompt TEXT (repeatable) or --input FILE (or -), not both.")
+        prompts: list[Any] = list(prompt) if prompt else read_prompts(str(input))
+        rows = generate_rows(
+            model,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=stop or [],
+            batch_size=batch_size,
+        )
+        _write_jsonl(rows, output)
     except TailorError as exc:
         _fail(exc)
 

@@ -111,3 +111,13 @@ def assert_same_weights(run_a: Path | str, run_b: Path | str) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tailorml_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Converted packaged models (the SmolLM2 tokenizer the tiny causal LM borrows, converted
+    from the GGUF once, ~10 s) go to one folder per test session, not the user's cache; an
+    exported TAILORML_CACHE_DIR wins (to reuse a converted SmolLM2 across sessions)."""
+    if "TAILORML_CACHE_DIR" not in os.environ:
+        os.environ["TAILORML_CACHE_DIR"] = str(tmp_path_factory.mktemp("tailorml-cache"))
+    yield

@@ -158,6 +158,12 @@ SKIPS = [
         "a template ([--intensity I]) on the full-size finwatch model",
     ),
     Rule(
+        r"^tailor generate smollm2\b",
+        "",
+        "converts and runs the 135M SmolLM2 (~1 min on 2 cores); tests/test_generation.py runs "
+        "it under -m slow",
+    ),
+    Rule(
         r"^tailor finwatch demo configs/finwatch\.yaml",
         "",
         "needs the trained finwatch model (`make finwatch`, ~40 min): the tiny one scores too "
@@ -615,6 +621,8 @@ def doc_env(cap: Path) -> dict[str, str]:
         p for p in env.get("PATH", "").split(os.pathsep) if p and p not in venv_bins
     )
     env["PYTHONPATH"] = str(REPO)  # the code under test is this checkout
+    if os.environ.get("TAILORML_CACHE_DIR"):  # converted packaged models: the session's (conftest)
+        env["TAILORML_CACHE_DIR"] = os.environ["TAILORML_CACHE_DIR"]
     env["OMP_WAIT_POLICY"] = "PASSIVE"
     env["TOKENIZERS_PARALLELISM"] = "false"
     env["__CAP"] = str(cap)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from tailorml.tasks.base import Task
+    from tailorml.tasks.base import TaskInfo
 
 OnBadRows = Literal["error", "skip"]
 
@@ -62,12 +62,29 @@ class DataConfig(_Section):
         ge=1,
         description="Use only the first N rows of each file (beware files sorted by label).",
     )
+    prompt_column: str | None = Field(
+        None, description="Generation: column holding the prompt (with data.response_column)."
+    )
+    response_column: str | None = Field(
+        None, description="Generation: column holding the wanted answer (with prompt_column)."
+    )
+    messages_column: str | None = Field(
+        None,
+        description="Generation: column holding a chat, a list of {role, content} (jsonl); "
+        "the model learns the assistant turns.",
+    )
+    packing: bool = Field(
+        True,
+        description="Generation: pack short examples into blocks of data.max_length tokens "
+        "(no attention across examples); false = one padded example per row.",
+    )
 
 
 class ModelConfig(_Section):
     base: str = Field(
         "minilm",
-        description="`minilm` (packaged all-MiniLM-L6-v2), `tiny` (random, for tests) or a folder.",
+        description="`minilm` (packaged all-MiniLM-L6-v2), `smollm2` (packaged SmolLM2-135M-"
+        "Instruct, generation), `tiny` (random, for tests) or a folder.",
     )
     dropout: float | None = Field(
         None, ge=0, lt=1, description="Override the encoder's dropout (hidden and attention)."
@@ -178,7 +195,7 @@ class TuneConfig(_Section):
         None, description="Eval metric to optimise; null = the run's metric_for_best."
     )
     direction: Literal["maximize", "minimize"] | None = Field(
-        None, description="null = from the metric (loss, mse, mae, rmse: minimize)."
+        None, description="null = from the metric (loss, mse, mae, rmse, perplexity: minimize)."
     )
     storage: str | None = Field(
         None,
@@ -192,6 +209,17 @@ class TuneConfig(_Section):
         None, gt=0, description="Stop starting trials after this many seconds."
     )
     seed: int = Field(0, description="Seed of the sampler (TPE).")
+
+
+class GenerateConfig(_Section):
+    samples: int = Field(
+        64,
+        ge=0,
+        description="Generation runs: held-out rows answered greedily and scored in eval.json.",
+    )
+    max_new_tokens: int = Field(
+        96, ge=1, le=4096, description="Generation runs: longest answer generated for samples."
+    )
 
 
 class HeadConfig(_Section):
@@ -209,6 +237,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)  # type: ignore[arg-type]
     distill: DistillConfig = Field(default_factory=DistillConfig)  # type: ignore[arg-type]
     tune: TuneConfig = Field(default_factory=TuneConfig)  # type: ignore[arg-type]
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)  # type: ignore[arg-type]
     heads: dict[str, HeadConfig] | None = Field(
         None,
         description="Multi-task: one shared encoder, one head per entry (own data and task); "
@@ -235,14 +264,14 @@ def _get(raw: dict, dotted: str, default: object = None) -> object:
     return node
 
 
-def task_of(view: dict, prefix: str, problems: list[str]) -> Task | None:
+def task_of(view: dict, prefix: str, problems: list[str]) -> TaskInfo | None:
     """The registered task a (head's) raw config names; an unknown name is added to `problems`."""
     from tailorml.errors import ConfigError
-    from tailorml.tasks import get_task
+    from tailorml.tasks import find_task
 
     name = _get(view, "task.type", "classification")
     try:
-        return get_task(str(name), f"{prefix}task.type")
+        return find_task(str(name), f"{prefix}task.type")
     except ConfigError as exc:
         problems.extend(exc.problems)
         return None

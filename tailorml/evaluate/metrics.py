@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-LOWER_IS_BETTER = {"loss", "mse", "mae", "rmse"}
+LOWER_IS_BETTER = {"loss", "mse", "mae", "rmse", "perplexity"}
 
 
 def is_better(metric: str, new: float, old: float | None) -> bool:

@@ -25,14 +25,20 @@ def model_family(heads: list[HeadSpec]) -> str:
 
 
 # family -> (module, function) building a model for a list of heads; imported when used.
-BUILDERS = {"sequence-classifier": ("tailorml.models.classifier", "build_classifier")}
+BUILDERS = {
+    "sequence-classifier": ("tailorml.models.classifier", "build_classifier"),
+    "causal-lm": ("tailorml.models.causal_lm", "build_causal_lm"),
+}
 
 
-def build_model(cfg: ModelConfig, heads: list[HeadSpec], tokenizer: Any) -> Any:
-    """A fresh model for `heads` on the configured base."""
+def build_model(
+    cfg: ModelConfig, heads: list[HeadSpec], tokenizer: Any, family: str | None = None
+) -> Any:
+    """A fresh model for `heads` on the configured base. A family without heads (the causal
+    LM: its output is the vocabulary) is named by `family`, with `heads` empty."""
     import importlib
 
-    family = model_family(heads)
+    family = family or model_family(heads)
     if family not in BUILDERS:  # pragma: no cover - every registered task names a known family
         raise ConfigError(f"No model builder for the {family!r} family.")
     module, name = BUILDERS[family]

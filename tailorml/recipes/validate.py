@@ -32,7 +32,8 @@ def check_inputs(cfg: RunConfig) -> list[str]:
     and every row passes the checks training runs."""
     from tailorml.data.prepare import prepare_splits
     from tailorml.models.base import resolve_base
-    from tailorml.tasks import get_task, task_names
+    from tailorml.tasks import find_task, get_task, task_names
+    from tailorml.tasks.base import CAUSAL_LM
     from tailorml.tasks.heads import choose_metric, config_heads
 
     problems: list[str] = []
@@ -43,6 +44,22 @@ def check_inputs(cfg: RunConfig) -> list[str]:
         except TailorError as exc:
             problems.extend(f"{prefix}{p}" for p in exc.problems)
 
+    if cfg.heads is None and cfg.task.type in task_names():
+        task = find_task(cfg.task.type)
+        if task.family == CAUSAL_LM:  # the generation data path (tailorml/data/sft.py)
+            from tailorml.data.sft import prepare_chat_splits
+            from tailorml.models.causal_lm import check_causal_base
+
+            collect(lambda: check_causal_base(cfg.model.base))
+            chosen = cfg.train.metric_for_best
+            if chosen and chosen not in task.metrics:
+                problems.append(
+                    f"`train.metric_for_best` = {chosen!r} is not reported for {task.name}. "
+                    f"Choose one of {list(task.metrics)}."
+                )
+            if cfg.data.train is not None:
+                collect(lambda: prepare_chat_splits(cfg))
+            return problems
     collect(lambda: resolve_base(cfg.model.base))
     collect(lambda: choose_metric(cfg.train.metric_for_best, config_heads(cfg)))
     for name, view in cfg.head_views().items():

@@ -2,6 +2,7 @@
 
     from tailorml.tasks import get_task
     task = get_task("multilabel")      # ConfigError naming the known types if unknown
+    info = find_task("generation")     # any family; get_task only classifier-family tasks
 
 See `tailorml/tasks/base.py` for the protocol and how to add a task.
 """
@@ -15,13 +16,13 @@ from typing import TYPE_CHECKING
 from tailorml.errors import ConfigError
 
 if TYPE_CHECKING:
-    from tailorml.tasks.base import Task
+    from tailorml.tasks.base import Task, TaskInfo
 
 # The built-in task modules, imported on the first lookup (a registry that other layers, the
 # config's `task.type` check among them, can ask without importing every task). Their order is
 # the order `tailor tasks` lists them in.
-BUILT_IN = ("classification", "multilabel", "pair", "regression")
-_REGISTRY: dict[str, Task] = {}
+BUILT_IN = ("classification", "multilabel", "pair", "regression", "generation")
+_REGISTRY: dict[str, TaskInfo] = {}
 _loaded = False
 
 
@@ -33,7 +34,7 @@ def _load_built_in() -> None:
             importlib.import_module(f"tailorml.tasks.{name}")
 
 
-def register(task: Task) -> Task:
+def register(task: TaskInfo) -> TaskInfo:
     if task.name in _REGISTRY and _REGISTRY[task.name] is not task:
         raise ValueError(f"task type {task.name!r} is registered twice")
     _REGISTRY[task.name] = task
@@ -45,13 +46,14 @@ def task_names() -> list[str]:
     return list(_REGISTRY)
 
 
-def all_tasks() -> list[Task]:
+def all_tasks() -> list[TaskInfo]:
     _load_built_in()
     return list(_REGISTRY.values())
 
 
-def get_task(name: str, key: str = "task.type") -> Task:
-    """The task registered under `name`; `key` names the config field in the error."""
+def find_task(name: str, key: str = "task.type") -> TaskInfo:
+    """The task registered under `name`, of any model family; `key` names the config field in
+    the error."""
     _load_built_in()
     try:
         return _REGISTRY[name]
@@ -64,4 +66,20 @@ def get_task(name: str, key: str = "task.type") -> Task:
         ) from None
 
 
-__all__ = ["all_tasks", "get_task", "register", "task_names"]
+def get_task(name: str, key: str = "task.type") -> Task:
+    """The task registered under `name`, whose heads live in a sequence classifier (what
+    heads, predictors, serving and compression handle). A task of another family is refused
+    with the command that handles it."""
+    from tailorml.tasks.base import SEQUENCE_CLASSIFIER, Task
+
+    task = find_task(name, key)
+    if task.family != SEQUENCE_CLASSIFIER or not isinstance(task, Task):
+        raise ConfigError(
+            f"`{key}` = {name!r} trains a {task.family} model, which this step does not handle "
+            "(it works on classifier heads). Train it with `tailor finetune CONFIG`, run it "
+            "with `tailor generate RUN` and score it with `tailor evaluate RUN`."
+        )
+    return task
+
+
+__all__ = ["all_tasks", "find_task", "get_task", "register", "task_names"]

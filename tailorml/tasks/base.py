@@ -18,6 +18,10 @@ A head (`tailorml.tasks.heads.HeadSpec`) is one task's outputs inside a model; a
 is the one-head case. Heads of one `family` share a model: every head of the sequence-classifier
 family is a block of logit columns of one `AutoModelForSequenceClassification`.
 
+A task of another model family (`generation`: a causal LM fine-tuned on prompt -> response
+pairs) implements only `TaskInfo`; `tailor finetune` picks the recipe by the task's family
+(tailorml/recipes/sft.py for the causal LM) and the classifier-only steps refuse it by family.
+
 To add a task type: write one module in this package implementing `Task`, `register` an instance
 at its bottom, import the module in `tailorml/tasks/__init__.py`, and the conformance suite
 (tests/test_tasks.py) runs on it: build tiny, train, save, reload, predict, serve one request.
@@ -38,10 +42,16 @@ if TYPE_CHECKING:
     from tailorml.tasks.heads import HeadSpec
 
 SEQUENCE_CLASSIFIER = "sequence-classifier"
+CAUSAL_LM = "causal-lm"
 
 
 @runtime_checkable
-class Task(Protocol):
+class TaskInfo(Protocol):
+    """What every registered task type answers, whatever model family it trains: its name,
+    family, metrics, config checks and example rows. A task of the sequence-classifier family
+    implements the whole `Task` below; a task of another family (the causal LM of `generation`)
+    implements this part and is trained by its own recipe, chosen by family."""
+
     @property
     def name(self) -> str:
         """The `task.type` value."""
@@ -56,6 +66,36 @@ class Task(Protocol):
     def family(self) -> str:
         """The model its heads live in; heads of one family can share a model."""
         ...
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Scalar metrics reported per split ("loss" first)."""
+        ...
+
+    @property
+    def default_metric(self) -> str:
+        """Picks the best checkpoint unless train.metric_for_best says otherwise."""
+        ...
+
+    @property
+    def label_help(self) -> str:
+        """What a label (or target) looks like in a data file (for `tailor tasks`)."""
+        ...
+
+    def config_problems(self, prefix: str, data: dict[str, Any]) -> list[str]:
+        """Problems of one head's raw `data` mapping that involve the task, each naming the
+        field (with `prefix`, e.g. `heads.topic.`) and the fix."""
+        ...
+
+    def example_rows(self, n: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """`n` synthetic rows a tiny model learns in seconds, and the `data:` settings that read
+        them: shown by `tailor tasks` and run by the conformance suite."""
+        ...
+
+
+@runtime_checkable
+class Task(TaskInfo, Protocol):
+    """A task whose heads are blocks of logit columns of one sequence classifier."""
 
     @property
     def problem_type(self) -> str:
@@ -83,31 +123,11 @@ class Task(Protocol):
         ...
 
     @property
-    def metrics(self) -> tuple[str, ...]:
-        """Scalar metrics reported per split ("loss" first)."""
-        ...
-
-    @property
-    def default_metric(self) -> str:
-        """Picks the best checkpoint unless train.metric_for_best says otherwise."""
-        ...
-
-    @property
-    def label_help(self) -> str:
-        """What a label looks like in a data file (for `tailor tasks`)."""
-        ...
-
-    @property
     def api_model(self) -> type[BaseModel]:
         """One prediction in the service's answer (its OpenAPI schema)."""
         ...
 
     # ---- config and data --------------------------------------------------------------------
-    def config_problems(self, prefix: str, data: dict[str, Any]) -> list[str]:
-        """Problems of one head's raw `data` mapping that involve the task, each naming the
-        field (with `prefix`, e.g. `heads.topic.`) and the fix."""
-        ...
-
     def infer_labels(self, values: Iterable[Any], d: DataConfig) -> list[str] | None:
         """The label vocabulary from the training labels (missing values already dropped)."""
         ...
@@ -121,11 +141,6 @@ class Task(Protocol):
 
     def balance(self, ys: list[Any], labels: list[str] | None) -> dict[str, int]:
         """label -> rows, for the class-balance report ({} when there are no classes)."""
-        ...
-
-    def example_rows(self, n: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """`n` synthetic rows a tiny model learns in seconds, and the `data:` settings that read
-        them: shown by `tailor tasks` and run by the conformance suite."""
         ...
 
     # ---- model and training -----------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tailorml.errors import ConfigError
 from tailorml.files import atomic_json
+from tailorml.tasks.base import SEQUENCE_CLASSIFIER
 from tailorml.tasks.heads import HeadSpec, is_single, specs_from_info
 
 if TYPE_CHECKING:
@@ -143,6 +144,13 @@ def read_model_info(folder: str | Path) -> ModelInfo:
         )
     try:
         raw = dict(json.loads(path.read_text(encoding="utf-8")))
+        family = raw.get("family", SEQUENCE_CLASSIFIER)
+        if family != SEQUENCE_CLASSIFIER:
+            raise ConfigError(
+                f"{folder} holds a {family} model (task {raw.get('task')!r}), not a classifier. "
+                "Run it with `tailor generate`, score it with `tailor evaluate`; predicting "
+                "labels, serving and compressing it are not supported yet."
+            )
         heads = specs_from_info(raw)
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(
@@ -167,3 +175,29 @@ def variant_task_json(info: dict[str, Any], **extra: Any) -> dict[str, Any]:
     }
     keep.update(extra)
     return keep
+
+
+def folder_family(path: str | Path) -> str | None:
+    """The model family a run or model folder holds (from task.json), or None when `path` holds
+    no task.json (then the caller decides, e.g. a plain Hugging Face folder)."""
+    path = Path(path)
+    for folder in (path, path / "model"):
+        if (folder / TASK_JSON).is_file():
+            try:
+                raw = json.loads((folder / TASK_JSON).read_text(encoding="utf-8"))
+            except ValueError:
+                return None
+            return str(raw.get("family", SEQUENCE_CLASSIFIER)) if isinstance(raw, dict) else None
+    return None
+
+
+def read_task_json(folder: str | Path) -> dict[str, Any]:
+    """task.json of a folder as written ({} when there is none: a plain Hugging Face folder)."""
+    path = Path(folder) / TASK_JSON
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ConfigError(f"{path} is damaged ({exc}). Re-create the folder.") from None
+    return dict(raw) if isinstance(raw, dict) else {}

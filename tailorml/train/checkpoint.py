@@ -67,7 +67,7 @@ def load_checkpoint(
     state = load_file(str(folder / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied or buffer-only keys may be absent from safetensors; real weights must not be.
-    real_missing = [k for k in missing if "position_ids" not in k]
+    real_missing = [k for k in untied(model, missing) if "position_ids" not in k]
     if real_missing or unexpected:
         raise RuntimeError(f"checkpoint {folder} does not match the model: {real_missing[:5]}")
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
@@ -76,6 +76,14 @@ def load_checkpoint(
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=True))
     return dict(json.loads((folder / "trainer_state.json").read_text(encoding="utf-8")))
+
+
+def untied(model: Any, missing: list[str]) -> list[str]:
+    """The `missing` keys that are not tied to a loaded one: safetensors stores a tensor shared
+    by two names once (a causal LM's output layer is its input embedding)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded = {params[k].data_ptr() for k in params if k not in missing}
+    return [k for k in missing if k not in params or params[k].data_ptr() not in loaded]
 
 
 def load_latest_intact(

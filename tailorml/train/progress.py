@@ -58,7 +58,8 @@ class TrainProgress:
         elapsed = max(time.perf_counter() - self._t0, 1e-9)
         rate = (step - self._start_step) / elapsed
         per_s = (samples - self._start_samples) / elapsed
-        info = f"loss {loss:.4f} lr {lr:.2e} {per_s:.0f} samples/s"
+        # A slow run (a 135M causal LM on CPU: a packed block every few seconds) keeps a decimal.
+        info = f"loss {loss:.4f} lr {lr:.2e} {per_s:.{0 if per_s >= 10 else 2}f} samples/s"
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, completed=step, info=info)
         elif step >= self._next_plain or step == self.total:

@@ -187,3 +187,69 @@ def write_report(
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _cell(text: str, limit: int = 300) -> str:
+    """Text for a markdown table cell: one line, pipes escaped, long text shortened."""
+    one = " ".join(str(text).split()).replace("|", "\\|")
+    return one if len(one) <= limit else one[: limit - 1] + "…"
+
+
+def write_generation_report(
+    run_dir: Path,
+    name: str,
+    base: str,
+    results: dict[str, Any],
+    examples: list[dict[str, Any]],
+    notes: list[str],
+    shown: int = 12,
+) -> Path:
+    """report.md of a generation run: loss curves, loss/perplexity per split, the scores of
+    the generated samples, and a table of examples (prompt, reference, output)."""
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    made = plot_curves(run_dir, plots, ["perplexity"])
+    tr = results["train"]
+    lines = [
+        f"# Run report: {name}",
+        "",
+        f"- task: **generation**, base model: `{base}`",
+        f"- steps: {tr['steps']}, best step: {tr['best_step']} (by eval {tr['metric_for_best']}),"
+        f" stopped by: {tr['stopped_by']}",
+        f"- training: {tr['train_tokens_per_s']} learned tokens/s"
+        f" ({'packed' if tr['packing'] else 'padded'} batches)",
+        "",
+    ]
+    lines += [f"![{m}](plots/{m})" for m in made]
+    lines += [
+        "",
+        "## Metrics",
+        "",
+        "| split | loss | perplexity | tokens |",
+        "|---|---:|---:|---:|",
+    ]
+    for split in ("eval", "test"):
+        m = results[split]
+        lines.append(f"| {split} | {m['loss']:.4f} | {m['perplexity']:.3f} | {m['tokens']} |")
+    gen = results.get("generated")
+    if gen:
+        lines += [
+            "",
+            f"## Generated answers ({gen['samples']} test rows, greedy)",
+            "",
+            "| ROUGE-L F1 | token F1 | exact match |",
+            "|---:|---:|---:|",
+            f"| {gen['rouge_l']:.3f} | {gen['token_f1']:.3f} | {gen['exact_match']:.3f} |",
+            "",
+            "| prompt | reference | output |",
+            "|---|---|---|",
+        ]
+        for ex in examples[:shown]:
+            lines.append(
+                f"| {_cell(ex['prompt'])} | {_cell(ex['reference'])} | {_cell(ex['output'])} |"
+            )
+    for note in notes:
+        lines.append(f"\n_Note: {note}_")
+    path = run_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,262 @@
+"""Supervised fine-tuning of a causal LM (task `generation`): the workflow in one readable file.
+
+    check config and data -> tokenizer + chat template -> tokens with the loss on the answers only
+    -> packed blocks (or padded rows) -> train (tailorml.train.loop) -> best checkpoint
+    -> eval/test loss and perplexity + greedy answers to test prompts scored -> model folder
+    -> eval.json, report.md
+
+`tailor finetune` runs this recipe for a task of the causal-LM family. It shares the loop,
+optimizer, schedule, checkpoints (exact resume), logging and run folder with the classifier
+recipe (tailorml/recipes/finetune.py); what differs is the data (tailorml/data/sft.py) and the
+loss (the mean next-token cross-entropy over the learned tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tailorml import env
+from tailorml.config.load import dump_config
+from tailorml.config.schema import RunConfig
+from tailorml.data.sft import ChatEncoded, collate_lm, encode_chats, prepare_chat_splits, units_of
+from tailorml.errors import ConfigError
+from tailorml.evaluate.lm import loss_sum, perplexity_metrics
+from tailorml.files import atomic_json, atomic_write_text
+from tailorml.models import build_model
+from tailorml.models.causal_lm import (
+    causal_base_folder,
+    check_causal_base,
+    load_causal_tokenizer,
+    token_loss_sums,
+)
+from tailorml.predictors.generator import Generator, sample_scores
+from tailorml.tasks import find_task
+from tailorml.track.logger import RunLogger
+from tailorml.train import auto
+from tailorml.train.checkpoint import latest_checkpoint, load_latest_intact
+from tailorml.train.distributed import all_reduce_sum, replica_max_diff
+from tailorml.train.loop import initial_state, load_best, train_loop
+from tailorml.train.optim import build_optimizer, build_scheduler
+from tailorml.train.progress import console
+from tailorml.train.report import write_generation_report
+from tailorml.train.run_folder import prepare_run_dir, save_model_folder
+
+DATA_KEYS = ("prompt_column", "response_column", "messages_column", "max_length")
+
+
+def sft(
+    cfg: RunConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_after_steps: int | None = None,
+    start_if_nothing: bool = False,
+    on_eval: Callable[[int, dict[str, float]], bool] | None = None,
+) -> dict[str, Any]:
+    """Run the recipe; returns eval.json's content. Arguments as in `finetune`."""
+    env.setup()
+    import torch
+    from accelerate import Accelerator
+
+    # ---- everything that can fail on bad input happens before anything is written ----------
+    task = find_task(cfg.task.type)
+    check_causal_base(cfg.model.base)
+    metric = cfg.train.metric_for_best or task.default_metric
+    if metric not in task.metrics:
+        raise ConfigError(
+            f"`train.metric_for_best` = {metric!r} is not reported for {task.name}. Choose one "
+            f"of {list(task.metrics)}."
+        )
+    splits = prepare_chat_splits(cfg)
+    out = prepare_run_dir(Path(cfg.output_dir), resume, overwrite)
+    ckpt_dir = out / "checkpoints"
+    has_checkpoint = latest_checkpoint(ckpt_dir) is not None if resume else False
+    if resume and not has_checkpoint:
+        if not start_if_nothing:
+            raise ConfigError(
+                f"--resume: there is no checkpoint in {ckpt_dir} to continue from. Leave out "
+                "--resume to start this run, or pass --resume-or-start."
+            )
+        console.print(f"[yellow]No checkpoint in {ckpt_dir}; starting from the beginning.[/]")
+
+    use_cuda = torch.cuda.is_available()
+    precision = cfg.train.precision
+    mixed = "bf16" if (precision == "bf16" or (precision == "auto" and use_cuda)) else "no"
+    acc = Accelerator(cpu=not use_cuda, mixed_precision=mixed)
+    world, main = acc.num_processes, acc.is_main_process
+    threads = env.set_threads(cfg.train.threads, world) if not use_cuda else torch.get_num_threads()
+    env.seed_everything(cfg.train.seed)
+
+    # ---- model and tokens ---------------------------------------------------------------------
+    tokenizer = load_causal_tokenizer(causal_base_folder(cfg.model.base))
+    model = build_model(cfg.model, [], tokenizer, family=task.family)
+    pad_id = tokenizer.pad_token_id
+    d = cfg.data
+    enc: dict[str, ChatEncoded] = {
+        s: encode_chats(tokenizer, getattr(splits, s), d.max_length)
+        for s in ("train", "eval", "test")
+    }
+    units = {s: units_of(e, d.max_length, d.packing) for s, e in enc.items()}
+    train_enc, train_units = enc["train"], units["train"]
+    unit_lengths = np.array([sum(len(train_enc.input_ids[i]) for i in u) for u in train_units])
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        summary = splits.summary()
+        for s, e in enc.items():
+            summary["splits"][s].update(
+                truncated=e.n_truncated,
+                mean_tokens=float(e.lengths.mean()) if len(e) else 0.0,
+                learned_tokens=e.n_target_tokens,
+                units=len(units[s]),
+            )
+        summary["packing"] = d.packing
+        atomic_json(out / "data_summary.json", summary)
+        for s in ("train", "eval", "test"):
+            x = summary["splits"][s]
+            console.print(
+                f"  {s}: {x['rows']} rows, {x['truncated']} truncated to {d.max_length} tokens, "
+                f"{x['mean_tokens']:.1f} tokens/row, {x['learned_tokens']} answer tokens, "
+                f"{x['units']} {'blocks' if d.packing else 'rows'}  ({x['source']})",
+                highlight=False,
+            )
+        for note in splits.notes:
+            console.print(f"  {note}", highlight=False)
+
+    # ---- optimisation plan --------------------------------------------------------------------
+    steps_per_epoch = math.ceil(len(train_units) / cfg.train.batch_size)
+    t, chosen = auto.resolve(cfg.train, steps_per_epoch, getattr(model.config, "hidden_size", None))
+    cfg = cfg.model_copy(update={"train": t})
+    if main:
+        for key, c in chosen.items():
+            console.print(f"  {key} = {c['value']} (chosen: {c['why']})", highlight=False)
+        atomic_write_text(out / "config.yaml", dump_config(cfg))
+        atomic_json(out / "auto.json", chosen)
+    assert t.lr is not None and (t.epochs is not None or t.max_steps is not None)
+    total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * steps_per_epoch))
+    optimizer = build_optimizer(model, t)
+    scheduler = build_scheduler(optimizer, t, total_steps)
+    model, optimizer = acc.prepare(model, optimizer)
+    raw_model = acc.unwrap_model(model)
+    if t.compile:
+        model = torch.compile(model)
+    state = initial_state(total_steps, metric)
+    resumed = None
+    if has_checkpoint:
+        resumed = load_latest_intact(ckpt_dir, raw_model, optimizer, scheduler, acc.process_index)
+    if resumed is not None:
+        folder, saved, damaged = resumed
+        state.update(saved)
+        if main:
+            for bad, why in damaged:
+                console.print(f"[yellow]Checkpoint {bad} is damaged ({why}); skipped it.[/]")
+            console.print(f"Resumed from {folder} (step {state['global_step']}).")
+    logger = RunLogger(out, enabled=main, resume_step=state["global_step"] if resumed else None)
+    learned = {"tokens": 0}
+
+    def evaluate_split(split: str) -> dict[str, Any]:
+        # Every rank scores its share of the batches; the sums are added over ranks.
+        total, tokens = loss_sum(
+            raw_model, enc[split], units[split], t.eval_batch_size, pad_id, d.packing,
+            acc.device, acc.autocast, acc.process_index, world,
+        )  # fmt: skip
+        total, tokens = all_reduce_sum(total, world), int(all_reduce_sum(tokens, world))
+        return {**perplexity_metrics(total, tokens), "tokens": tokens, "n": len(enc[split])}
+
+    def step_loss(net: Any, head_name: str, idx: Any) -> Any:
+        """Per-unit loss of one micro-batch, scaled so that their mean is the mean token loss
+        of the micro-batch (every learned token counts the same, whatever its block)."""
+        batch = collate_lm(train_enc, [train_units[i] for i in idx], pad_id, d.packing)
+        batch = {k: v.to(acc.device) for k, v in batch.items()}
+        with acc.autocast():
+            sums, counts = token_loss_sums(net, batch)  # (units,), (units,)
+        n_tokens = int(counts.sum())
+        learned["tokens"] += n_tokens
+        return sums * (len(idx) / max(n_tokens, 1))
+
+    # ---- the loop -----------------------------------------------------------------------------
+    loop = train_loop(
+        model=model,
+        raw_model=raw_model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        acc=acc,
+        t=t,
+        lengths={"": unit_lengths},
+        step_loss=step_loss,
+        evaluate=lambda: evaluate_split("eval"),
+        weights={"": 1.0},
+        state=state,
+        ckpt_dir=ckpt_dir,
+        logger=logger,
+        stop_after_steps=stop_after_steps,
+        on_eval=on_eval,
+    )
+
+    # ---- best model, final evaluation, samples, report ---------------------------------------
+    load_best(raw_model, ckpt_dir)
+    results: dict[str, Any] = {"eval": evaluate_split("eval"), "test": evaluate_split("test")}
+    replica_diff = replica_max_diff(raw_model, world)
+    results["train"] = {
+        "replicas_identical": replica_diff == 0.0,
+        "max_replica_param_diff": replica_diff,
+        "steps": state["global_step"],
+        "best_step": state["best_step"],
+        "metric_for_best": metric,
+        "stopped_by": loop.stopped_by,
+        "processes": world,
+        "packing": d.packing,
+        "train_seconds": round(loop.train_seconds, 3),
+        "train_samples_per_s": round(loop.samples / loop.train_seconds, 2),
+        "train_tokens_per_s": round(learned["tokens"] * world / loop.train_seconds, 1),
+        "threads_per_process": threads,
+    }
+    if main:
+        examples: list[dict[str, Any]] = []
+        n = min(cfg.generate.samples, len(splits.test))
+        if n:
+            gen = Generator(raw_model.eval(), tokenizer)
+            scores, examples = sample_scores(
+                gen,
+                splits.test.prompts()[:n],
+                splits.test.references()[:n],
+                cfg.generate.max_new_tokens,
+            )
+            results["generated"] = {**scores, "max_new_tokens": cfg.generate.max_new_tokens}
+            results["generated_examples"] = examples
+        logger.log(state["global_step"], "final_eval", _scalars(results["eval"]))
+        logger.log(state["global_step"], "final_test", _scalars(results["test"]))
+        info = {
+            "task": task.name,
+            "family": task.family,
+            "base": cfg.model.base,
+            "data": {k: getattr(d, k) for k in DATA_KEYS},
+            "heads": [],
+        }
+        save_model_folder(out, raw_model, tokenizer, info)
+        atomic_json(out / "eval.json", results)
+        write_generation_report(out, cfg.name, cfg.model.base, results, examples, splits.notes)
+        for split in ("eval", "test"):
+            m = results[split]
+            console.print(
+                f"  {split}: loss {m['loss']:.4f}, perplexity {m['perplexity']:.3f}",
+                highlight=False,
+            )
+        if "generated" in results:
+            g = results["generated"]
+            console.print(
+                f"  generated ({g['samples']} test rows): ROUGE-L {g['rouge_l']:.3f}, "
+                f"token F1 {g['token_f1']:.3f}, exact match {g['exact_match']:.3f}",
+                highlight=False,
+            )
+    logger.close()
+    acc.wait_for_everyone()
+    acc.end_training()
+    return results
+
+
+def _scalars(m: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in m.items() if k in ("loss", "perplexity")}
