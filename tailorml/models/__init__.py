@@ -29,11 +29,17 @@ BUILDERS = {"sequence-classifier": ("tailorml.models.classifier", "build_classif
 
 
 def build_model(cfg: ModelConfig, heads: list[HeadSpec], tokenizer: Any) -> Any:
-    """A fresh model for `heads` on the configured base."""
+    """A fresh model for `heads` on the configured base (with LoRA adapters when
+    `model.lora` is set; see tailorml/models/lora.py)."""
     import importlib
 
     family = model_family(heads)
     if family not in BUILDERS:  # pragma: no cover - every registered task names a known family
         raise ConfigError(f"No model builder for the {family!r} family.")
     module, name = BUILDERS[family]
-    return getattr(importlib.import_module(module), name)(cfg, heads, tokenizer)
+    model = getattr(importlib.import_module(module), name)(cfg, heads, tokenizer)
+    if cfg.lora is not None:  # the same model, its body frozen under low-rank adapters
+        from tailorml.models.lora import apply_lora, head_modules
+
+        model = apply_lora(model, cfg.lora, head_modules(model))
+    return model

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from tailorml.config.schema import ModelConfig
 from tailorml.errors import ConfigError
 from tailorml.models.base import quiet_transformers, resolve_base
+from tailorml.models.lora import is_lora_folder, load_merged
 from tailorml.tasks.heads import classifier_head
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ def build_classifier(cfg: ModelConfig, heads: list[HeadSpec], tokenizer: Any) ->
 def load_classifier(path: str | Path, config: Any = None) -> Any:
     """`from_pretrained` for a sequence classifier, also for structurally pruned folders.
 
+    A LoRA model folder (adapter_config.json) loads its base and merges the adapter into it.
     A pruned folder (written by `tailor compress`, `"tailorml_pruned": true` in config.json) holds
     Linear layers narrower than its config says (fewer heads / FFN neurons per layer); it is
     rebuilt from the config and each Linear is resized to the shape stored in the weights.
@@ -53,6 +55,8 @@ def load_classifier(path: str | Path, config: Any = None) -> Any:
 
     quiet_transformers()
     path = Path(path)
+    if is_lora_folder(path):  # base + adapter, merged: the rest sees a plain model
+        return load_merged(path, load_classifier)
     if config is None:
         config = AutoConfig.from_pretrained(str(path))
     if not getattr(config, "tailorml_pruned", False):
