@@ -289,3 +289,19 @@ def test_bad_lora_settings_name_the_field(tmp_path: Path, lora_run: Any) -> None
     run = lora_run[0]
     with pytest.raises(ConfigError, match="tailor merge"):
         resolve_base(str(run / "model"))
+
+
+def test_validate_reports_a_bad_target_with_the_other_problems(tmp_path: Path) -> None:
+    from tailorml.recipes.validate import validate_config
+
+    from .conftest import write_config
+
+    data = {"train": write_csv(tmp_path / "train.csv", make_rows(30, 0))}
+    raw = lora_raw(tmp_path, data, target_modules=["value", "v_proj"])
+    raw["train"]["metric_for_best"] = "bleu"
+    problems = validate_config(write_config(tmp_path, raw))
+    assert any("metric_for_best" in p for p in problems), problems
+    assert any("`model.lora.target_modules`: ['v_proj']" in p for p in problems), problems
+    raw["model"]["lora"]["target_modules"] = ["value"]
+    raw["train"].pop("metric_for_best")
+    assert validate_config(write_config(tmp_path, raw)) == []
