@@ -305,3 +305,15 @@ def test_validate_reports_a_bad_target_with_the_other_problems(tmp_path: Path) -
     raw["model"]["lora"]["target_modules"] = ["value"]
     raw["train"].pop("metric_for_best")
     assert validate_config(write_config(tmp_path, raw)) == []
+
+
+def test_left_out_lr_is_chosen_for_lora() -> None:
+    """LoRA takes larger steps: the chosen rate is the measured one for MiniLM (3e-3, against
+    1e-4 for full fine-tuning); a rate the config sets wins."""
+    from tailorml.config.schema import TrainConfig
+    from tailorml.train import auto
+
+    t, chosen = auto.resolve(TrainConfig(), steps_per_epoch=100, hidden=384, lora=True)
+    assert t.lr == 3e-3 and "LoRA" in chosen["train.lr"]["why"]
+    assert auto.resolve(TrainConfig(), 100, 384)[0].lr == 1e-4
+    assert auto.resolve(TrainConfig(lr=5e-4), 100, 384, lora=True)[0].lr == 5e-4

@@ -167,7 +167,8 @@ def finetune(
 
     # ---- optimisation plan: settings the config leaves out are chosen from data and model ---
     steps_per_epoch = sum(math.ceil(len(e["train"]) / cfg.train.batch_size) for e in enc.values())
-    t, chosen = auto.resolve(cfg.train, steps_per_epoch, getattr(model.config, "hidden_size", None))
+    hidden = getattr(model.config, "hidden_size", None)
+    t, chosen = auto.resolve(cfg.train, steps_per_epoch, hidden, lora=cfg.model.lora is not None)
     cfg = cfg.model_copy(update={"train": t})
     if main:
         for key, c in chosen.items():
