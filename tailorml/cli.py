@@ -381,6 +381,25 @@ def generate(
         _fail(exc)
 
 
+@app.command()
+def merge(
+    run_dir: Annotated[Path, typer.Argument(help="A LoRA run folder (or its RUN_DIR/model).")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Folder to write; default RUN_DIR/merged."),
+    ] = None,
+) -> None:
+    """Merge a LoRA run's adapter into its base: a plain Hugging Face model folder."""
+    from tailorml.recipes.merge import merge_run
+    from tailorml.train.progress import console
+
+    try:
+        out = merge_run(run_dir, output)
+    except TailorError as exc:
+        _fail(exc)
+    console.print(f"Merged model: {out}", highlight=False)
+
+
 def _compress_doc(name: str) -> str:
     from tailorml.config.compress import CompressOptions
 

@@ -59,5 +59,11 @@ def write_task(dst: Path, info: dict[str, Any], **extra: Any) -> None:
 
 
 def folder_size(path: Path) -> int:
-    """Bytes on disk of every file in a folder (model + tokenizer + metadata)."""
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    """Bytes on disk of every file in a folder (model + tokenizer + metadata); a LoRA model
+    folder counts its base's weights too, which it needs to run."""
+    from tailorml.models.lora import base_of, is_lora_folder
+
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    if is_lora_folder(path) and not base_of(path).is_relative_to(path):
+        size += sum(p.stat().st_size for p in base_of(path).glob("*.safetensors"))
+    return size

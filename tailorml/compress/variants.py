@@ -148,6 +148,9 @@ def _recovery_config(
     raw["name"] = f"{raw.get('name', 'run')}-{out_dir.name}"
     raw["output_dir"] = str(out_dir.resolve())
     raw["model"]["base"] = str(base.resolve())
+    # The reshaped model (saved merged) is retrained in full: it is small, and its folder must
+    # stand alone like every variant's.
+    raw["model"]["lora"] = None
     t = raw["train"]
     t.update(epochs=epochs, max_steps=None, eval_every_steps=None, save_every_steps=None)
     t.update(keep_checkpoints=1, early_stopping_patience=None, threads=opts.train_threads)

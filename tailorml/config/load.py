@@ -232,6 +232,19 @@ def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json", exclude=exclude), sort_keys=False)
 
 
+def _optional_section(ann: Any) -> type[BaseModel] | None:
+    """`Section | None` -> Section (a section that is off unless given); else None."""
+    import types
+    import typing
+
+    if typing.get_origin(ann) not in (typing.Union, types.UnionType):
+        return None
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0]
+    return None
+
+
 def schema_lines(root: type[BaseModel] = RunConfig) -> list[tuple[str, str, str, str]]:
     """(key, type, default, doc) for every field, for `tailor config schema`."""
     rows: list[tuple[str, str, str, str]] = []
@@ -241,6 +254,12 @@ def schema_lines(root: type[BaseModel] = RunConfig) -> list[tuple[str, str, str,
             ann = field.annotation
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, f"{prefix}{name}.")
+                continue
+            section = _optional_section(ann)
+            if section is not None:  # an optional section (`model.lora`): itself, then its keys
+                doc = field.description or ""
+                rows.append((prefix + name, "section | None", "None", doc))
+                walk(section, f"{prefix}{name}.")
                 continue
             if name == "heads" and model is RunConfig:
                 continue  # listed below, per head

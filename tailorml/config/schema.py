@@ -80,6 +80,21 @@ class DataConfig(_Section):
     )
 
 
+class LoraSettings(_Section):
+    r: int = Field(8, ge=1, description="Rank of each low-rank update (more = more capacity).")
+    alpha: float = Field(
+        16.0, gt=0, description="Scale of the update: it is multiplied by alpha / r."
+    )
+    dropout: float = Field(
+        0.05, ge=0, lt=1, description="Dropout on the adapters' input (training only)."
+    )
+    target_modules: list[str] | None = Field(
+        None,
+        description="Layers that get adapters: names or name endings, e.g. [query, value]; "
+        "null = every Linear layer of the encoder (attention and feed-forward), not the head.",
+    )
+
+
 class ModelConfig(_Section):
     base: str = Field(
         "minilm",
@@ -91,6 +106,11 @@ class ModelConfig(_Section):
     )
     tiny_hidden_size: int = Field(32, ge=8, description="Hidden size of the `tiny` model.")
     tiny_layers: int = Field(2, ge=1, description="Layers of the `tiny` model.")
+    lora: LoraSettings | None = Field(
+        None,
+        description="LoRA: train low-rank adapters and the task head, the base frozen; "
+        "null = full fine-tuning.",
+    )
 
 
 class TaskConfig(_Section):

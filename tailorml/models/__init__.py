@@ -34,12 +34,18 @@ BUILDERS = {
 def build_model(
     cfg: ModelConfig, heads: list[HeadSpec], tokenizer: Any, family: str | None = None
 ) -> Any:
-    """A fresh model for `heads` on the configured base. A family without heads (the causal
-    LM: its output is the vocabulary) is named by `family`, with `heads` empty."""
+    """A fresh model for `heads` on the configured base (with LoRA adapters when `model.lora`
+    is set; see tailorml/models/lora.py). A family without heads (the causal LM: its output is
+    the vocabulary) is named by `family`, with `heads` empty."""
     import importlib
 
     family = family or model_family(heads)
     if family not in BUILDERS:  # pragma: no cover - every registered task names a known family
         raise ConfigError(f"No model builder for the {family!r} family.")
     module, name = BUILDERS[family]
-    return getattr(importlib.import_module(module), name)(cfg, heads, tokenizer)
+    model = getattr(importlib.import_module(module), name)(cfg, heads, tokenizer)
+    if cfg.lora is not None:  # the same model, its body frozen under low-rank adapters
+        from tailorml.models.lora import apply_lora, head_modules
+
+        model = apply_lora(model, cfg.lora, head_modules(model))
+    return model

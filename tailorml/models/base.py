@@ -43,6 +43,12 @@ def resolve_base(base: str) -> Path | None:
     if base == "tiny":
         return None
     path = Path(base).expanduser()
+    if (path / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"`model.base` = {base!r} is a LoRA adapter, not a whole model. Merge it first with "
+            f"`tailor merge {path.parent if path.name == 'model' else path}` and use the merged "
+            "folder as `model.base`."
+        )
     if path.is_dir() and (path / "config.json").is_file():
         return path
     if path.is_dir():

@@ -192,7 +192,7 @@ def build_causal_lm(cfg: ModelConfig, heads: list[HeadSpec], tokenizer: Any) -> 
     else:
         model = load_causal_lm(folder, **extra)
     set_generation_tokens(model, tokenizer)
-    # LoRA for this family will be one call here: model = apply_lora(model, cfg.lora, []).
+    # LoRA (`model.lora`) is applied by models.build_model, on every family.
     return model
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from tailorml.config.schema import ModelConfig
 from tailorml.errors import ConfigError
 from tailorml.models.base import quiet_transformers, resolve_base
+from tailorml.models.lora import head_modules, is_lora_folder, load_merged
 from tailorml.tasks.heads import classifier_head
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 def build_classifier(cfg: ModelConfig, heads: list[HeadSpec], tokenizer: Any) -> Any:
     """A sequence classifier for `heads` on `cfg.base`, with a fresh output layer."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     quiet_transformers()
     head = classifier_head(heads)
@@ -27,24 +28,49 @@ def build_classifier(cfg: ModelConfig, heads: list[HeadSpec], tokenizer: Any) ->
         head["attention_probs_dropout_prob"] = cfg.dropout
     path = resolve_base(cfg.base)
     if path is None:
-        config = BertConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=cfg.tiny_hidden_size,
-            num_hidden_layers=cfg.tiny_layers,
-            num_attention_heads=max(1, cfg.tiny_hidden_size // 16),
-            intermediate_size=cfg.tiny_hidden_size * 2,
-            max_position_embeddings=512,
-            pad_token_id=tokenizer.pad_token_id,
-            **head,
-        )
+        config = tiny_config(cfg, len(tokenizer), tokenizer.pad_token_id, **head)
         return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
     config = AutoConfig.from_pretrained(str(path), **head)
     return load_classifier(path, config)
 
 
+def tiny_config(cfg: ModelConfig, vocab_size: int, pad_id: int | None, **head: Any) -> Any:
+    """The config of the `tiny` random BERT (tests): `cfg.tiny_*` sizes."""
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.tiny_hidden_size,
+        num_hidden_layers=cfg.tiny_layers,
+        num_attention_heads=max(1, cfg.tiny_hidden_size // 16),
+        intermediate_size=cfg.tiny_hidden_size * 2,
+        max_position_embeddings=512,
+        pad_token_id=pad_id,
+        **head,
+    )
+
+
+def check_lora_targets(cfg: ModelConfig) -> None:
+    """`model.lora.target_modules` name layers of the base (its structure only: built on the
+    meta device, no weights read). For `tailor validate`; training checks the real model."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from tailorml.models.lora import resolve_targets
+
+    if cfg.lora is None or cfg.lora.target_modules is None:
+        return
+    path = resolve_base(cfg.base)
+    config = AutoConfig.from_pretrained(str(path)) if path else tiny_config(cfg, 64, 0)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    resolve_targets(model, cfg.lora.target_modules, head_modules(model))
+
+
 def load_classifier(path: str | Path, config: Any = None) -> Any:
     """`from_pretrained` for a sequence classifier, also for structurally pruned folders.
 
+    A LoRA model folder (adapter_config.json) loads its base and merges the adapter into it.
     A pruned folder (written by `tailor compress`, `"tailorml_pruned": true` in config.json) holds
     Linear layers narrower than its config says (fewer heads / FFN neurons per layer); it is
     rebuilt from the config and each Linear is resized to the shape stored in the weights.
@@ -53,6 +79,8 @@ def load_classifier(path: str | Path, config: Any = None) -> Any:
 
     quiet_transformers()
     path = Path(path)
+    if is_lora_folder(path):  # base + adapter, merged: the rest sees a plain model
+        return load_merged(path, load_classifier)
     if config is None:
         config = AutoConfig.from_pretrained(str(path))
     if not getattr(config, "tailorml_pruned", False):

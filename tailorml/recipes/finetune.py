@@ -1,6 +1,7 @@
 """Fine-tune a pretrained encoder on labeled data: the workflow in one readable file.
 
-    check config and data -> build the model for its heads -> train (tailorml.train.loop)
+    check config and data -> build the model for its heads (LoRA adapters when `model.lora` is
+    set) -> train (tailorml.train.loop)
     -> best checkpoint -> eval.json on eval and test -> model folder -> report.md with plots
 
 A single-task config is one head (named ""); a multi-task config (`heads:`) has one head per
@@ -25,6 +26,7 @@ from tailorml.errors import ConfigError, DataError
 from tailorml.files import atomic_json, atomic_write_text
 from tailorml.models import build_model, model_family
 from tailorml.models.base import load_tokenizer, resolve_base
+from tailorml.models.lora import task_fields as lora_task_fields
 from tailorml.tasks import get_task
 from tailorml.tasks.heads import (
     DATA_KEYS,
@@ -45,7 +47,7 @@ from tailorml.train.loop import initial_state, load_best, train_loop
 from tailorml.train.optim import build_optimizer, build_scheduler
 from tailorml.train.progress import console
 from tailorml.train.run_folder import prepare_run_dir, save_model_folder
-from tailorml.train.summary import data_summary, print_results
+from tailorml.train.summary import data_summary, model_size, peak_memory, print_results
 
 # A training loss in place of the task's: (logits, targets, inputs, example indices into the
 # train split) -> per-example loss (batch,). Distillation (`distill.teacher`) is one.
@@ -122,6 +124,19 @@ def finetune(
     heads, splits = read_heads(cfg)
     model_family(heads)
     loss_fn = distill_loss(cfg, heads)  # training only; evaluation keeps the task's loss
+
+    use_cuda = torch.cuda.is_available()
+    precision, precision_why = auto.choose_precision(cfg.train.precision, use_cuda)
+    mixed = "bf16" if precision == "bf16" else "no"
+    acc = Accelerator(cpu=not use_cuda, mixed_precision=mixed)
+    world, main = acc.num_processes, acc.is_main_process
+    threads = env.set_threads(cfg.train.threads, world) if not use_cuda else torch.get_num_threads()
+    env.seed_everything(cfg.train.seed)
+
+    # ---- model (LoRA: its layers checked against `model.lora`), then the run folder ------------
+    tokenizer = load_tokenizer(resolve_base(cfg.model.base))
+    model = build_model(cfg.model, heads, tokenizer)
+    size = model_size(model) if main else {}
     out = prepare_run_dir(Path(cfg.output_dir), resume, overwrite)
     ckpt_dir = out / "checkpoints"
     has_checkpoint = latest_checkpoint(ckpt_dir) is not None if resume else False
@@ -134,17 +149,7 @@ def finetune(
             )
         console.print(f"[yellow]No checkpoint in {ckpt_dir}; starting from the beginning.[/]")
 
-    use_cuda = torch.cuda.is_available()
-    precision, precision_why = auto.choose_precision(cfg.train.precision, use_cuda)
-    mixed = "bf16" if precision == "bf16" else "no"
-    acc = Accelerator(cpu=not use_cuda, mixed_precision=mixed)
-    world, main = acc.num_processes, acc.is_main_process
-    threads = env.set_threads(cfg.train.threads, world) if not use_cuda else torch.get_num_threads()
-    env.seed_everything(cfg.train.seed)
-
-    # ---- model and encoded data ---------------------------------------------------------------
-    tokenizer = load_tokenizer(resolve_base(cfg.model.base))
-    model = build_model(cfg.model, heads, tokenizer)
+    # ---- encoded data -------------------------------------------------------------------------
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     enc = {
         h.name: {
@@ -162,7 +167,8 @@ def finetune(
 
     # ---- optimisation plan: settings the config leaves out are chosen from data and model ---
     steps_per_epoch = sum(math.ceil(len(e["train"]) / cfg.train.batch_size) for e in enc.values())
-    t, chosen = auto.resolve(cfg.train, steps_per_epoch, getattr(model.config, "hidden_size", None))
+    hidden = getattr(model.config, "hidden_size", None)
+    t, chosen = auto.resolve(cfg.train, steps_per_epoch, hidden, lora=cfg.model.lora is not None)
     cfg = cfg.model_copy(update={"train": t})
     if cfg.train.precision == "auto":
         chosen["train.precision"] = {"value": precision, "why": precision_why}
@@ -250,6 +256,8 @@ def finetune(
         "train_seconds": round(loop.train_seconds, 3),
         "train_samples_per_s": round(loop.samples / loop.train_seconds, 2),
         "threads_per_process": threads,
+        **size,
+        **peak_memory(use_cuda),
     }
     if main:
         from tailorml.evaluate.metrics import scalar_metrics
@@ -257,11 +265,18 @@ def finetune(
 
         for split in ("eval", "test"):
             logger.log(state["global_step"], f"final_{split}", scalar_metrics(results[split]))
-        save_model_folder(out, raw_model, tokenizer, task_json(heads, cfg.model.base))
+        info = task_json(heads, cfg.model.base, lora_task_fields(cfg.model))
+        save_model_folder(out, raw_model, tokenizer, info)
         atomic_json(out / "eval.json", results)
         write_report(out, cfg.name, cfg.model.base, heads, results, splits)
         for h in heads:
             print_results(results, h)
+        tr = results["train"]
+        console.print(
+            f"Peak memory: {tr['peak_memory_mb']:,.0f} MB ({tr['peak_memory_kind']}); "
+            f"trained {tr['trainable_params']:,} of {tr['total_params']:,} parameters.",
+            highlight=False,
+        )
     logger.close()
     acc.wait_for_everyone()
     acc.end_training()

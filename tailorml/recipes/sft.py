@@ -71,6 +71,11 @@ def sft(
             f"`train.metric_for_best` = {metric!r} is not reported for {task.name}. Choose one "
             f"of {list(task.metrics)}."
         )
+    if cfg.model.lora is not None:
+        raise ConfigError(
+            "`model.lora` is set, but LoRA for generation runs is not built yet (it is for the "
+            "classifier tasks). Remove `model.lora` to fine-tune the whole model."
+        )
     splits = prepare_chat_splits(cfg)
     out = prepare_run_dir(Path(cfg.output_dir), resume, overwrite)
     ckpt_dir = out / "checkpoints"
@@ -84,8 +89,8 @@ def sft(
         console.print(f"[yellow]No checkpoint in {ckpt_dir}; starting from the beginning.[/]")
 
     use_cuda = torch.cuda.is_available()
-    precision = cfg.train.precision
-    mixed = "bf16" if (precision == "bf16" or (precision == "auto" and use_cuda)) else "no"
+    precision, _ = auto.choose_precision(cfg.train.precision, use_cuda)
+    mixed = "bf16" if precision == "bf16" else "no"
     acc = Accelerator(cpu=not use_cuda, mixed_precision=mixed)
     world, main = acc.num_processes, acc.is_main_process
     threads = env.set_threads(cfg.train.threads, world) if not use_cuda else torch.get_num_threads()

@@ -61,6 +61,10 @@ def check_inputs(cfg: RunConfig) -> list[str]:
                 collect(lambda: prepare_chat_splits(cfg))
             return problems
     collect(lambda: resolve_base(cfg.model.base))
+    if not problems:  # `model.lora.target_modules` against the base's layers (no weights read)
+        from tailorml.models.classifier import check_lora_targets
+
+        collect(lambda: check_lora_targets(cfg.model))
     collect(lambda: choose_metric(cfg.train.metric_for_best, config_heads(cfg)))
     for name, view in cfg.head_views().items():
         if view.data.train is None or view.task.type not in task_names():

@@ -171,7 +171,8 @@ def variant_task_json(info: dict[str, Any], **extra: Any) -> dict[str, Any]:
     keep = {
         k: v
         for k, v in info.items()
-        if k not in ("runtime", "onnx_file", "torch_int8_state", "torch_dynamic_int8")
+        # lora_base: a variant holds a whole (merged) model, never an adapter.
+        if k not in ("runtime", "onnx_file", "torch_int8_state", "torch_dynamic_int8", "lora_base")
     }
     keep.update(extra)
     return keep

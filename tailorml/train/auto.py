@@ -6,7 +6,8 @@ value comes with the reason, printed at the start of the run and kept in the run
 (`config.yaml` holds the values used, `auto.json` the reasons).
 
     train.lr      by the encoder's width: small encoders (MiniLM, hidden 384) train well at
-                  1e-4, BERT-base-sized ones (768) at 5e-5, larger ones at 2e-5
+                  1e-4, BERT-base-sized ones (768) at 5e-5, larger ones at 2e-5; LoRA
+                  (`model.lora`) 30 times that (3e-3 for MiniLM, measured: docs/benchmarks.md)
     train.epochs  until the eval metric stops improving (early stopping, patience 2, the best
                   checkpoint restored), within a budget of about 3,000 optimizer steps: many
                   epochs for a few hundred rows, 3 for a hundred thousand (at least 3, at most 40)
@@ -30,6 +31,10 @@ MIN_EPOCHS, MAX_EPOCHS = 3, 40
 PATIENCE = 2
 WARMUP_RATIO = 0.06
 EVAL_AT_LEAST_EVERY = 500
+# LoRA's learning rate over full fine-tuning's. Measured on MiniLM (docs/benchmarks.md, "LoRA"):
+# 3e-3 matched full fine-tuning at 1e-4, while 1e-3 and 5e-4 lagged by 5 and 9 points. Other
+# widths get the same ratio (not measured).
+LORA_LR_FACTOR = 30
 
 
 def lr_for_width(hidden: int | None) -> float:
@@ -40,14 +45,21 @@ def lr_for_width(hidden: int | None) -> float:
     return 2e-5
 
 
-def resolve(t: TrainConfig, steps_per_epoch: int, hidden: int | None) -> tuple[TrainConfig, dict]:
-    """`t` with every left-out setting chosen, and {key: {"value", "why"}} for what was chosen."""
+def resolve(
+    t: TrainConfig, steps_per_epoch: int, hidden: int | None, lora: bool = False
+) -> tuple[TrainConfig, dict]:
+    """`t` with every left-out setting chosen, and {key: {"value", "why"}} for what was chosen.
+    `lora`: the model trains LoRA adapters (a larger learning rate)."""
     chosen: dict[str, dict[str, Any]] = {}
     update: dict[str, Any] = {}
     if t.lr is None:
         lr = lr_for_width(hidden)
+        why = f"encoder hidden size {hidden or 'unknown'}"
+        if lora:
+            lr = round(lr * LORA_LR_FACTOR, 10)
+            why += f", LoRA: {LORA_LR_FACTOR}x the full fine-tuning rate"
         update["lr"] = lr
-        chosen["train.lr"] = {"value": lr, "why": f"encoder hidden size {hidden or 'unknown'}"}
+        chosen["train.lr"] = {"value": lr, "why": why}
     if t.epochs is None and t.max_steps is None:
         epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / max(1, steps_per_epoch))))
         update["epochs"] = float(epochs)

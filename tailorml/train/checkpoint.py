@@ -48,7 +48,7 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)  # a LoRA model: its adapter only
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     for rank, state in enumerate(rank_rng):
@@ -59,17 +59,28 @@ def save_checkpoint(
     tmp.rename(folder)
 
 
-def load_checkpoint(
-    folder: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int
-) -> dict[str, Any]:
+def load_weights(folder: Path, model: Any) -> None:
+    """A checkpoint's weights into `model`: the whole model, or a LoRA model's adapter (the frozen
+    base is rebuilt the same way each time, so only what was trained is saved)."""
     from safetensors.torch import load_file
 
+    from tailorml.models.lora import ADAPTER_WEIGHTS, load_adapter_weights
+
+    if (folder / ADAPTER_WEIGHTS).is_file():
+        load_adapter_weights(model, folder)
+        return
     state = load_file(str(folder / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied or buffer-only keys may be absent from safetensors; real weights must not be.
     real_missing = [k for k in untied(model, missing) if "position_ids" not in k]
     if real_missing or unexpected:
         raise RuntimeError(f"checkpoint {folder} does not match the model: {real_missing[:5]}")
+
+
+def load_checkpoint(
+    folder: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int
+) -> dict[str, Any]:
+    load_weights(folder, model)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     rng_file = folder / f"rng_state_{rank}.pt"

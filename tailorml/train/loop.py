@@ -24,7 +24,7 @@ from tailorml.config.schema import TrainConfig
 from tailorml.data.batching import plan_epoch, shard
 from tailorml.evaluate.metrics import is_better, scalar_metrics
 from tailorml.track.logger import RunLogger
-from tailorml.train.checkpoint import prune_checkpoints, rng_state, save_checkpoint
+from tailorml.train.checkpoint import load_weights, prune_checkpoints, rng_state, save_checkpoint
 from tailorml.train.distributed import agree_on_signal, all_reduce_sum, gather_objects, no_sync
 from tailorml.train.progress import TrainProgress, console
 from tailorml.train.signals import StopRequested
@@ -201,8 +201,6 @@ def train_loop(
 
 def load_best(raw_model: Any, ckpt_dir: Path) -> None:
     """Put the best checkpoint's weights back into the model (when one was saved)."""
-    best = ckpt_dir / "best" / "model.safetensors"
-    if best.exists():
-        from safetensors.torch import load_file
-
-        raw_model.load_state_dict(load_file(str(best)), strict=False)
+    best = ckpt_dir / "best"
+    if (best / "trainer_state.json").exists():
+        load_weights(best, raw_model)

@@ -146,8 +146,14 @@ def write_report(
         f"- {heads_summary(heads, base)}",
         f"- steps: {tr['steps']}, best step: {tr['best_step']} (by eval {tr['metric_for_best']}),"
         f" stopped by: {tr['stopped_by']}",
-        "",
     ]
+    if "trainable_params" in tr:
+        lines.append(
+            f"- parameters: {tr['trainable_params']:,} trained of {tr['total_params']:,} "
+            f"({tr['trainable_percent']:.2f}%); peak memory {tr['peak_memory_mb']:,.0f} MB "
+            f"({tr['peak_memory_kind']}); training took {tr['train_seconds']:.0f} s"
+        )
+    lines.append("")
     lines += [f"![{m}](plots/{m})" for m in made]
     for head in heads:
         sp, keys, title = splits[head.name], list(head.kind.metrics), section_title(head)

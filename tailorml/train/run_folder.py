@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tailorml.errors import ConfigError
+from tailorml.models.lora import save_weights
 from tailorml.tasks.folder import write_task_json
 
 FINISHED_MARKERS = ("eval.json", "model", "checkpoints")
@@ -38,11 +39,12 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Path:
 
 
 def save_model_folder(out: Path, model: Any, tokenizer: Any, info: dict[str, Any]) -> Path:
-    """RUN_DIR/model: weights (safetensors), config, tokenizer and task.json `info`."""
+    """RUN_DIR/model: weights (safetensors; a LoRA run's adapter), config, tokenizer and
+    task.json `info`."""
     final, tmp = out / "model", out / "model.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp), safe_serialization=True)
+    save_weights(model, tmp, info)  # a LoRA model: adapter + head, config.json (see models/lora)
     tokenizer.save_pretrained(str(tmp))
     write_task_json(tmp, info)
     if final.exists():

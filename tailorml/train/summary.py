@@ -62,3 +62,34 @@ def print_results(results: dict[str, Any], head: HeadSpec) -> None:
         m = head_metrics(results[split], head.name)
         table.add_row(split, *(f"{m[k]:.4f}" for k in keys))
     console.print(table)
+
+
+def model_size(model: Any) -> dict[str, Any]:
+    """Trainable and total parameters (LoRA: adapters + head of the whole), printed once."""
+    from tailorml.models.lora import count_parameters, is_lora
+
+    trainable, total = count_parameters(model)
+    share = 100.0 * trainable / max(total, 1)
+    how = "LoRA adapters + head" if is_lora(model) else "full fine-tuning"
+    console.print(
+        f"Parameters: {trainable:,} trainable of {total:,} ({share:.2f}%, {how})", highlight=False
+    )
+    return {"trainable_params": trainable, "total_params": total, "trainable_percent": share}
+
+
+def peak_memory(device_is_cuda: bool) -> dict[str, Any]:
+    """The process's peak memory so far: max RSS on CPU (`getrusage`; on Linux in KiB), the
+    largest allocation by torch on CUDA. One process's (rank 0's with several)."""
+    if device_is_cuda:
+        import torch
+
+        return {
+            "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+            "peak_memory_kind": "cuda max_memory_allocated",
+        }
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_bytes = rss if sys.platform == "darwin" else rss * 1024  # macOS reports bytes
+    return {"peak_memory_mb": round(rss_bytes / 2**20, 1), "peak_memory_kind": "max RSS"}
