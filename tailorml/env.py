@@ -25,6 +25,8 @@ def setup() -> None:
     """Set the environment defaults (a value the user already exported wins). Idempotent."""
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if os.environ.get("OMP_NUM_THREADS") == "":  # set but empty: accelerate fails to parse it
+        del os.environ["OMP_NUM_THREADS"]
 
 
 def seed_everything(seed: int) -> None:

@@ -170,8 +170,10 @@ def finetune(
     hidden = getattr(model.config, "hidden_size", None)
     t, chosen = auto.resolve(cfg.train, steps_per_epoch, hidden, lora=cfg.model.lora is not None)
     cfg = cfg.model_copy(update={"train": t})
-    if cfg.train.precision == "auto":
+    if cfg.train.precision == "auto":  # config.yaml holds the precision used, auto.json why
         chosen["train.precision"] = {"value": precision, "why": precision_why}
+        t = t.model_copy(update={"precision": precision})
+        cfg = cfg.model_copy(update={"train": t})
     if main:
         for key, c in chosen.items():
             console.print(f"  {key} = {c['value']} (chosen: {c['why']})", highlight=False)
