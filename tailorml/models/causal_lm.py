@@ -8,7 +8,9 @@
               SmolLM2 tokenizer and chat template: for tests, trains in seconds
     a folder  any local Hugging Face causal-LM folder (config.json, weights, tokenizer)
 
-The model is a plain `LlamaForCausalLM` (or the folder's class), saved as a plain HF folder.
+The model is a plain `LlamaForCausalLM` (or the folder's class), saved as a plain HF folder;
+with `model.lora` only LoRA adapters train (tailorml/models/lora.py), saved as an adapter folder
+that `load_causal_lm` loads merged into its base.
 """
 
 from __future__ import annotations
@@ -197,9 +199,19 @@ def build_causal_lm(cfg: ModelConfig, heads: list[HeadSpec], tokenizer: Any) -> 
 
 
 def load_causal_lm(folder: str | Path, **config_overrides: Any) -> Any:
-    from transformers import AutoModelForCausalLM
+    """A causal-LM folder as a plain model. A LoRA run's folder (adapter_config.json) loads its
+    base (task.json `lora_base`) with the adapter merged in, and the folder's
+    generation_config.json (EOS, pad) in place of the base's."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from tailorml.models.lora import is_lora_folder, load_merged
 
     quiet_transformers()
+    if is_lora_folder(folder):
+        model = load_merged(folder, lambda base, _config: load_causal_lm(base, **config_overrides))
+        if (Path(folder) / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(str(folder))
+        return model
     try:
         return AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=torch.float32, attn_implementation="sdpa", **config_overrides
