@@ -650,3 +650,19 @@ def test_left_out_lr_is_chosen_for_lora_sft(tmp_path: Path) -> None:
     sft(_cfg(raw))
     auto = json.loads((tmp_path / "run" / "auto.json").read_text())
     assert auto["train.lr"]["value"] == pytest.approx(3e-3) and "LoRA" in auto["train.lr"]["why"]
+
+
+def test_bad_lora_targets_in_a_generation_config_leave_no_run(tmp_path: Path) -> None:
+    from tailorml.config.load import dump_config
+    from tailorml.recipes.sft import sft
+    from tailorml.recipes.validate import validate_config
+
+    raw = _config(tmp_path, model={"lora": {**LORA, "target_modules": ["query", "v_proj"]}})
+    with pytest.raises(ConfigError, match=r"\['query'\] name no Linear layer.*'q_proj'"):
+        sft(_cfg(raw))
+    assert not (tmp_path / "run").exists()
+    path = tmp_path / "cfg.yaml"
+    path.write_text(dump_config(_cfg(raw)), encoding="utf-8")
+    problems = validate_config(path)
+    assert any("['query'] name no Linear layer" in p for p in problems), problems
+    assert validate_config(path, ["model.lora.target_modules=[q_proj,v_proj]"]) == []

@@ -32,6 +32,7 @@ from tailorml.models import build_model
 from tailorml.models.causal_lm import (
     causal_base_folder,
     check_causal_base,
+    check_causal_lora_targets,
     load_causal_tokenizer,
     token_loss_sums,
 )
@@ -74,6 +75,7 @@ def sft(
             f"`train.metric_for_best` = {metric!r} is not reported for {task.name}. Choose one "
             f"of {list(task.metrics)}."
         )
+    check_causal_lora_targets(cfg.model)
     splits = prepare_chat_splits(cfg)
     out = prepare_run_dir(Path(cfg.output_dir), resume, overwrite)
     ckpt_dir = out / "checkpoints"
