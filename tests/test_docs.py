@@ -398,7 +398,12 @@ def outputs_for(doc: str, cmd: str) -> list[Expect]:
         out = re.search(r"(?:-o|--output) (\S+)", cmd)
         exp.path, exp.every = (out.group(1) if out else None), True
         found.append(exp)
-    if re.search(r"\btailor evaluate\b", cmd):
+    if re.search(r"\btailor evaluate\b", cmd) and doc == "docs/generate.md":
+        # A generation run: "loss, perplexity, the answer-token count, and the scores of greedy
+        # answers (ROUGE-L F1, token F1, exact match)".
+        keys = ("loss", "perplexity", "tokens", "rouge_l", "token_f1", "exact_match")
+        found.append(Expect("docs/generate.md, tailor evaluate", keys=dict.fromkeys(keys, 0)))
+    elif re.search(r"\btailor evaluate\b", cmd):
         # It prints the metrics eval.json holds (docs/finetune.md, the run folder).
         found.append(Expect("docs/finetune.md, eval.json", keys=eval_metrics()))
     m = re.search(r"\btailor compress (\S+)", cmd)

@@ -462,3 +462,207 @@ def test_smollm2_loads_from_the_package_and_answers_sensibly() -> None:
     assert type(gen.model).__name__ == "LlamaForCausalLM"
     (g,) = gen.generate(["What is the capital of France? Answer in one word."], 24)
     assert "paris" in g.output.lower(), g
+
+
+# ---- LoRA (model.lora) ------------------------------------------------------------------------
+LORA = {"r": 8, "alpha": 16, "dropout": 0.0}
+PROMPTS = [p for p, _ in TOY]
+
+RELOAD = """
+import json, sys
+import torch
+from tailorml.predictors.generator import Generator
+gen = Generator.load(sys.argv[1])
+enc = gen.tokenizer([gen.render(p) for p in json.loads(sys.argv[2])], padding=True,
+                    add_special_tokens=False, return_tensors="pt")
+with torch.inference_mode():
+    logits = gen.model(**enc).logits[:, -1]
+outs = [g.output for g in gen.generate(json.loads(sys.argv[2]), max_new_tokens=16)]
+print(json.dumps({"logits": logits.tolist(), "outputs": outs}))
+"""
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """LoRA on the random `tiny` base (saved in the folder as base/): it learns the toy answers
+    only partly (frozen random embeddings), so the checks below compare logits and outputs of
+    the same model loaded different ways rather than demand the answers."""
+    from tailorml.recipes.sft import sft
+
+    tmp = tmp_path_factory.mktemp("sft-lora")
+    raw = _config(tmp, model={"lora": LORA}, train={"max_steps": 40, "eval_every_steps": 20})
+    results = sft(_cfg(raw))
+    return tmp / "run", results
+
+
+def _tiny_base_for(run: Path) -> Any:
+    """The tiny base the LoRA run trained on, rebuilt as the recipe builds it (seed 0)."""
+    from tailorml import env
+    from tailorml.config.schema import ModelConfig
+    from tailorml.models.causal_lm import build_causal_lm, load_causal_tokenizer
+
+    env.seed_everything(0)
+    cfg = ModelConfig(base="tiny", tiny_hidden_size=64)
+    return build_causal_lm(cfg, [], load_causal_tokenizer(run / "model")).eval()
+
+
+def test_lora_sft_trains_only_the_adapters(lora_run: tuple[Path, dict[str, Any]]) -> None:
+    from safetensors.torch import load_file
+
+    from tailorml.models.causal_lm import load_causal_lm
+
+    out, results = lora_run
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["split"] == "train"]
+    assert losses[-1] < losses[0] - 0.3, losses  # falls, slowly: a frozen random base
+    tr = results["train"]
+    assert 0 < tr["trainable_params"] < 0.2 * tr["total_params"] and tr["peak_memory_mb"] > 0
+    saved = json.loads((out / "eval.json").read_text())["train"]
+    assert saved["trainable_params"] == tr["trainable_params"]
+    assert "trained of" in (out / "report.md").read_text()
+    auto = json.loads((out / "auto.json").read_text())
+    assert "train.lr" not in auto  # set in the config; left out, LoRA gets 30x (test below)
+
+    model = out / "model"
+    names = {p.name for p in model.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "config.json"} <= names
+    assert {"generation_config.json", "task.json", "tokenizer.json", "base"} <= names
+    assert "model.safetensors" not in names
+    info = json.loads((model / "task.json").read_text())
+    assert info["family"] == "causal-lm" and info["lora_base"] == "base"
+    targets = json.loads((model / "adapter_config.json").read_text())["target_modules"]
+    assert {t.rsplit(".", 1)[-1] for t in targets} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+    }  # fmt: skip
+    adapter = load_file(str(model / "adapter_model.safetensors"))
+    assert all("lora_" in k for k in adapter), list(adapter)[:5]  # no embeddings, no head
+    assert any("lora_B" in k and v.abs().max() > 0 for k, v in adapter.items())
+
+    # The saved base is the tiny base as built, untouched; merged, only adapted layers moved.
+    base = _tiny_base_for(out).state_dict()
+    saved_base = load_file(str(model / "base" / "model.safetensors"))
+    assert all(torch.equal(saved_base[k], base[k]) for k in saved_base)
+    merged = load_causal_lm(model).state_dict()
+    moved = {k for k in base if not torch.equal(merged[k], base[k])}
+    assert moved == {f"{t}.weight" for t in targets}, sorted(moved)[:5]
+    assert merged["lm_head.weight"].data_ptr() == merged["model.embed_tokens.weight"].data_ptr()
+
+
+def test_lora_sft_folder_reloads_in_a_fresh_process_and_merges(
+    lora_run: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    import numpy as np
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tailorml.predictors.generator import Generator
+
+    from .conftest import REPO
+
+    out, results = lora_run
+    # The model as trained: the rebuilt base with the adapter on top, not merged.
+    live = Generator(
+        PeftModel.from_pretrained(_tiny_base_for(out), str(out / "model")).eval(),
+        Generator.load(out).tokenizer,
+    )
+    enc = live.tokenizer(
+        [live.render(p) for p in PROMPTS],
+        padding=True,
+        add_special_tokens=False,
+        return_tensors="pt",
+    )
+    with torch.inference_mode():
+        want = live.model(**enc).logits[:, -1].numpy()
+    outputs = [g.output for g in live.generate(PROMPTS, max_new_tokens=16)]
+    trained = [ex["output"] for ex in results["generated_examples"]]
+    assert [o.strip() for o in outputs] == trained  # what the run reported
+    res = subprocess.run(
+        [sys.executable, "-c", RELOAD, str(out), json.dumps(PROMPTS)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(np.array(got["logits"]), want, atol=1e-4)
+    assert got["outputs"] == outputs
+
+    # tailor merge: a plain causal-LM folder with the same logits and answers.
+    merged = tmp_path / "merged"
+    res_m = CliRunner().invoke(app, ["merge", str(out), "-o", str(merged)])
+    assert res_m.exit_code == 0, res_m.output
+    names = {p.name for p in merged.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json"} <= names
+    info = json.loads((merged / "task.json").read_text())
+    assert "lora_base" not in info and info["family"] == "causal-lm"
+    plain = AutoModelForCausalLM.from_pretrained(str(merged)).eval()
+    with torch.inference_mode():
+        np.testing.assert_allclose(plain(**enc).logits[:, -1].numpy(), want, atol=1e-4)
+    args = [a for p in PROMPTS for a in ("-p", p)]
+    got_m = _generate([str(merged), *args, "--max-new-tokens", "16"])
+    assert [g["output"] for g in got_m] == outputs
+    # tailor evaluate on the LoRA run: the test loss training reported.
+    res_e = CliRunner().invoke(app, ["evaluate", str(out), "--samples", "0"])
+    assert res_e.exit_code == 0, res_e.output
+    loss = json.loads(res_e.stdout)["loss"]
+    assert loss == pytest.approx(results["test"]["loss"], rel=1e-4)
+
+
+def test_lora_sft_resume_is_exact(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from tailorml.recipes.sft import sft
+
+    def cfg(name: str) -> RunConfig:
+        (tmp_path / name).mkdir()
+        raw = _config(
+            tmp_path / name,
+            model={"lora": {**LORA, "dropout": 0.1}},  # LoRA dropout: the RNG state resumes
+            train={"max_steps": 12, "eval_every_steps": 4, "save_every_steps": 4},
+            generate={"samples": 0},
+        )
+        return _cfg(raw)
+
+    full = cfg("full")
+    sft(full)
+    part = cfg("part")
+    with pytest.raises(KeyboardInterrupt):
+        sft(part, stop_after_steps=6)
+    ckpt = Path(part.output_dir) / "checkpoints" / "step-4"
+    assert (ckpt / "adapter_model.safetensors").is_file()
+    assert not (ckpt / "model.safetensors").exists()
+    sft(part, resume=True)
+    for name in ("adapter_model.safetensors", "base/model.safetensors"):
+        a = load_file(str(Path(full.output_dir) / "model" / name))
+        b = load_file(str(Path(part.output_dir) / "model" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_left_out_lr_is_chosen_for_lora_sft(tmp_path: Path) -> None:
+    from tailorml.recipes.sft import sft
+
+    raw = _config(tmp_path, model={"lora": LORA}, train={"max_steps": 1}, generate={"samples": 0})
+    del raw["train"]["lr"]
+    sft(_cfg(raw))
+    auto = json.loads((tmp_path / "run" / "auto.json").read_text())
+    assert auto["train.lr"]["value"] == pytest.approx(3e-3) and "LoRA" in auto["train.lr"]["why"]
+
+
+def test_bad_lora_targets_in_a_generation_config_leave_no_run(tmp_path: Path) -> None:
+    from tailorml.config.load import dump_config
+    from tailorml.recipes.sft import sft
+    from tailorml.recipes.validate import validate_config
+
+    raw = _config(tmp_path, model={"lora": {**LORA, "target_modules": ["query", "v_proj"]}})
+    with pytest.raises(ConfigError, match=r"\['query'\] name no Linear layer.*'q_proj'"):
+        sft(_cfg(raw))
+    assert not (tmp_path / "run").exists()
+    path = tmp_path / "cfg.yaml"
+    path.write_text(dump_config(_cfg(raw)), encoding="utf-8")
+    problems = validate_config(path)
+    assert any("['query'] name no Linear layer" in p for p in problems), problems
+    assert validate_config(path, ["model.lora.target_modules=[q_proj,v_proj]"]) == []

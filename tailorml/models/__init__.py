@@ -30,6 +30,23 @@ BUILDERS = {
     "causal-lm": ("tailorml.models.causal_lm", "build_causal_lm"),
 }
 
+# family -> (module, function) loading a model folder as a plain model (a LoRA folder: its base
+# with the adapter merged in).
+LOADERS = {
+    "sequence-classifier": ("tailorml.models.classifier", "load_classifier"),
+    "causal-lm": ("tailorml.models.causal_lm", "load_causal_lm"),
+}
+
+
+def load_model(folder: Any, family: str) -> Any:
+    """A model folder of `family` (task.json's `family`), loaded by that family's loader."""
+    import importlib
+
+    if family not in LOADERS:
+        raise ConfigError(f"No model loader for the {family!r} family of {folder}.")
+    module, name = LOADERS[family]
+    return getattr(importlib.import_module(module), name)(folder)
+
 
 def build_model(
     cfg: ModelConfig, heads: list[HeadSpec], tokenizer: Any, family: str | None = None

@@ -8,7 +8,9 @@
               SmolLM2 tokenizer and chat template: for tests, trains in seconds
     a folder  any local Hugging Face causal-LM folder (config.json, weights, tokenizer)
 
-The model is a plain `LlamaForCausalLM` (or the folder's class), saved as a plain HF folder.
+The model is a plain `LlamaForCausalLM` (or the folder's class), saved as a plain HF folder;
+with `model.lora` only LoRA adapters train (tailorml/models/lora.py), saved as an adapter folder
+that `load_causal_lm` loads merged into its base.
 """
 
 from __future__ import annotations
@@ -167,27 +169,13 @@ def load_causal_tokenizer(folder: str | Path | None) -> Any:
 
 def build_causal_lm(cfg: ModelConfig, heads: list[HeadSpec], tokenizer: Any) -> Any:
     """A causal LM on `cfg.base` (`heads` is empty: the whole vocabulary is the output)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     folder = causal_base_folder(cfg.base)
     extra: dict[str, Any] = {} if cfg.dropout is None else {"attention_dropout": cfg.dropout}
     if folder is None:
-        h = cfg.tiny_hidden_size
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=h,
-            intermediate_size=h * 2,
-            num_hidden_layers=cfg.tiny_layers,
-            num_attention_heads=max(1, h // 16),
-            num_key_value_heads=max(1, h // 16),
-            max_position_embeddings=2048,
-            tie_word_embeddings=True,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            **extra,
-        )
+        config = tiny_causal_config(cfg, tokenizer, **extra)
         model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     else:
         model = load_causal_lm(folder, **extra)
@@ -196,10 +184,66 @@ def build_causal_lm(cfg: ModelConfig, heads: list[HeadSpec], tokenizer: Any) -> 
     return model
 
 
+def tiny_causal_config(cfg: ModelConfig, tokenizer: Any, **extra: Any) -> Any:
+    """The config of the `tiny` random Llama (tests): `cfg.tiny_*` sizes; `tokenizer` None
+    gives a placeholder vocabulary (for the structure alone)."""
+    from transformers import LlamaConfig
+
+    h = cfg.tiny_hidden_size
+    ids: dict[str, Any] = {
+        k: getattr(tokenizer, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+    }
+    return LlamaConfig(
+        vocab_size=len(tokenizer) if tokenizer is not None else 64,
+        hidden_size=h,
+        intermediate_size=h * 2,
+        num_hidden_layers=cfg.tiny_layers,
+        num_attention_heads=max(1, h // 16),
+        num_key_value_heads=max(1, h // 16),
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        **ids,
+        **extra,
+    )
+
+
+def check_causal_lora_targets(cfg: ModelConfig, convert: bool = True) -> None:
+    """`model.lora.target_modules` name layers of the causal-LM base (its structure only, built
+    on the meta device). `convert` False: a packaged SmolLM2 not converted yet is left to the
+    run to check (`tailor validate` does not spend the minute converting it)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tailorml.models.lora import resolve_targets
+
+    if cfg.lora is None or cfg.lora.target_modules is None:
+        return
+    converted = (cache_dir() / SMOLLM2_DIR / "config.json").is_file()
+    if cfg.base == "smollm2" and not convert and not converted:
+        return
+    if cfg.base == "tiny":
+        config = tiny_causal_config(cfg, None)
+    else:
+        config = AutoConfig.from_pretrained(str(causal_base_folder(cfg.base)))
+    quiet_transformers()
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    resolve_targets(model, cfg.lora.target_modules, [])
+
+
 def load_causal_lm(folder: str | Path, **config_overrides: Any) -> Any:
-    from transformers import AutoModelForCausalLM
+    """A causal-LM folder as a plain model. A LoRA run's folder (adapter_config.json) loads its
+    base (task.json `lora_base`) with the adapter merged in, and the folder's
+    generation_config.json (EOS, pad) in place of the base's."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from tailorml.models.lora import is_lora_folder, load_merged
 
     quiet_transformers()
+    if is_lora_folder(folder):
+        model = load_merged(folder, lambda base, _config: load_causal_lm(base, **config_overrides))
+        if (Path(folder) / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(str(folder))
+        return model
     try:
         return AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=torch.float32, attn_implementation="sdpa", **config_overrides

@@ -8,7 +8,9 @@ adapter, merged in memory (`merge_and_unload`), so every reader of a model folde
 model. `tailor merge` writes that merged model as an ordinary folder.
 
 A base with no weights on disk (`tiny`, built from a config for tests) is saved beside the
-adapter, in `base/`, so that the folder still loads in a fresh process.
+adapter, in `base/`, so that the folder still loads in a fresh process. A causal LM (no head:
+only the adapters train; its tied input/output embeddings stay frozen) also keeps its
+generation_config.json in the folder.
 """
 
 from __future__ import annotations
@@ -140,15 +142,21 @@ def count_parameters(model: Any) -> tuple[int, int]:
 # ---- the model folder --------------------------------------------------------------------------
 
 
+# Packaged bases, recorded by name (found again where this tailorml is installed).
+PACKAGED = ("minilm", "smollm2")
+
+
 def task_fields(cfg: ModelConfig) -> dict[str, Any]:
     """task.json fields of a run's model folder: for LoRA, the base the adapter applies to
-    (`minilm`, an absolute folder path, or `base` = the copy inside the folder)."""
+    (`minilm`, `smollm2`, an absolute folder path, or `base` = the copy inside the folder)."""
     from tailorml.models.base import resolve_base
 
     if cfg.lora is None:
         return {}
-    if cfg.base in ("minilm", "tiny"):
-        return {"lora_base": "minilm" if cfg.base == "minilm" else BASE_IN_FOLDER}
+    if cfg.base in PACKAGED:
+        return {"lora_base": cfg.base}
+    if cfg.base == "tiny":
+        return {"lora_base": BASE_IN_FOLDER}
     return {"lora_base": str(Path(str(resolve_base(cfg.base))).resolve())}
 
 
@@ -160,7 +168,10 @@ def save_weights(model: Any, folder: Path, info: dict[str, Any]) -> None:
         return
     model.save_pretrained(str(folder), safe_serialization=True)
     (folder / "README.md").unlink(missing_ok=True)  # peft's model-card template, all blanks
-    model.get_base_model().config.save_pretrained(str(folder))
+    base = model.get_base_model()
+    base.config.save_pretrained(str(folder))
+    if base.can_generate():  # a causal LM: its EOS / pad tokens (generation_config.json)
+        base.generation_config.save_pretrained(str(folder))
     if info.get("lora_base") == BASE_IN_FOLDER:
         # The adapters removed, not merged: the base weights as they were before training.
         copy.deepcopy(model).unload().save_pretrained(
@@ -180,6 +191,10 @@ def base_of(folder: Path) -> Path:
     base = info.get("lora_base")
     if base == BASE_IN_FOLDER:
         return folder / BASE_IN_FOLDER
+    if base == "smollm2":
+        from tailorml.models.causal_lm import smollm2_folder
+
+        return smollm2_folder()
     if not base:
         raise ConfigError(
             f"{folder} holds a LoRA adapter but its task.json does not name the base model "

@@ -1,6 +1,7 @@
 """Supervised fine-tuning of a causal LM (task `generation`): the workflow in one readable file.
 
-    check config and data -> tokenizer + chat template -> tokens with the loss on the answers only
+    check config and data -> tokenizer + chat template -> model (LoRA adapters when `model.lora`
+    is set) -> tokens with the loss on the answers only
     -> packed blocks (or padded rows) -> train (tailorml.train.loop) -> best checkpoint
     -> eval/test loss and perplexity + greedy answers to test prompts scored -> model folder
     -> eval.json, report.md
@@ -31,9 +32,11 @@ from tailorml.models import build_model
 from tailorml.models.causal_lm import (
     causal_base_folder,
     check_causal_base,
+    check_causal_lora_targets,
     load_causal_tokenizer,
     token_loss_sums,
 )
+from tailorml.models.lora import task_fields as lora_task_fields
 from tailorml.predictors.generator import Generator, sample_scores
 from tailorml.tasks import find_task
 from tailorml.track.logger import RunLogger
@@ -45,6 +48,7 @@ from tailorml.train.optim import build_optimizer, build_scheduler
 from tailorml.train.progress import console
 from tailorml.train.report import write_generation_report
 from tailorml.train.run_folder import prepare_run_dir, save_model_folder
+from tailorml.train.summary import model_size, peak_memory
 
 DATA_KEYS = ("prompt_column", "response_column", "messages_column", "max_length")
 
@@ -71,11 +75,7 @@ def sft(
             f"`train.metric_for_best` = {metric!r} is not reported for {task.name}. Choose one "
             f"of {list(task.metrics)}."
         )
-    if cfg.model.lora is not None:
-        raise ConfigError(
-            "`model.lora` is set, but LoRA for generation runs is not built yet (it is for the "
-            "classifier tasks). Remove `model.lora` to fine-tune the whole model."
-        )
+    check_causal_lora_targets(cfg.model)
     splits = prepare_chat_splits(cfg)
     out = prepare_run_dir(Path(cfg.output_dir), resume, overwrite)
     ckpt_dir = out / "checkpoints"
@@ -98,7 +98,8 @@ def sft(
 
     # ---- model and tokens ---------------------------------------------------------------------
     tokenizer = load_causal_tokenizer(causal_base_folder(cfg.model.base))
-    model = build_model(cfg.model, [], tokenizer, family=task.family)
+    model = build_model(cfg.model, [], tokenizer, family=task.family)  # LoRA: adapters only
+    size = model_size(model) if main else {}
     pad_id = tokenizer.pad_token_id
     d = cfg.data
     enc: dict[str, ChatEncoded] = {
@@ -133,7 +134,8 @@ def sft(
 
     # ---- optimisation plan --------------------------------------------------------------------
     steps_per_epoch = math.ceil(len(train_units) / cfg.train.batch_size)
-    t, chosen = auto.resolve(cfg.train, steps_per_epoch, getattr(model.config, "hidden_size", None))
+    hidden = getattr(model.config, "hidden_size", None)
+    t, chosen = auto.resolve(cfg.train, steps_per_epoch, hidden, lora=cfg.model.lora is not None)
     cfg = cfg.model_copy(update={"train": t})
     if main:
         for key, c in chosen.items():
@@ -218,6 +220,8 @@ def sft(
         "train_samples_per_s": round(loop.samples / loop.train_seconds, 2),
         "train_tokens_per_s": round(learned["tokens"] * world / loop.train_seconds, 1),
         "threads_per_process": threads,
+        **size,
+        **peak_memory(use_cuda),
     }
     if main:
         examples: list[dict[str, Any]] = []
@@ -240,6 +244,7 @@ def sft(
             "base": cfg.model.base,
             "data": {k: getattr(d, k) for k in DATA_KEYS},
             "heads": [],
+            **lora_task_fields(cfg.model),  # LoRA: the base the adapter applies to
         }
         save_model_folder(out, raw_model, tokenizer, info)
         atomic_json(out / "eval.json", results)
@@ -257,6 +262,12 @@ def sft(
                 f"token F1 {g['token_f1']:.3f}, exact match {g['exact_match']:.3f}",
                 highlight=False,
             )
+        tr = results["train"]
+        console.print(
+            f"Peak memory: {tr['peak_memory_mb']:,.0f} MB ({tr['peak_memory_kind']}); "
+            f"trained {tr['trainable_params']:,} of {tr['total_params']:,} parameters.",
+            highlight=False,
+        )
     logger.close()
     acc.wait_for_everyone()
     acc.end_training()

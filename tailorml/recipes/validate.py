@@ -48,9 +48,11 @@ def check_inputs(cfg: RunConfig) -> list[str]:
         task = find_task(cfg.task.type)
         if task.family == CAUSAL_LM:  # the generation data path (tailorml/data/sft.py)
             from tailorml.data.sft import prepare_chat_splits
-            from tailorml.models.causal_lm import check_causal_base
+            from tailorml.models.causal_lm import check_causal_base, check_causal_lora_targets
 
             collect(lambda: check_causal_base(cfg.model.base))
+            if not problems:
+                collect(lambda: check_causal_lora_targets(cfg.model, convert=False))
             chosen = cfg.train.metric_for_best
             if chosen and chosen not in task.metrics:
                 problems.append(

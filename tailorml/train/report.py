@@ -224,8 +224,14 @@ def write_generation_report(
         f" stopped by: {tr['stopped_by']}",
         f"- training: {tr['train_tokens_per_s']} learned tokens/s"
         f" ({'packed' if tr['packing'] else 'padded'} batches)",
-        "",
     ]
+    if "trainable_params" in tr:
+        lines.append(
+            f"- parameters: {tr['trainable_params']:,} trained of {tr['total_params']:,} "
+            f"({tr['trainable_percent']:.2f}%); peak memory {tr['peak_memory_mb']:,.0f} MB "
+            f"({tr['peak_memory_kind']}); training took {tr['train_seconds']:.0f} s"
+        )
+    lines.append("")
     lines += [f"![{m}](plots/{m})" for m in made]
     lines += [
         "",

@@ -65,12 +65,15 @@ def print_results(results: dict[str, Any], head: HeadSpec) -> None:
 
 
 def model_size(model: Any) -> dict[str, Any]:
-    """Trainable and total parameters (LoRA: adapters + head of the whole), printed once."""
+    """Trainable and total parameters (LoRA: adapters (+ head) of the whole), printed once."""
     from tailorml.models.lora import count_parameters, is_lora
 
     trainable, total = count_parameters(model)
     share = 100.0 * trainable / max(total, 1)
-    how = "LoRA adapters + head" if is_lora(model) else "full fine-tuning"
+    how = "full fine-tuning"
+    if is_lora(model):  # a causal LM has no head: its adapters alone
+        heads = getattr(model.peft_config["default"], "modules_to_save", None)
+        how = "LoRA adapters + head" if heads else "LoRA adapters"
     console.print(
         f"Parameters: {trainable:,} trainable of {total:,} ({share:.2f}%, {how})", highlight=False
     )
