@@ -41,12 +41,12 @@ from tailorml.tasks.heads import (
 )
 from tailorml.track.logger import RunLogger
 from tailorml.train import auto
-from tailorml.train.checkpoint import latest_checkpoint, load_latest_intact
-from tailorml.train.distributed import distributed_logits, replica_max_diff
+from tailorml.train.checkpoint import load_latest_intact
+from tailorml.train.distributed import distributed_logits, replica_max_diff, start_processes
 from tailorml.train.loop import initial_state, load_best, train_loop
 from tailorml.train.optim import build_optimizer, build_scheduler
 from tailorml.train.progress import console
-from tailorml.train.run_folder import prepare_run_dir, save_model_folder
+from tailorml.train.run_folder import prepare_run_dir, resume_point, save_model_folder
 from tailorml.train.summary import data_summary, model_size, peak_memory, print_results
 
 # A training loss in place of the task's: (logits, targets, inputs, example indices into the
@@ -116,7 +116,6 @@ def finetune(
     after every evaluation and may stop the run (`tailor tune` prunes trials with it)."""
     env.setup()
     import torch
-    from accelerate import Accelerator
 
     # ---- everything that can fail on bad input happens before anything is written ----------
     resolve_base(cfg.model.base)
@@ -125,29 +124,15 @@ def finetune(
     model_family(heads)
     loss_fn = distill_loss(cfg, heads)  # training only; evaluation keeps the task's loss
 
-    use_cuda = torch.cuda.is_available()
-    precision, precision_why = auto.choose_precision(cfg.train.precision, use_cuda)
-    mixed = "bf16" if precision == "bf16" else "no"
-    acc = Accelerator(cpu=not use_cuda, mixed_precision=mixed)
-    world, main = acc.num_processes, acc.is_main_process
-    threads = env.set_threads(cfg.train.threads, world) if not use_cuda else torch.get_num_threads()
-    env.seed_everything(cfg.train.seed)
+    procs = start_processes(cfg.train)
+    acc, world, main = procs.acc, procs.world, procs.main
 
     # ---- model (LoRA: its layers checked against `model.lora`), then the run folder ------------
     tokenizer = load_tokenizer(resolve_base(cfg.model.base))
     model = build_model(cfg.model, heads, tokenizer)
     size = model_size(model) if main else {}
     out = prepare_run_dir(Path(cfg.output_dir), resume, overwrite)
-    ckpt_dir = out / "checkpoints"
-    has_checkpoint = latest_checkpoint(ckpt_dir) is not None if resume else False
-    if resume and not has_checkpoint:
-        if not start_if_nothing:
-            raise ConfigError(
-                f"--resume: there is no checkpoint in {ckpt_dir} to continue from. Leave out "
-                "--resume to start this run, or pass --resume-or-start to resume when a "
-                "checkpoint exists and start otherwise."
-            )
-        console.print(f"[yellow]No checkpoint in {ckpt_dir}; starting from the beginning.[/]")
+    ckpt_dir, has_checkpoint = resume_point(out, resume, start_if_nothing)
 
     # ---- encoded data -------------------------------------------------------------------------
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -171,8 +156,8 @@ def finetune(
     t, chosen = auto.resolve(cfg.train, steps_per_epoch, hidden, lora=cfg.model.lora is not None)
     cfg = cfg.model_copy(update={"train": t})
     if cfg.train.precision == "auto":  # config.yaml holds the precision used, auto.json why
-        chosen["train.precision"] = {"value": precision, "why": precision_why}
-        t = t.model_copy(update={"precision": precision})
+        chosen["train.precision"] = {"value": procs.precision, "why": procs.precision_why}
+        t = t.model_copy(update={"precision": procs.precision})
         cfg = cfg.model_copy(update={"train": t})
     if main:
         for key, c in chosen.items():
@@ -257,9 +242,9 @@ def finetune(
         "processes": world,
         "train_seconds": round(loop.train_seconds, 3),
         "train_samples_per_s": round(loop.samples / loop.train_seconds, 2),
-        "threads_per_process": threads,
+        "threads_per_process": procs.threads,
         **size,
-        **peak_memory(use_cuda),
+        **peak_memory(torch.cuda.is_available()),
     }
     if main:
         from tailorml.evaluate.metrics import scalar_metrics

@@ -41,13 +41,13 @@ from tailorml.predictors.generator import Generator, sample_scores
 from tailorml.tasks import find_task
 from tailorml.track.logger import RunLogger
 from tailorml.train import auto
-from tailorml.train.checkpoint import latest_checkpoint, load_latest_intact
-from tailorml.train.distributed import all_reduce_sum, replica_max_diff
+from tailorml.train.checkpoint import load_latest_intact
+from tailorml.train.distributed import all_reduce_sum, replica_max_diff, start_processes
 from tailorml.train.loop import initial_state, load_best, train_loop
 from tailorml.train.optim import build_optimizer, build_scheduler
 from tailorml.train.progress import console
 from tailorml.train.report import write_generation_report
-from tailorml.train.run_folder import prepare_run_dir, save_model_folder
+from tailorml.train.run_folder import prepare_run_dir, resume_point, save_model_folder
 from tailorml.train.summary import model_size, peak_memory
 
 DATA_KEYS = ("prompt_column", "response_column", "messages_column", "max_length")
@@ -64,7 +64,6 @@ def sft(
     """Run the recipe; returns eval.json's content. Arguments as in `finetune`."""
     env.setup()
     import torch
-    from accelerate import Accelerator
 
     # ---- everything that can fail on bad input happens before anything is written ----------
     task = find_task(cfg.task.type)
@@ -78,23 +77,10 @@ def sft(
     check_causal_lora_targets(cfg.model)
     splits = prepare_chat_splits(cfg)
     out = prepare_run_dir(Path(cfg.output_dir), resume, overwrite)
-    ckpt_dir = out / "checkpoints"
-    has_checkpoint = latest_checkpoint(ckpt_dir) is not None if resume else False
-    if resume and not has_checkpoint:
-        if not start_if_nothing:
-            raise ConfigError(
-                f"--resume: there is no checkpoint in {ckpt_dir} to continue from. Leave out "
-                "--resume to start this run, or pass --resume-or-start."
-            )
-        console.print(f"[yellow]No checkpoint in {ckpt_dir}; starting from the beginning.[/]")
+    ckpt_dir, has_checkpoint = resume_point(out, resume, start_if_nothing)
 
-    use_cuda = torch.cuda.is_available()
-    precision, _ = auto.choose_precision(cfg.train.precision, use_cuda)
-    mixed = "bf16" if precision == "bf16" else "no"
-    acc = Accelerator(cpu=not use_cuda, mixed_precision=mixed)
-    world, main = acc.num_processes, acc.is_main_process
-    threads = env.set_threads(cfg.train.threads, world) if not use_cuda else torch.get_num_threads()
-    env.seed_everything(cfg.train.seed)
+    procs = start_processes(cfg.train)
+    acc, world, main = procs.acc, procs.world, procs.main
 
     # ---- model and tokens ---------------------------------------------------------------------
     tokenizer = load_causal_tokenizer(causal_base_folder(cfg.model.base))
@@ -219,9 +205,9 @@ def sft(
         "train_seconds": round(loop.train_seconds, 3),
         "train_samples_per_s": round(loop.samples / loop.train_seconds, 2),
         "train_tokens_per_s": round(learned["tokens"] * world / loop.train_seconds, 1),
-        "threads_per_process": threads,
+        "threads_per_process": procs.threads,
         **size,
-        **peak_memory(use_cuda),
+        **peak_memory(torch.cuda.is_available()),
     }
     if main:
         examples: list[dict[str, Any]] = []

@@ -4,13 +4,43 @@ and the proof that the replicas stayed in sync. With one process each is a no-op
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from tailorml.config.schema import TrainConfig
     from tailorml.data.batching import Encoded
     from tailorml.tasks.heads import HeadSpec
+
+
+@dataclass
+class Processes:
+    acc: Any  # accelerate.Accelerator
+    world: int
+    main: bool
+    threads: int  # intra-op threads of this process
+    precision: str  # "bf16" or "fp32"
+    precision_why: str
+
+
+def start_processes(t: TrainConfig) -> Processes:
+    """The Accelerator of a training run (one process or one rank of torchrun), its precision
+    (`train.auto.choose_precision`), threads and seeds."""
+    import torch
+    from accelerate import Accelerator
+
+    from tailorml import env
+    from tailorml.train import auto
+
+    use_cuda = torch.cuda.is_available()
+    precision, why = auto.choose_precision(t.precision, use_cuda)
+    acc = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if precision == "bf16" else "no")
+    world = acc.num_processes
+    threads = env.set_threads(t.threads, world) if not use_cuda else torch.get_num_threads()
+    env.seed_everything(t.seed)
+    return Processes(acc, world, acc.is_main_process, threads, precision, why)
 
 
 def gather_objects(obj: Any, world: int) -> list[Any]:

@@ -125,6 +125,17 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def size_lines(tr: dict[str, Any]) -> list[str]:
+    """The parameters and peak-memory line of a report, when the run recorded them."""
+    if "trainable_params" not in tr:
+        return []
+    return [
+        f"- parameters: {tr['trainable_params']:,} trained of {tr['total_params']:,} "
+        f"({tr['trainable_percent']:.2f}%); peak memory {tr['peak_memory_mb']:,.0f} MB "
+        f"({tr['peak_memory_kind']}); training took {tr['train_seconds']:.0f} s"
+    ]
+
+
 def write_report(
     run_dir: Path,
     name: str,
@@ -147,12 +158,7 @@ def write_report(
         f"- steps: {tr['steps']}, best step: {tr['best_step']} (by eval {tr['metric_for_best']}),"
         f" stopped by: {tr['stopped_by']}",
     ]
-    if "trainable_params" in tr:
-        lines.append(
-            f"- parameters: {tr['trainable_params']:,} trained of {tr['total_params']:,} "
-            f"({tr['trainable_percent']:.2f}%); peak memory {tr['peak_memory_mb']:,.0f} MB "
-            f"({tr['peak_memory_kind']}); training took {tr['train_seconds']:.0f} s"
-        )
+    lines += size_lines(tr)
     lines.append("")
     lines += [f"![{m}](plots/{m})" for m in made]
     for head in heads:
@@ -225,12 +231,7 @@ def write_generation_report(
         f"- training: {tr['train_tokens_per_s']} learned tokens/s"
         f" ({'packed' if tr['packing'] else 'padded'} batches)",
     ]
-    if "trainable_params" in tr:
-        lines.append(
-            f"- parameters: {tr['trainable_params']:,} trained of {tr['total_params']:,} "
-            f"({tr['trainable_percent']:.2f}%); peak memory {tr['peak_memory_mb']:,.0f} MB "
-            f"({tr['peak_memory_kind']}); training took {tr['train_seconds']:.0f} s"
-        )
+    lines += size_lines(tr)
     lines.append("")
     lines += [f"![{m}](plots/{m})" for m in made]
     lines += [

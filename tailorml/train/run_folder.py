@@ -38,6 +38,25 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Path:
     return out
 
 
+def resume_point(out: Path, resume: bool, start_if_nothing: bool) -> tuple[Path, bool]:
+    """(the checkpoints folder, whether to resume from it). `--resume` with no checkpoint is an
+    error, unless `start_if_nothing` (`--resume-or-start`): then the run starts afresh."""
+    from tailorml.train.checkpoint import latest_checkpoint
+    from tailorml.train.progress import console
+
+    ckpt_dir = out / "checkpoints"
+    has_checkpoint = latest_checkpoint(ckpt_dir) is not None if resume else False
+    if resume and not has_checkpoint:
+        if not start_if_nothing:
+            raise ConfigError(
+                f"--resume: there is no checkpoint in {ckpt_dir} to continue from. Leave out "
+                "--resume to start this run, or pass --resume-or-start to resume when a "
+                "checkpoint exists and start otherwise."
+            )
+        console.print(f"[yellow]No checkpoint in {ckpt_dir}; starting from the beginning.[/]")
+    return ckpt_dir, has_checkpoint
+
+
 def save_model_folder(out: Path, model: Any, tokenizer: Any, info: dict[str, Any]) -> Path:
     """RUN_DIR/model: weights (safetensors; a LoRA run's adapter), config, tokenizer and
     task.json `info`."""
