@@ -312,6 +312,11 @@ def test_generate_cli_prompts_file_stdin_stop_and_finish_reasons(
     assert outs == ["Honey.", "Blue.", "Hello there, friend!"]
     one_by_one = _generate([str(out), "-i", str(f), "--batch-size", "1"])
     assert [g["output"] for g in one_by_one] == outs
+    # More prompts than one batch: a progress line per batch on stderr, JSONL alone on stdout.
+    res = CliRunner().invoke(app, ["generate", str(out), "-i", str(f), "--batch-size", "2"])
+    assert res.exit_code == 0 and "generated 2/3 prompts" in res.stderr, res.output
+    assert "generated 3/3 prompts" in res.stderr
+    assert [json.loads(x)["output"] for x in res.stdout.splitlines()] == outs
     piped = _generate([str(out), "-i", "-"], stdin="What do bees make?\n")
     assert [g["output"] for g in piped] == ["Honey."]
 
@@ -331,6 +336,12 @@ def test_generate_cli_errors(run: tuple[Path, dict[str, Any]], tmp_path: Path) -
     out, _ = run
     res = CliRunner().invoke(app, ["generate", str(out)])
     assert res.exit_code == 2 and "--prompt" in res.output
+    res = CliRunner().invoke(
+        app, ["generate", str(out), "-p", "x", "--top-p", "0", "--top-k", "-1"]
+    )
+    assert res.exit_code == 2, res.output
+    assert "--top-p is 0.0; it must be in (0, 1]" in res.output and "--top-k is -1" in res.output
+    assert "--temperature" not in res.output  # only what is wrong is named
     bad = tmp_path / "bad.jsonl"
     bad.write_text("Hi\n\n" + json.dumps({"messages": [{"role": "bot", "content": "x"}]}) + "\n")
     res = CliRunner().invoke(app, ["generate", str(out), "-i", str(bad)])

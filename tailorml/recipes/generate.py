@@ -27,16 +27,30 @@ def generate_rows(
     from tailorml.predictors.generator import Generator
 
     env.setup()
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1 or batch_size < 1:
-        raise ConfigError(
-            "--temperature must be >= 0 (0 = greedy), --top-p in (0, 1], --top-k >= 0 "
-            "(0 = off), --max-new-tokens and --batch-size >= 1."
+    bad = [
+        f"{flag} is {value}; it must be {rule}"
+        for flag, value, ok, rule in (
+            ("--temperature", temperature, temperature >= 0, ">= 0 (0 = greedy)"),
+            ("--top-p", top_p, 0 < top_p <= 1, "in (0, 1]"),
+            ("--top-k", top_k, top_k >= 0, ">= 0 (0 = off)"),
+            ("--max-new-tokens", max_new_tokens, max_new_tokens >= 1, ">= 1"),
+            ("--batch-size", batch_size, batch_size >= 1, ">= 1"),
         )
+        if not ok
+    ]
+    if bad:
+        raise ConfigError("; ".join(bad) + ".")
+    from tailorml.train.progress import console
+
     gen = Generator.load(source)
-    for g in gen.generate(
-        prompts, max_new_tokens, temperature, top_p, top_k, seed, stop, batch_size
+    total = len(prompts)
+    for done, g in enumerate(
+        gen.generate(prompts, max_new_tokens, temperature, top_p, top_k, seed, stop, batch_size),
+        start=1,
     ):
         yield g.to_json()
+        if total > batch_size and (done % batch_size == 0 or done == total):
+            console.print(f"generated {done}/{total} prompts", highlight=False)  # on stderr
 
 
 def evaluate_generation(
