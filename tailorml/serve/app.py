@@ -46,7 +46,14 @@ class ServiceState:
 
 
 def create_app(settings: ServeSettings, predictor: Any = None) -> Gate:
-    """The service for one model folder. `predictor` lets tests share an already loaded model."""
+    """The service for one model folder. `predictor` lets tests share an already loaded model.
+    A causal-LM folder gets the generation service (tailorml/serve/generation.py)."""
+    from tailorml.predictors.generator import is_causal_lm
+
+    if is_causal_lm(settings.model):
+        from tailorml.serve.generation import create_generation_app
+
+        return create_generation_app(settings, generator=predictor)
     state = ServiceState(settings)
     m = state.metrics
     life = state.lifecycle

@@ -51,11 +51,15 @@ def serve(
         float | None, typer.Option("--keepalive-timeout", help=_doc("keepalive_timeout_s"))
     ] = None,
     max_connections: Annotated[int | None, typer.Option(help=_doc("max_connections"))] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help=_doc("max_new_tokens"))] = None,
+    max_prompt_tokens: Annotated[int | None, typer.Option(help=_doc("max_prompt_tokens"))] = None,
     workers: Annotated[int | None, typer.Option(help=_doc("workers"))] = None,
     threads: Annotated[int | None, typer.Option(help=_doc("threads"), show_default=False)] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
-    """Serve a model folder over HTTP (POST /v1/predict; docs at /docs)."""
+    """Serve a model folder over HTTP: POST /v1/predict for a classifier or regressor run;
+    POST /v1/generate and the OpenAI-compatible /v1/chat/completions for a generation run or
+    causal-LM folder (or `smollm2`). Docs at /docs."""
     from tailorml.config.load import load_options
     from tailorml.serve.server import run
 
@@ -76,6 +80,8 @@ def serve(
         "body_timeout_s": body_timeout,
         "keepalive_timeout_s": keepalive_timeout,
         "max_connections": max_connections,
+        "max_new_tokens": max_new_tokens,
+        "max_prompt_tokens": max_prompt_tokens,
         "workers": workers,
         "threads": threads,
     }

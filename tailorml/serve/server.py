@@ -31,11 +31,16 @@ APP = "tailorml.serve.app:app_from_env"  # an import string: each worker builds 
 
 def check(settings: ServeSettings) -> None:
     """Fail early, with the fix, before any worker starts."""
+    from tailorml.predictors.generator import is_causal_lm, resolve_causal_folder
     from tailorml.tasks.folder import read_model_info, resolve_model_dir
 
-    folder = resolve_model_dir(settings.model)
-    read_model_info(folder)
-    settings.model = str(folder)
+    if is_causal_lm(settings.model):
+        if settings.model != "smollm2":
+            settings.model = str(resolve_causal_folder(settings.model))
+    else:
+        folder = resolve_model_dir(settings.model)
+        read_model_info(folder)
+        settings.model = str(folder)
     if settings.max_queue < settings.max_inputs:
         raise ConfigError(
             f"--max-queue ({settings.max_queue}) is smaller than --max-inputs "
@@ -76,8 +81,14 @@ def run(settings: ServeSettings, log_level: str = "info") -> None:
     # Load the model here, before any server starts: a folder that cannot be loaded is a clear
     # error (exit 2), not a traceback from inside the ASGI lifespan. One process keeps it.
     from tailorml.predictors import load_predictor
+    from tailorml.predictors.generator import is_causal_lm
 
-    predictor = load_predictor(settings.model, settings.worker_threads())
+    if is_causal_lm(settings.model):
+        from tailorml.serve.generation import load_generator
+
+        predictor: Any = load_generator(settings)
+    else:
+        predictor = load_predictor(settings.model, settings.worker_threads())
     stopped_by = None
     try:
         if settings.workers > 1:

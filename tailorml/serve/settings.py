@@ -73,6 +73,19 @@ class ServeSettings(BaseModel):
         description="Most open connections per worker; one more is answered 503 at once and "
         "closed. Each may hold up to max_body_bytes while its body is read.",
     )
+    max_new_tokens: int = Field(
+        512,
+        ge=1,
+        le=100_000,
+        description="Generation models: most new tokens one request may ask for (else 413); a "
+        "request that names none gets min(128, this).",
+    )
+    max_prompt_tokens: int = Field(
+        2048,
+        ge=1,
+        le=1_000_000,
+        description="Generation models: most tokens in a templated prompt (else 413).",
+    )
     workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port.")
     threads: int | None = Field(
         None, ge=1, description="Inference threads per worker; default: cores // workers."

@@ -148,8 +148,8 @@ def read_model_info(folder: str | Path) -> ModelInfo:
         if family != SEQUENCE_CLASSIFIER:
             raise ConfigError(
                 f"{folder} holds a {family} model (task {raw.get('task')!r}), not a classifier. "
-                "Run it with `tailor generate`, score it with `tailor evaluate`; predicting "
-                "labels, serving and compressing it are not supported yet."
+                "Run it with `tailor generate`, serve it with `tailor serve`, score it with "
+                "`tailor evaluate`; it predicts no labels."
             )
         heads = specs_from_info(raw)
     except (ValueError, KeyError, TypeError) as exc:
