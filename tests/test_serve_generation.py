@@ -164,6 +164,8 @@ def test_generate_plain_and_streamed(server: Any, gen: Any) -> None:
         chunks = [e["text"] for e in events[:-1]]
         assert len(chunks) > 3 and "".join(chunks) == want.output
         assert events[-1]["finish_reason"] == "length" and events[-1]["output"] == want.output
+        spec = c.get("/openapi.json").json()
+        assert {"GenerateRequest", "ChatRequest", "Message"} <= set(spec["components"]["schemas"])
 
 
 def test_openai_client_unchanged(server: Any, gen: Any) -> None:
@@ -330,3 +332,25 @@ def test_tailor_serve_drains_streams_on_sigterm(folder: Path, tmp_path: Path) ->
     assert "Traceback" not in srv.output()
     with pytest.raises(httpx.ConnectError):
         httpx.get(srv.url + "/healthz")
+
+
+def test_a_failing_model_ends_every_sequence_and_refuses_new_ones(gen: Any) -> None:
+    from tailorml.predictors.decoder import DecodeEngine, EngineClosed, Sampling, Sequence
+
+    class Broken:
+        config = gen.model.config
+        generation_config = gen.model.generation_config
+
+        def __call__(self, **kw: Any) -> Any:
+            raise RuntimeError("out of memory, say")
+
+    engine = DecodeEngine(Broken(), gen.tokenizer)
+    ended: list[Any] = []
+    engine.submit(Sequence([1, 2, 3], Sampling(), lambda d, done: done and ended.append(done)))
+    engine.start()
+    assert engine._thread is not None
+    engine._thread.join(10)
+    assert [d.finish_reason for d in ended] == ["error"]
+    assert isinstance(engine.failure, RuntimeError)
+    with pytest.raises(EngineClosed):
+        engine.submit(Sequence([1], Sampling(), lambda d, done: None))

@@ -106,6 +106,7 @@ class DecodeEngine:
         # The running batch: sequences, KV cache, attention mask over the cache, next position
         # and last token of each row.
         self._seqs: list[Sequence] = []
+        self._admitting: list[Sequence] = []  # taken from the queue, being prefilled
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
         self._pos: torch.Tensor | None = None
@@ -158,16 +159,19 @@ class DecodeEngine:
                         room = self.max_batch_size - len(self._seqs)
                         new = self._admit(room)
                     if new:
+                        self._admitting = new
                         self._prefill(new)
+                        self._admitting = []
                     if self._seqs:
                         self._step()
         except BaseException as exc:  # the model failed: end every sequence, refuse new ones
             self.failure = exc
             with self._cv:
                 self._closing = True
-                left = list(self._waiting) + self._seqs
+                # (a sequence may be in two of these lists if the failure came mid-join)
+                left = list(dict.fromkeys(self._admitting + self._seqs + list(self._waiting)))
                 self._waiting.clear()
-            self._seqs = []
+            self._seqs, self._admitting = [], []
             for seq in left:
                 seq.on_event("", self._done(seq, "error"))
             raise

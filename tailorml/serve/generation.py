@@ -526,6 +526,11 @@ async def _finish(queue: asyncio.Queue[Any]) -> Any:
 
 
 def _record(state: GenState, done: Any) -> None:
+    if done.finish_reason == "error" and state.lifecycle.ready:
+        # The decode loop died (its traceback is in the log): /readyz turns 503, so that a
+        # supervisor or balancer replaces this process; every later request gets 503.
+        log.error("the decode loop failed: %r", state.engine.failure)
+        state.lifecycle.ready = False
     m = state.metrics
     m.finished.labels(done.finish_reason).inc()
     m.prompt_tokens.inc(done.prompt_tokens)
