@@ -433,8 +433,15 @@ def compress(
         float | None, typer.Option(help=_compress_doc("distill_epochs"))
     ] = None,
     train_threads: Annotated[int | None, typer.Option(help=_compress_doc("train_threads"))] = None,
+    max_ppl_increase: Annotated[
+        float | None, typer.Option(help=_compress_doc("max_ppl_increase"))
+    ] = None,
+    prompts: Annotated[int | None, typer.Option(help=_compress_doc("prompts"))] = None,
+    new_tokens: Annotated[int | None, typer.Option(help=_compress_doc("new_tokens"))] = None,
+    ppl_rows: Annotated[int | None, typer.Option(help=_compress_doc("ppl_rows"))] = None,
 ) -> None:
-    """Quantize, prune, distill and export a run; measure each variant; choose within budget."""
+    """Quantize, prune, distill and export a run; measure each variant; choose within budget.
+    A generation run: int8 in tokens/s and perplexity, chosen within --max-ppl-increase."""
     from tailorml.config.compress import CompressOptions
     from tailorml.config.load import load_options
     from tailorml.recipes.compress import compress as run
@@ -452,6 +459,10 @@ def compress(
         student_layers=student_layers,
         distill_epochs=distill_epochs,
         train_threads=train_threads,
+        max_ppl_increase=max_ppl_increase,
+        prompts=prompts,
+        new_tokens=new_tokens,
+        ppl_rows=ppl_rows,
     )
     try:
         opts = load_options(CompressOptions, config, flags, "compress")

@@ -94,9 +94,14 @@ REWRITES = [
         "the multi-task model: both heads' data sliced, a few steps",
     ),
     Rule(
-        r"(\btailor compress \S+)",
+        r"(\btailor compress (?!runs/support-sft)\S+)",
         rf"\1 {FAST_COMPRESS}",
         "one timing repetition on 8 texts instead of 3 on 100",
+    ),
+    Rule(
+        r"(\btailor compress runs/support-sft\S*)",
+        r"\1 --repeats 1 --prompts 2 --new-tokens 4 --ppl-rows 8",
+        "a generation run: one timing repetition of 2 prompts x 4 tokens, perplexity on 8 rows",
     ),
     Rule(
         r"--speed \d+",

@@ -9,7 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from tailorml.compress.measure import drift
-from tailorml.config.compress import VARIANTS, CompressOptions
+from tailorml.config.compress import (
+    GENERATION_ONLY,
+    GENERATION_VARIANTS,
+    VARIANTS,
+    CompressOptions,
+)
 from tailorml.data.examples import Examples
 from tailorml.errors import ConfigError, DataError
 from tailorml.tasks.folder import ModelInfo, head_data_config, read_model_info
@@ -69,7 +74,9 @@ def parse_variants(names: list[str] | None) -> list[str]:
         hints = []
         for n in unknown:
             close = difflib.get_close_matches(n, VARIANTS, n=1)
-            hints.append(f"{n!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            hint = "generation runs only" if n in GENERATION_VARIANTS else None
+            hint = hint or (f"did you mean {close[0]!r}?" if close else None)
+            hints.append(f"{n!r}" + (f" ({hint})" if hint else ""))
         raise ConfigError(
             f"Unknown variant(s): {', '.join(hints)}. Choose from: {', '.join(VARIANTS)}."
         )
@@ -82,6 +89,13 @@ def check_inputs(run_dir: str | Path, opts: CompressOptions) -> RunInputs:
 
     run = Path(run_dir)
     variants = parse_variants(opts.variants)
+    given = sorted(set(opts.model_fields_set) & set(GENERATION_ONLY))
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ConfigError(
+            f"{flags}: {'is an option' if len(given) == 1 else 'are options'} of generation runs; "
+            f"{run} is measured by accuracy (--budget, in points). Leave them out."
+        )
     if opts.budget < 0:
         raise ConfigError(f"--budget {opts.budget}: give an accuracy drop in points, >= 0.")
     if not run.is_dir():

@@ -36,11 +36,63 @@ def cell(v: dict[str, Any], key: str, fmt: str) -> str:
     return fmt.format(val)
 
 
-def rows(variants: list[dict[str, Any]]) -> list[list[str]]:
+# A generation run: speed in generated tokens per second, quality in eval perplexity.
+GEN_COLUMNS = [
+    ("variant", "name", "{}"),
+    ("chosen", "chosen", "{}"),
+    ("size MB", "size_bytes", "{:.1f}"),
+    ("tok/s b1", "tokens_per_s_b1", "{:.1f}"),
+    ("tok/s b8", "tokens_per_s_b8", "{:.1f}"),
+    ("perplexity", "perplexity", "{:.4f}"),
+    ("ppl change", "ppl_increase_pct", "{:+.2f}%"),
+    ("speedup b1", "speedup_b1", "{:.2f}x"),
+    ("speedup b8", "speedup_b8", "{:.2f}x"),
+    ("smaller", "size_ratio", "{:.2f}x"),
+]
+
+
+def rows(
+    variants: list[dict[str, Any]], columns: list[tuple[str, str, str]] | None = None
+) -> list[list[str]]:
     out = []
     for v in variants:
-        out.append([cell(v, key, fmt) for _, key, fmt in COLUMNS])
+        out.append([cell(v, key, fmt) for _, key, fmt in columns or COLUMNS])
     return out
+
+
+def write_generation_markdown(path: Path, result: dict[str, Any]) -> None:
+    """compression.md of a generation run."""
+    head = [c[0] for c in GEN_COLUMNS]
+    lines = [
+        f"# Compression of {result['run_dir']} (generation)",
+        "",
+        f"Budget: perplexity at most {result['max_ppl_increase_pct']:g}% above fp32's. "
+        f"Perplexity on the answers of {result['eval_rows']} rows ({result['eval_tokens']} "
+        f"tokens, {result['eval_source']}). Speed: greedy generation of {result['new_tokens']} "
+        f"tokens for each of {result['prompts']} eval prompts, at batch 1 (one prompt at a time) "
+        f"and batch 8, chat template and tokenization included, warm-up excluded, median of "
+        f"{result['repeats']} repetitions, {result['threads']} thread(s) (pinned). Measured on "
+        f"{result['machine']} (flags: {result['cpu_flags'] or 'unknown'}) at {result['date']}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(result["variants"], GEN_COLUMNS)]
+    lines += [
+        "",
+        result["message"],
+        "",
+        "Speedup and size are against the fp32 model (`RUN_DIR/model`). int8 changes greedy text; "
+        "the answer each variant gave to the first prompt (end of turn allowed):",
+        "",
+        "| variant | answer |",
+        "|---|---|",
+    ]
+    for v in result["variants"]:
+        text = " ".join(str(v.get("sample_output", "")).split()).replace("|", "\\|")
+        lines.append(f"| {v['name']} | {text} |")
+    lines.append("")
+    atomic_write_text(path, "\n".join(lines))
 
 
 def write_markdown(path: Path, result: dict[str, Any]) -> None:

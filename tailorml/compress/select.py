@@ -1,5 +1,6 @@
 """Choose the variant to serve: the fastest at batch 1 whose accuracy drop stays within budget
-and whose outputs agree with fp32 (the parity rule)."""
+and whose outputs agree with fp32 (the parity rule); for a generation run, the fastest in
+tokens/s at batch 8 whose perplexity rise stays within budget."""
 
 from __future__ import annotations
 
@@ -64,4 +65,44 @@ def choose(variants: list[dict[str, Any]], budget: float) -> tuple[str, str]:
     return best["name"], (
         f"Chose {best['name']}: {speed:.1f}x faster than fp32 at batch 1 (p50), "
         f"accuracy drop {drop:.2f} points (budget {budget:g})."
+    )
+
+
+# ---- generation runs: a perplexity budget, speed in tokens/s -----------------------------------
+
+
+def ppl_increase(ref_ppl: float, ppl: float) -> float:
+    """Rise of perplexity over the reference, in percent of it; negative = the variant is lower."""
+    return round((ppl - ref_ppl) / ref_ppl * 100, 4)
+
+
+def choose_by_perplexity(variants: list[dict[str, Any]], max_increase: float) -> tuple[str, str]:
+    """Return (chosen name, message) for a generation run. `variants` holds the fp32 reference
+    and the measured variants (`perplexity`, `tokens_per_s_b8`). Chooses the fastest at batch 8
+    whose perplexity rises at most `max_increase` percent over fp32's, and only when it is
+    faster than fp32; never a variant over budget (the message names each excluded one)."""
+    ref = next(v for v in variants if v["name"] == REFERENCE)
+    others = [v for v in variants if v["name"] != REFERENCE]
+    if not others:
+        return REFERENCE, "No compressed variant was built. Keeping the fp32 model."
+    rise = {v["name"]: ppl_increase(ref["perplexity"], v["perplexity"]) for v in others}
+    fits = [v for v in others if rise[v["name"]] <= max_increase]
+    if not fits:
+        why = "; ".join(f"{n}: +{r:.2f}%" for n, r in rise.items())
+        return REFERENCE, (
+            f"No compressed variant keeps the perplexity rise within {max_increase:g}% of fp32's "
+            f"({why}). Keeping the fp32 model. Raise --max-ppl-increase to trade quality for "
+            "speed."
+        )
+    best = max(fits, key=lambda v: v["tokens_per_s_b8"])
+    if best["tokens_per_s_b8"] <= ref["tokens_per_s_b8"]:
+        return REFERENCE, (
+            f"No variant within the perplexity budget of {max_increase:g}% is faster than fp32 "
+            f"at batch 8 ({best['name']}: {best['tokens_per_s_b8']:.1f} against "
+            f"{ref['tokens_per_s_b8']:.1f} tokens/s). Keeping the fp32 model."
+        )
+    speed = best["tokens_per_s_b8"] / ref["tokens_per_s_b8"]
+    return best["name"], (
+        f"Chose {best['name']}: {speed:.2f}x fp32's tokens/s at batch 8, perplexity "
+        f"{rise[best['name']]:+.2f}% (budget {max_increase:g}%)."
     )

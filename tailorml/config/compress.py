@@ -11,6 +11,26 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# A generation run (a causal LM) is compressed by its own path (tailorml/compress/generation.py):
+# the fp32 reference and these variants only.
+GENERATION_VARIANTS = ("torch-int8", "torch-int8-mixed")
+# Options that apply to one family only: giving one for the other family is an error.
+GENERATION_ONLY = ("max_ppl_increase", "prompts", "new_tokens", "ppl_rows")
+CLASSIFIER_ONLY = (
+    "budget",
+    "latency_texts",
+    "prune_heads",
+    "prune_ffn",
+    "recovery_epochs",
+    "student_layers",
+    "distill_epochs",
+    "distill_temperature",
+    "distill_alpha",
+    "train_threads",
+    "train_limit",
+    "keep_work",
+)
+
 VARIANTS = (
     "torch-int8",
     "onnx-fp32",
@@ -26,19 +46,25 @@ class CompressOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     budget: float = Field(
-        default=1.0, ge=0, description="Largest accuracy drop allowed, in points (1.0 = 1%)."
+        default=1.0,
+        ge=0,
+        description="Classifier runs: largest accuracy drop allowed, in points (1.0 = 1%).",
     )
     variants: list[str] | None = Field(
         default=None,
         description="Variants to build, e.g. [onnx-int8] or `onnx-int8,torch-int8`; null = all: "
         + ", ".join(VARIANTS)
+        + "; a generation run: "
+        + ", ".join(GENERATION_VARIANTS)
         + ".",
     )
     threads: int = Field(default=1, ge=1, description="Threads for every measurement (pinned).")
     repeats: int = Field(default=3, ge=1, description="Timed repetitions (medians are reported).")
     latency_texts: int = Field(default=100, ge=1, description="Eval texts timed per repetition.")
     data: Path | None = Field(
-        default=None, description="Labeled eval file; null = the run's own eval split."
+        default=None,
+        description="Labeled eval file (generation runs: rows with the run's prompt and "
+        "response columns); null = the run's own eval split.",
     )
     prune_heads: float = Field(
         default=0.25, ge=0, lt=1, description="Share of attention heads removed per layer (pruned)."
@@ -78,6 +104,31 @@ class CompressOptions(BaseModel):
     )
     keep_work: bool = Field(
         default=False, description="Keep compressed/.work (the recovery and distillation runs)."
+    )
+    # Generation runs (a causal LM): the budget is on perplexity, speed is in tokens/s.
+    max_ppl_increase: float = Field(
+        default=5.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Generation runs: largest rise in eval perplexity allowed, in percent of "
+        "fp32's (5.0 = 5%; 0 = no rise).",
+    )
+    prompts: int = Field(
+        default=8,
+        ge=1,
+        description="Generation runs: eval prompts timed (batch 1: each alone; batch 8: in "
+        "groups of 8).",
+    )
+    new_tokens: int = Field(
+        default=32,
+        ge=1,
+        description="Generation runs: tokens generated per prompt when timing (greedy; the end "
+        "of turn is suppressed, so every variant generates as many).",
+    )
+    ppl_rows: int | None = Field(
+        default=None,
+        ge=1,
+        description="Generation runs: perplexity on the first N eval rows only; null = all.",
     )
 
     @field_validator("variants", mode="before")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -244,6 +245,9 @@ def load_causal_lm(folder: str | Path, **config_overrides: Any) -> Any:
         if (Path(folder) / "generation_config.json").is_file():
             model.generation_config = GenerationConfig.from_pretrained(str(folder))
         return model
+    info = _task_json(Path(folder))
+    if info.get(INT8_STATE_KEY):
+        return load_causal_int8(Path(folder), info, **config_overrides)
     try:
         return AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=torch.float32, attn_implementation="sdpa", **config_overrides
@@ -253,6 +257,91 @@ def load_causal_lm(folder: str | Path, **config_overrides: Any) -> Any:
             f"{folder}: cannot load a causal LM ({str(exc).splitlines()[0][:200]}). Give a "
             "Hugging Face causal-LM folder (e.g. a Llama, Qwen or GPT-2 model)."
         ) from None
+
+
+# task.json keys of a `tailor compress` int8 variant (tailorml/compress/generation.py): the file
+# holding the int8 state dict, and the Linear layers (name suffixes) kept in fp32.
+INT8_STATE_KEY = "torch_int8_state"
+INT8_KEEP_KEY = "torch_int8_keep_fp32"
+
+
+def _task_json(folder: Path) -> dict[str, Any]:
+    import json
+
+    path = folder / "task.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError as exc:
+        raise ConfigError(f"{path} is damaged ({exc}). Re-create the folder.") from None
+    return raw if isinstance(raw, dict) else {}
+
+
+def int8_layers(model: Any, keep_fp32: Sequence[str] = ()) -> list[str]:
+    """Names of the Linear layers `quantize_causal_lm` makes int8: all but the output layer
+    (`get_output_embeddings`) and those whose name ends with one of `keep_fp32`."""
+    out = model.get_output_embeddings()
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+        and m is not out
+        and not any(name.endswith(k) for k in keep_fp32)
+    ]
+
+
+def quantize_causal_lm(model: Any, keep_fp32: Sequence[str] = ()) -> Any:
+    """PyTorch dynamic int8 of a causal LM's Linear layers (`int8_layers`): weights int8 with a
+    scale per output channel, activations quantized per call. Returns a quantized copy.
+
+    The output layer stays fp32: on SmolLM2 (tied to the input embeddings) making it int8 too was
+    no faster and raised perplexity more (docs/benchmarks.md). Per-channel weight scales: on the
+    same model they rose perplexity less than one scale per matrix."""
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    spec = dict.fromkeys(int8_layers(model, keep_fp32), per_channel_dynamic_qconfig)
+    with warnings.catch_warnings():  # torch.ao.quantization prints a migration notice
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
+
+
+def load_causal_int8(folder: Path, info: dict[str, Any], **config_overrides: Any) -> Any:
+    """A torch-int8 variant folder: the model built from config.json, quantized the way
+    `tailor compress` quantized it, then its int8 state dict loaded with
+    `torch.load(weights_only=True)` (tensors only: nothing in the file is unpickled as code)."""
+    import pickle
+    import warnings
+
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    from transformers.initialization import no_init_weights
+
+    path = folder / str(info[INT8_STATE_KEY])
+    if not path.is_file():
+        raise ConfigError(
+            f"{folder}: task.json names the int8 weights {path.name}, which is missing. Re-run "
+            "`tailor compress` on the run to rebuild the folder."
+        )
+    config = AutoConfig.from_pretrained(str(folder), **config_overrides)
+    with no_init_weights():  # every weight comes from the state dict below
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    with torch.no_grad():  # finite placeholders for the quantizer (not torch.empty's bytes)
+        for p in model.parameters():
+            p.zero_()
+    model = quantize_causal_lm(model.eval(), [str(k) for k in info.get(INT8_KEEP_KEY) or ()])
+    try:
+        with warnings.catch_warnings():  # qint8 tensors load through TypedStorage
+            warnings.simplefilter("ignore")
+            state = torch.load(str(path), weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise ConfigError(
+            f"{path}: cannot load the int8 weights ({str(exc).splitlines()[0][:200]}). Re-run "
+            "`tailor compress` on the run to rebuild the folder."
+        ) from None
+    if (folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(folder))
+    return model.eval()
 
 
 def set_generation_tokens(model: Any, tokenizer: Any) -> None:

@@ -75,6 +75,8 @@ class Generator:
 
     @classmethod
     def load(cls, source: str | Path) -> Generator:
+        """The one loading entry point for serving: a run, a model folder (a LoRA one merged),
+        a `tailor compress` int8 variant (RUN_DIR/compressed/torch-int8), or `smollm2`."""
         from tailorml.models.causal_lm import load_causal_lm, load_causal_tokenizer
 
         folder = resolve_causal_folder(source)
@@ -101,9 +103,12 @@ class Generator:
         seed: int | None = None,
         stop: Sequence[str] = (),
         batch_size: int = 8,
+        min_new_tokens: int = 0,
     ) -> list[Generated]:
         """Answers in input order. temperature 0 = greedy; else sampling (top_p, top_k; a
-        `seed` makes it repeatable: the same seed, prompts and batch size give the same text)."""
+        `seed` makes it repeatable: the same seed, prompts and batch size give the same text).
+        `min_new_tokens`: the end of turn is suppressed until that many tokens (benchmarks set
+        it to `max_new_tokens`, so that every model generates the same number of tokens)."""
         import torch
 
         if seed is not None:
@@ -111,7 +116,13 @@ class Generator:
         out: list[Generated] = []
         for i in range(0, len(prompts), batch_size):
             out += self._batch(
-                prompts[i : i + batch_size], max_new_tokens, temperature, top_p, top_k, stop
+                prompts[i : i + batch_size],
+                max_new_tokens,
+                temperature,
+                top_p,
+                top_k,
+                stop,
+                min_new_tokens,
             )
         return out
 
@@ -123,6 +134,7 @@ class Generator:
         top_p: float,
         top_k: int,
         stop: Sequence[str],
+        min_new_tokens: int = 0,
     ) -> list[Generated]:
         import torch
 
@@ -139,6 +151,8 @@ class Generator:
             "pad_token_id": tok.pad_token_id,
             "eos_token_id": tok.eos_token_id,
         }
+        if min_new_tokens:
+            kwargs["min_new_tokens"] = min_new_tokens
         if temperature > 0:
             kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
         else:

@@ -9,6 +9,10 @@ Every variant folder RUN_DIR/compressed/<variant>/ runs on its own with
 `tailorml.predictors.load_predictor` (ONNX variants need only onnxruntime and the tokenizer).
 The pruned and distilled variants are retrained by a `tailor finetune` stage in a child process
 (tailorml/launch.py), on the run's own config with the reshaped model as its base.
+
+A generation run (task.json `family: causal-lm`) takes its own path, `compress_generation`:
+fp32 and torch-int8, perplexity and greedy tokens/s, a perplexity budget; its folders load with
+`Generator.load` (pieces in tailorml/compress/generation.py).
 """
 
 from __future__ import annotations
@@ -24,7 +28,13 @@ from tailorml import env
 from tailorml.compress.folders import folder_size, staged
 from tailorml.compress.inputs import DEPENDS, check_inputs
 from tailorml.compress.measure import all_logits, latency_texts, time_predictor
-from tailorml.compress.select import REFERENCE, accuracy_drop, choose
+from tailorml.compress.select import (
+    REFERENCE,
+    accuracy_drop,
+    choose,
+    choose_by_perplexity,
+    ppl_increase,
+)
 from tailorml.compress.variants import (
     DESCRIBE,
     EXPORT_ATOL,
@@ -36,6 +46,8 @@ from tailorml.compress.variants import (
 )
 from tailorml.config.compress import CompressOptions
 from tailorml.files import atomic_json
+from tailorml.tasks.base import CAUSAL_LM
+from tailorml.tasks.folder import folder_family
 from tailorml.train.progress import console
 
 # int8 variants must agree with fp32 on this share of eval predictions to be eligible for the
@@ -54,6 +66,8 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
     from tailorml.predictors import load_predictor
 
     opts = opts or CompressOptions()
+    if folder_family(run_dir) == CAUSAL_LM:  # a generation run: its own path, below
+        return compress_generation(run_dir, opts)
     inp = check_inputs(run_dir, opts)
     run, info, ev = inp.run, inp.info, inp.eval
     out = run / "compressed"
@@ -160,6 +174,123 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
     }
     _write_outputs(run, result)
     _print_table(result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# a generation run (a causal LM)
+
+
+def compress_generation(run_dir: str | Path, opts: CompressOptions) -> dict[str, Any]:
+    """Compress a generation run: the fp32 reference and torch-int8, each scored for perplexity
+    on the eval answers and timed in greedy tokens/s at batch 1 and 8; the fastest at batch 8
+    within the perplexity budget is chosen. Every folder loads with `Generator.load`.
+
+        check input -> fp32 perplexity -> build each variant in a temp folder, load it the way
+        it is served, its perplexity -> publish -> time all, interleaved -> choose
+        -> RUN_DIR/compression.json, compression_summary.json, compression.md
+    """
+    import torch
+
+    from tailorml.compress import generation as gen_c
+    from tailorml.predictors.generator import Generator
+
+    inp = gen_c.check_inputs(run_dir, opts)
+    run, out = inp.run, inp.run / "compressed"
+    torch.set_num_threads(opts.threads)
+    steps = len(inp.variants) + 2
+    console.print(
+        f"[bold]Compressing[/] the generation run {run}: {', '.join(inp.variants)} "
+        f"({len(inp.chats)} eval rows for perplexity, {len(inp.prompts)} prompts x "
+        f"{opts.new_tokens} tokens timed, {opts.threads} thread(s), budget "
+        f"+{opts.max_ppl_increase:g}% perplexity)"
+    )
+
+    _step(1, steps, REFERENCE, "perplexity of the fp32 model (the reference)")
+    gens = {REFERENCE: Generator.load(inp.model_dir)}
+    entries: dict[str, dict[str, Any]] = {
+        REFERENCE: {
+            "name": REFERENCE,
+            "path": "model",
+            "runtime": "torch",
+            "size_bytes": folder_size(inp.model_dir),
+            **gen_c.perplexity(gens[REFERENCE], inp.chats, inp.max_length),
+            "notes": {},
+        }
+    }
+    ref = entries[REFERENCE]
+    console.print(f"  fp32 perplexity {ref['perplexity']:.4f}", highlight=False)
+    for i, name in enumerate(inp.variants, start=2):
+        _step(i, steps, name, gen_c.DESCRIBE[name])
+        t0 = time.perf_counter()
+        final = out / name
+        with staged(final) as tmp:
+            notes = gen_c.build_causal_int8(name, inp.model_dir, tmp, inp.info)
+            gen = Generator.load(tmp)  # the loader every reader and `tailor serve` uses
+            entry = {
+                "name": name,
+                "path": f"compressed/{name}",
+                "runtime": "torch",
+                "size_bytes": folder_size(tmp),
+                **gen_c.perplexity(gen, inp.chats, inp.max_length),
+                "notes": notes,
+                "build_s": round(time.perf_counter() - t0, 1),
+            }
+        gen.folder = final  # the files it was loaded from, renamed into place
+        gens[name], entries[name] = gen, entry
+        rise = ppl_increase(ref["perplexity"], entry["perplexity"])
+        console.print(
+            f"  [green]done[/] {name}: {entry['size_bytes'] / 1e6:.1f} MB, perplexity "
+            f"{entry['perplexity']:.4f} ({rise:+.2f}%), {entry['build_s']:.0f}s",
+            highlight=False,
+        )
+
+    _step(steps, steps, "timing", f"greedy tokens/s at batch 1 and 8, {opts.repeats} repetitions")
+    torch.set_num_threads(opts.threads)
+    timings = gen_c.time_generators(
+        gens,
+        inp.prompts,
+        opts.new_tokens,
+        opts.repeats,
+        report=lambda line: console.print(line, highlight=False),
+    )
+    for name, e in entries.items():
+        e.update(timings[name])
+        e["ppl_increase_pct"] = ppl_increase(ref["perplexity"], e["perplexity"])
+        e["speedup_b1"] = round(e["tokens_per_s_b1"] / ref["tokens_per_s_b1"], 3)
+        e["speedup_b8"] = round(e["tokens_per_s_b8"] / ref["tokens_per_s_b8"], 3)
+        e["size_ratio"] = round(ref["size_bytes"] / e["size_bytes"], 3)
+    variants = list(entries.values())
+    chosen, message = choose_by_perplexity(variants, opts.max_ppl_increase)
+    for e in variants:
+        e["chosen"] = e["name"] == chosen
+    result = {
+        "run_dir": str(run),
+        "family": CAUSAL_LM,
+        "max_ppl_increase_pct": opts.max_ppl_increase,
+        "chosen": chosen,
+        "chosen_path": str(run / "model" if chosen == REFERENCE else out / chosen),
+        "message": message,
+        "threads": opts.threads,
+        "repeats": opts.repeats,
+        "prompts": len(inp.prompts),
+        "new_tokens": opts.new_tokens,
+        "eval_rows": len(inp.chats),
+        "eval_tokens": ref["tokens"],
+        "eval_source": inp.chats.source,
+        "machine": _machine(),
+        "cpu_flags": gen_c.cpu_flags(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "variants": variants,
+    }
+    from tailorml.compress.report import GEN_COLUMNS, write_generation_markdown
+
+    atomic_json(run / "compression.json", variants)
+    atomic_json(
+        run / "compression_summary.json", {k: v for k, v in result.items() if k != "variants"}
+    )
+    write_generation_markdown(run / "compression.md", result)
+    _print_table(result, GEN_COLUMNS, serve="generate")
     return result
 
 
@@ -284,22 +415,28 @@ def _done(e: dict[str, Any], ref_acc: float) -> None:
     )
 
 
-def _print_table(result: dict[str, Any]) -> None:
+def _print_table(
+    result: dict[str, Any], columns: list[tuple[str, str, str]] | None = None, serve: str = ""
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from tailorml.compress.report import COLUMNS, rows
 
+    columns = columns or COLUMNS
     table = Table(
         title=f"Compression ({result['threads']} thread(s), {result['machine']})", show_edge=False
     )
-    for head, _, _ in COLUMNS:
+    for head, _, _ in columns:
         left = head in ("variant", "runtime", "chosen")
         table.add_column(head, justify="left" if left else "right", no_wrap=True)
-    for r in rows(result["variants"]):
+    for r in rows(result["variants"], columns):
         table.add_row(*r)
     # The table is wide; off a terminal rich would fold it to 80 columns.
     Console(stderr=True, width=max(console.width, 190)).print(table)
     console.print(result["message"], highlight=False)
-    console.print(f"Serve it: tailor serve {result['chosen_path']}", highlight=False)
+    if serve == "generate":
+        console.print(f'Run it: tailor generate {result["chosen_path"]} -p "..."', highlight=False)
+    else:
+        console.print(f"Serve it: tailor serve {result['chosen_path']}", highlight=False)
     console.print(f"Report: {result['run_dir']}/compression.md", highlight=False)
