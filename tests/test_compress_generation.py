@@ -227,3 +227,26 @@ class _Evil:
     @staticmethod
     def _run() -> None:
         _Evil.ran = True
+
+
+def test_an_int8_variant_is_served(compressed: tuple[Path, dict]) -> None:
+    """`tailor serve` on RUN/compressed/torch-int8: the int8 model answers /v1/generate with the
+    text `Generator.load` gives, and /v1/models names the variant."""
+    import httpx
+
+    from tailorml.predictors.generator import Generator
+
+    from .serve_helpers import ThreadServer
+
+    gen = Generator.load(compressed[0] / "compressed" / "torch-int8")
+    want = gen.generate(["What do bees make?"], max_new_tokens=6, batch_size=1)[0].output
+    with ThreadServer(gen) as srv:
+        r = httpx.post(
+            srv.url + "/v1/generate",
+            json={"prompt": "What do bees make?", "max_new_tokens": 6},
+            timeout=30,
+        )
+        assert r.status_code == 200 and r.json()["output"] == want, r.text
+        card = httpx.get(srv.url + "/v1/models", timeout=10).json()["models"][0]
+    assert card["variant"] == "torch-int8" and card["version"].startswith("sha256:")
+    assert card["name"] == compressed[0].name

@@ -349,7 +349,8 @@ def generation_card(gen: Any, settings: ServeSettings) -> dict[str, Any]:
         name = "smollm2"
     else:
         name = folder.name
-    weights = next((folder / n for n in ("model.safetensors",) if (folder / n).is_file()), None)
+    names = ("model.safetensors", "model_int8.pt")
+    weights = next((folder / n for n in names if (folder / n).is_file()), None)
     version = str(info.get("version") or "")
     if not version and weights is not None:
         with weights.open("rb") as fh:
