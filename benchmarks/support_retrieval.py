@@ -1,0 +1,178 @@
+"""Support retrieval on Banking77: each test question -> its intent's help article.
+
+The knowledge base is data/banking77_help/articles/ (77 articles written for the demo, one per
+intent, file name = intent); the queries are Banking77's test questions (3,080), each judged
+right when its intent's article comes back. Scores: recall@1, recall@5 and MRR@10 for BM25,
+dense (packaged all-MiniLM-L6-v2 + faiss) and their reciprocal-rank fusion (k=60), all from one
+run; index build time and query throughput (median of --repeats passes over all queries, in
+batches of --batch) for each.
+
+    flock /tmp/tailorml-heavy.lock python benchmarks/support_retrieval.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def machine() -> dict[str, Any]:
+    flags, name = "", None
+    with contextlib.suppress(OSError):
+        info = Path("/proc/cpuinfo").read_text()
+        m = re.search(r"^flags\s*:\s*(.*)$", info, re.M)
+        flags = " ".join(
+            f for f in (m.group(1).split() if m else []) if f.startswith(("avx", "amx"))
+        )
+        name = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
+    return {
+        "cpu": name.group(1) if name else platform.processor(),
+        "cores": os.cpu_count(),
+        "cpu_flags": flags,
+        "load_average_at_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def intent_file(intent: str) -> str:
+    """The article id of an intent: its name less characters file systems refuse (the
+    intent `reverted_card_payment?` is the file reverted_card_payment.md)."""
+    return re.sub(r'[<>:"/\\|?*]', "", intent)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--articles", type=Path, default=REPO / "data/banking77_help/articles")
+    ap.add_argument("--test", type=Path, default=REPO / "data/banking77/test.csv")
+    ap.add_argument("--limit", type=int, default=None, help="first N questions only (a smoke run)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=256, help="queries per search_many call")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes per retriever")
+    ap.add_argument("--max-words", type=int, default=200, help="passage size (words)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON results (default: results/)")
+    args = ap.parse_args()
+
+    import torch
+
+    from tailorml import env
+    from tailorml.apps.support.evaluate import retrieval_scores
+    from tailorml.apps.support.knowledge import load_passages
+    from tailorml.apps.support.retrieval import BM25Retriever, DenseRetriever, HybridRetriever
+    from tailorml.models.sentence import SentenceEncoder
+
+    env.setup()
+    torch.set_num_threads(args.threads)
+    with args.test.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))[: args.limit]
+    queries = [r["text"] for r in rows]
+    gold = [intent_file(r["category"]) for r in rows]
+    passages = load_passages(args.articles, args.max_words)
+    print(f"{len({p.doc_id for p in passages})} articles, {len(passages)} passages, "
+          f"{len(queries)} questions", flush=True)  # fmt: skip
+
+    t0 = time.perf_counter()
+    encoder = SentenceEncoder("minilm", threads=args.threads)
+    encoder.encode(["warm-up"])  # loads the weights: timed apart from the index build
+    load_s = time.perf_counter() - t0
+
+    def build(name: str) -> Any:
+        if name == "bm25":
+            return BM25Retriever()
+        dense = DenseRetriever(threads=args.threads, encoder=encoder)
+        return dense if name == "dense" else HybridRetriever(BM25Retriever(), dense)
+
+    results: dict[str, Any] = {}
+    for name in ("bm25", "dense", "hybrid"):
+        t0 = time.perf_counter()
+        retriever = build(name).fit(passages)
+        build_s = time.perf_counter() - t0
+        passes = []
+        scores: dict[str, Any] = {}
+        for _ in range(args.repeats):
+            # Scoring runs search_many in batches (as a service would); each pass is timed.
+            t0 = time.perf_counter()
+            scores = batched_scores(retriever, queries, gold, args.batch, retrieval_scores)
+            passes.append(time.perf_counter() - t0)
+        qps = [len(queries) / s for s in passes]
+        results[name] = {
+            **scores,
+            "index_build_s": round(build_s, 3),
+            "queries_per_s_median": round(statistics.median(qps), 1),
+            "queries_per_s_passes": [round(x, 1) for x in qps],
+        }
+        print(f"{name}: {results[name]}", flush=True)
+
+    report = {
+        "benchmark": "support_retrieval",
+        "machine": machine(),
+        "threads": args.threads,
+        "articles": str(args.articles.relative_to(REPO))
+        if args.articles.is_relative_to(REPO)
+        else str(args.articles),  # fmt: skip
+        "passages": len(passages),
+        "max_words": args.max_words,
+        "queries": len(queries),
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "encoder_load_s": round(load_s, 2),
+        "results": results,
+    }
+    print()
+    print(table(report))
+    out = (
+        args.out
+        or REPO / "benchmarks/results" / f"support_retrieval_{time.strftime('%Y-%m-%d')}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwritten: {out}")
+
+
+def batched_scores(
+    retriever: Any, queries: list[str], gold: list[str], batch: int, score: Any
+) -> dict[str, Any]:
+    """retrieval_scores over batches of queries, combined (weighted by batch size)."""
+    total: dict[str, float] = {"recall@1": 0.0, "recall@5": 0.0, "mrr@10": 0.0}
+    for i in range(0, len(queries), batch):
+        part = score(retriever, queries[i : i + batch], gold[i : i + batch], k=10)
+        for key in total:
+            total[key] += part[key] * part["queries"]
+    return {k: round(v / len(queries), 4) for k, v in total.items()} | {"queries": len(queries)}
+
+
+def table(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [
+        f"{m['cpu']}, {m['cores']} cores ({m['cpu_flags']}), {r['threads']} threads, {m['date']}",
+        f"{r['queries']} questions -> {r['passages']} passages (max {r['max_words']} words); "
+        f"encoder load {r['encoder_load_s']} s",
+        "",
+        "| retriever | recall@1 | recall@5 | MRR@10 | index build (s) | queries/s (median) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, x in r["results"].items():
+        lines.append(
+            f"| {name} | {x['recall@1']:.4f} | {x['recall@5']:.4f} | {x['mrr@10']:.4f} | "
+            f"{x['index_build_s']} | {x['queries_per_s_median']} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
