@@ -33,11 +33,13 @@ class CorpusFile:
     source: int  # index of the `pretrain.corpus` entry it came from
 
 
-def expand_corpus(entries: list[Any]) -> list[CorpusFile]:
+def expand_corpus(entries: list[Any], problems: list[str] | None = None) -> list[CorpusFile]:
     """Every file the corpus entries name (folders: their corpus files, recursively; globs:
-    their matches), in a stable order; one DataError listing every entry that names nothing."""
+    their matches), in a stable order; one DataError listing every entry that names nothing
+    (or, given `problems`, those added to it and the files found returned)."""
     files: list[CorpusFile] = []
-    problems: list[str] = []
+    collect = problems is not None
+    problems = problems if problems is not None else []
     if not entries:
         raise DataError("`pretrain.corpus` is empty. Give at least one file, folder or glob.")
     for i, entry in enumerate(entries):
@@ -65,7 +67,7 @@ def expand_corpus(entries: list[Any]) -> list[CorpusFile]:
             found = []
             problems.append(f"{key}: no such file or folder. Check the path.")
         files += [CorpusFile(p, float(weight), i) for p in found]
-    if problems:
+    if problems and not collect:
         raise DataError(problems)
     return files
 

@@ -14,6 +14,7 @@ logging and torchrun processes are the fine-tuning recipes' (tailorml/train/).
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -312,38 +313,66 @@ def _entry_weights(p: PretrainConfig) -> list[float]:
 
 
 def _scratch_tokenizer(cfg: RunConfig, files: list[CorpusFile], out: Path, acc: Any) -> Any:
-    """The run's own tokenizer: trained on the training documents (held-out ones excluded) by
-    the main process and saved in RUN/tokenizer; a resumed run (and every other rank) loads it."""
+    """The run's own tokenizer, in RUN/tokenizer: a resumed run keeps it; otherwise the one
+    cached for this corpus and these settings, else one trained on the training documents
+    (held-out ones excluded) by the main process and cached. The cache matters: the
+    `tokenizers` trainers break ties in hash order, so two trainings on the same text can
+    number the pieces differently (seen with WordPiece), and the token shards are keyed by the
+    tokenizer."""
     from transformers import AutoTokenizer
+
+    from tailorml.data.shards import shard_key
 
     p, tc = cfg.pretrain, cfg.tokenizer
     assert p is not None
     folder = out / "tokenizer"
+    kind = tc.type or ("wordpiece" if p.objective == "mlm" else "bpe")
     if acc.is_main_process and not (folder / "tokenizer.json").is_file():
-        kind = tc.type or ("wordpiece" if p.objective == "mlm" else "bpe")
-        console.print(f"  training a {kind} tokenizer ({tc.vocab_size:,} pieces) on the corpus...")
+        settings = {
+            "kind": kind, "objective": p.objective, "vocab_size": tc.vocab_size,
+            "min_frequency": tc.min_frequency, "eval_fraction": p.eval_fraction,
+            "text_column": p.text_column,
+        }  # fmt: skip
+        cached = _cache_root(p) / "tokenizers" / shard_key(files, "train", settings)
+        if not (cached / "tokenizer.json").is_file():
+            console.print(f"  training a {kind} tokenizer ({tc.vocab_size:,} pieces)...")
 
-        def texts() -> Any:
-            for f in files:
-                for doc in iter_documents(f.path, p.text_column):
-                    if not held_out(doc, p.eval_fraction):
-                        yield doc
+            def texts() -> Any:
+                for f in files:
+                    for doc in iter_documents(f.path, p.text_column):
+                        if not held_out(doc, p.eval_fraction):
+                            yield doc
 
-        tok = train_tokenizer(kind, p.objective, tc.vocab_size, tc.min_frequency, texts())
-        tmp = out / "tokenizer.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tok.save_pretrained(str(tmp))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+            tok = train_tokenizer(kind, p.objective, tc.vocab_size, tc.min_frequency, texts())
+            _save_atomic(tok, cached)
+        else:
+            console.print(f"  {kind} tokenizer from the cache: {cached}", highlight=False)
+        _save_atomic(AutoTokenizer.from_pretrained(str(cached)), folder)
     acc.wait_for_everyone()
     return AutoTokenizer.from_pretrained(str(folder))
+
+
+def _save_atomic(tok: Any, folder: Path) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok.save_pretrained(str(tmp))
+    if (folder / "tokenizer.json").is_file():  # another run saved it first: keep that one
+        shutil.rmtree(tmp)
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def _cache_root(p: PretrainConfig) -> Path:
+    return Path(p.cache_dir) if p.cache_dir else cache_dir() / "shards"
 
 
 def _shards(
     p: PretrainConfig, files: list[CorpusFile], tokenizer: Any, acc: Any, main: bool
 ) -> Shards:
     """The main process writes the shards (or finds them cached); the others then read them."""
-    root = p.cache_dir or cache_dir() / "shards"
+    root = _cache_root(p)
     sep = separator_id(tokenizer, p.objective)
     fingerprint = tokenizer_hash(tokenizer)
 

@@ -92,11 +92,7 @@ def check_pretrain_inputs(cfg: RunConfig) -> None:
     p = cfg.pretrain
     assert p is not None
     problems: list[str] = []
-    try:
-        files = expand_corpus(p.corpus)
-    except TailorError as exc:
-        problems += exc.problems
-        files = []
+    files = expand_corpus(p.corpus, problems)
     documents = 0
     for f in files:
         try:
