@@ -415,3 +415,28 @@ def test_cli_pretrain_errors_exit_2_naming_the_key(tmp_path: Path) -> None:
     fine = write_config(tmp_path, {"data": {"train": "x.csv"}}, "ft.yaml")
     res = CliRunner().invoke(app, ["pretrain", str(fine)])
     assert res.exit_code == 2 and "no `pretrain:` section" in res.output
+
+
+@pytest.mark.slow  # two torchrun processes (~40 s on 2 cores)
+def test_two_processes_match_one(tmp_path: Path, corpus: Path, shard_cache: Path) -> None:
+    """`tailor pretrain --nproc 2` (gloo): replicas stay identical and the weights match a
+    one-process run (CLM: the tiny Llama has no dropout, so both layouts draw nothing random)."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    runs = {}
+    for name, nproc in (("single", 1), ("ddp", 2)):
+        raw = _raw(tmp_path / name, corpus, shard_cache, "clm", train={"max_steps": 8})
+        path = write_config(tmp_path, raw, f"{name}.yaml")
+        cmd = [sys.executable, "-m", "tailorml.cli", "pretrain", str(path), f"--nproc={nproc}"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[name] = tmp_path / name / "run-clm"
+    info = json.loads((runs["ddp"] / "eval.json").read_text())["train"]
+    assert info["processes"] == 2 and info["replicas_identical"] is True
+    a = load_file(str(runs["single"] / "model" / "model.safetensors"))
+    b = load_file(str(runs["ddp"] / "model" / "model.safetensors"))
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-4, f"2-process weights differ from 1-process by {worst}"
