@@ -76,11 +76,64 @@ def finetune(
         raise typer.Exit(130) from None
 
 
+@app.command()
+def pretrain(
+    config: Annotated[Path, typer.Argument(help="YAML run config with a `pretrain:` section.")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="Dotted overrides, e.g. pretrain.block_size=256 train.max_steps=100"),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the latest checkpoint (an error if there is none).")
+    ] = False,
+    resume_or_start: Annotated[
+        bool,
+        typer.Option(help="Continue from the latest checkpoint if there is one, else start."),
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    nproc: Annotated[
+        int, typer.Option(help="Processes on this machine (launches torchrun; CPU: gloo).")
+    ] = 1,
+) -> None:
+    """Pretrain on unlabeled text (masked-LM or causal-LM), from scratch or continuing a base;
+    writes a run folder whose model/ `tailor finetune` takes as `model.base`."""
+    from tailorml.config.load import load_config
+    from tailorml.recipes.pretrain import pretrain as run
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        flags = ["--resume"] if resume else []
+        flags += ["--resume-or-start"] if resume_or_start else []
+        flags += ["--overwrite"] if overwrite else []
+        _launch_torchrun(nproc, config, overrides or [], flags, verb="pretrain")
+    try:
+        cfg = load_config(config, overrides or [])
+        if cfg.pretrain is None:
+            raise TailorError(
+                f"{config} has no `pretrain:` section. `tailor pretrain` needs one (see "
+                "configs/pretrain-*.yaml); fine-tuning configs run with `tailor finetune`."
+            )
+        run(
+            cfg,
+            resume=resume or resume_or_start,
+            overwrite=overwrite,
+            start_if_nothing=resume_or_start,
+        )
+    except TailorError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 def _training_recipe(cfg: Any) -> Any:
     """The recipe that trains this config's model family: the classifier recipe, or supervised
     fine-tuning for a causal LM."""
     from tailorml.tasks import find_task
     from tailorml.tasks.base import CAUSAL_LM
+
+    if cfg.pretrain is not None:
+        raise TailorError(
+            "This config has a `pretrain:` section: run it with `tailor pretrain CONFIG`."
+        )
 
     if cfg.heads is None and find_task(cfg.task.type).family == CAUSAL_LM:
         from tailorml.recipes.sft import sft
@@ -121,7 +174,9 @@ def tune(
         raise typer.Exit(130) from None
 
 
-def _launch_torchrun(nproc: int, config: Path, overrides: list[str], flags: list[str]) -> NoReturn:
+def _launch_torchrun(
+    nproc: int, config: Path, overrides: list[str], flags: list[str], verb: str = "finetune"
+) -> NoReturn:
     """Re-run this command under torchrun with `nproc` local processes."""
     import subprocess
 
@@ -132,7 +187,7 @@ def _launch_torchrun(nproc: int, config: Path, overrides: list[str], flags: list
         load_config(config, overrides)  # fail fast, once, before starting processes
     except TailorError as exc:
         _fail(exc)
-    args = ["finetune", str(config), *overrides, *flags]
+    args = [verb, str(config), *overrides, *flags]
     raise typer.Exit(subprocess.call(torchrun_command(nproc, args)))
 
 

@@ -20,6 +20,14 @@ def test_every_bundled_config_parses(path: Path) -> None:
     if "finwatch" in raw or raw.get("kind"):  # app configs are parsed by their own tests
         pytest.skip("not a run config")
     cfg = load_config(path)
+    if cfg.pretrain is not None:  # a pretraining config names its corpus, not data files
+        from tailorml.data.corpus import expand_corpus
+
+        assert cfg.data.train is None
+        entries = [e if isinstance(e, str) else e.path for e in cfg.pretrain.corpus]
+        assert all((REPO / e).is_file() for e in entries), f"{path.name} names missing files"
+        assert expand_corpus([str(REPO / e) for e in entries])
+        return
     for name, view in cfg.head_views().items():  # one view, or one per head (multi-task)
         for split in ("train", "eval", "test"):
             file = getattr(view.data, split)

@@ -114,6 +114,11 @@ REWRITES = [
         "a study of MiniLM trials takes hours; two tiny trials take seconds",
     ),
     Rule(r"--trials \d+", "--trials 3", "one more tiny trial shows the study continuing"),
+    Rule(
+        r"(\btailor pretrain) (configs/\S+\.yaml)",
+        r"\1 \2 train.max_steps=4 train.eval_every_steps=4 pretrain.max_eval_blocks=8",
+        "pretraining runs minutes; four steps show the run folder",
+    ),
 ]
 
 # Commands that cannot run here. Each one is listed in the test output.

@@ -95,7 +95,37 @@ class LoraSettings(_Section):
     )
 
 
+class ModelInit(_Section):
+    """A model built from scratch (random weights) for `tailor pretrain`."""
+
+    arch: Literal["bert", "llama"] = Field(
+        ...,
+        description="`bert` (BertForMaskedLM, objective mlm) or `llama` (LlamaForCausalLM, clm).",
+    )
+    preset: Literal["tiny", "mini", "small", "base"] = Field(
+        "small",
+        description="Size: tiny (tests, ~0.1M), mini (~4M), small (~20M), base (~110-125M); "
+        "layers/hidden/heads/intermediate override it.",
+    )
+    layers: int | None = Field(None, ge=1, description="Transformer layers (overrides preset).")
+    hidden: int | None = Field(None, ge=8, description="Hidden size (overrides preset).")
+    heads: int | None = Field(
+        None, ge=1, description="Attention heads; must divide hidden (overrides preset)."
+    )
+    intermediate: int | None = Field(
+        None, ge=8, description="Feed-forward width (overrides preset; default 4 x hidden)."
+    )
+    max_positions: int = Field(
+        512, ge=8, description="Longest sequence the model accepts (position embeddings)."
+    )
+
+
 class ModelConfig(_Section):
+    init: ModelInit | None = Field(
+        None,
+        description="Pretraining from scratch: build a random model of this shape "
+        "(instead of `model.base`).",
+    )
     base: str = Field(
         "minilm",
         description="`minilm` (packaged all-MiniLM-L6-v2), `smollm2` (packaged SmolLM2-135M-"
@@ -242,6 +272,63 @@ class GenerateConfig(_Section):
     )
 
 
+class CorpusSource(_Section):
+    path: str = Field(..., description="A file, folder or glob of .txt/.jsonl/.csv/.parquet.")
+    weight: float = Field(
+        1.0, gt=0, description="Times its blocks are seen per epoch (0.5 = half, 2 = twice)."
+    )
+
+
+class PretrainConfig(_Section):
+    objective: Literal["mlm", "clm"] = Field(
+        ..., description="`mlm` masked-LM (BERT-style encoder) or `clm` next-token (decoder)."
+    )
+    corpus: list[str | CorpusSource] = Field(
+        default_factory=list,
+        description="Unlabeled text: files, folders or globs (.txt, .jsonl, .csv, .parquet), or "
+        "{path, weight} entries.",
+    )
+    text_column: str = Field("text", description="Column holding the text in .jsonl/.csv/.parquet.")
+    block_size: int = Field(
+        128, ge=8, le=32768, description="Tokens per training block (documents are joined)."
+    )
+    mask_prob: float = Field(
+        0.15,
+        gt=0,
+        lt=1,
+        description="MLM: share of tokens masked (80% [MASK], 10% random, 10% kept).",
+    )
+    eval_fraction: float = Field(
+        0.05, ge=0, lt=0.5, description="Share of documents held out for evaluation."
+    )
+    max_eval_blocks: int | None = Field(
+        200, ge=1, description="Evaluate on at most this many held-out blocks; null = all."
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Where token shards are cached; null = $TAILORML_CACHE_DIR (else "
+        "~/.cache/tailorml)/shards.",
+    )
+    samples: int = Field(
+        4,
+        ge=0,
+        le=32,
+        description="Report: greedy continuations (clm) or masked predictions (mlm).",
+    )
+
+
+class TokenizerConfig(_Section):
+    type: Literal["wordpiece", "bpe", "unigram"] | None = Field(
+        None,
+        description="From scratch only: tokenizer to train; null = wordpiece for mlm, "
+        "byte-level bpe for clm.",
+    )
+    vocab_size: int = Field(8000, ge=1, description="From scratch only: vocabulary size.")
+    min_frequency: int = Field(
+        2, ge=1, description="From scratch only: a merge/piece must occur this often."
+    )
+
+
 class HeadConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
     task: TaskConfig = Field(default_factory=TaskConfig)  # type: ignore[arg-type]
@@ -258,6 +345,11 @@ class RunConfig(_Section):
     distill: DistillConfig = Field(default_factory=DistillConfig)  # type: ignore[arg-type]
     tune: TuneConfig = Field(default_factory=TuneConfig)  # type: ignore[arg-type]
     generate: GenerateConfig = Field(default_factory=GenerateConfig)  # type: ignore[arg-type]
+    pretrain: PretrainConfig | None = Field(
+        None,
+        description="Self-supervised pretraining (`tailor pretrain`); null = not pretraining.",
+    )
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)  # type: ignore[arg-type]
     heads: dict[str, HeadConfig] | None = Field(
         None,
         description="Multi-task: one shared encoder, one head per entry (own data and task); "
@@ -303,6 +395,8 @@ def cross_field_problems(raw: dict) -> list[str]:
     out: list[str] = []
     if _get(raw, "train.warmup_steps") is not None and _get(raw, "train.warmup_ratio") is not None:
         out.append("Both `train.warmup_steps` and `train.warmup_ratio` are set. Choose one.")
+    if _get(raw, "pretrain") is not None:
+        return out + _batch_problems(raw) + pretrain_problems(raw)
     heads = _get(raw, "heads")
     views: dict[str, dict] = {"": raw}
     if isinstance(heads, dict):
@@ -326,10 +420,99 @@ def cross_field_problems(raw: dict) -> list[str]:
             out.extend(task.config_problems(prefix, data))
         if not _get(view, "data.train"):
             out.append(f"`{prefix}data.train` is not set. Give the path of the training file.")
+    return out + _batch_problems(raw)
+
+
+def _batch_problems(raw: dict) -> list[str]:
     bs, acc = _get(raw, "train.batch_size", 32), _get(raw, "train.grad_accum_steps", 1)
     if isinstance(bs, int) and isinstance(acc, int) and acc > 0 and bs % acc:
-        out.append(
+        return [
             f"`train.batch_size` ({bs}) is not divisible by `train.grad_accum_steps` ({acc}). "
             "Pick values that divide."
+        ]
+    return []
+
+
+def pretrain_problems(raw: dict) -> list[str]:
+    """The cross-field checks of a pretraining config (`pretrain:` set): what it builds on,
+    objective against architecture, the tokenizer's size, the model's shape and positions.
+    Checks that need files (the corpus, a base folder) run in `tailor validate` and the run."""
+    from tailorml.models.presets import init_shape, min_vocab_size
+
+    out: list[str] = []
+    objective = _get(raw, "pretrain.objective")
+    corpus = _get(raw, "pretrain.corpus")
+    if not corpus:
+        out.append(
+            "`pretrain.corpus` is empty. Give at least one file, folder or glob of unlabeled "
+            "text (.txt, .jsonl, .csv, .parquet)."
+        )
+    if _get(raw, "heads") is not None:
+        out.append("`heads` is set in a pretraining config. Remove it (pretraining has no heads).")
+    base, init = _get(raw, "model.base"), _get(raw, "model.init")
+    if base is not None and init is not None:
+        out.append(
+            "Both `model.base` and `model.init` are set. Choose one: `model.base` continues a "
+            "pretrained model, `model.init` builds a new one from scratch."
+        )
+    arch = _get(raw, "model.init.arch")
+    want = {"mlm": "bert", "clm": "llama"}.get(str(objective))
+    if isinstance(init, dict) and arch in ("bert", "llama") and want and arch != want:
+        out.append(
+            f"`model.init.arch` = {arch!r} does not fit `pretrain.objective` = {objective!r}: "
+            f"{objective} trains a {want} model. Set `model.init.arch: {want}` or change the "
+            "objective."
+        )
+    if init is None:
+        b = base if base is not None else "minilm"
+        if objective == "clm" and b == "minilm":
+            out.append(
+                f"`model.base` = {b!r} is an encoder; `pretrain.objective: clm` needs a causal "
+                "LM: `smollm2`, a causal-LM folder, or `model.init: {arch: llama}`."
+            )
+        if objective == "mlm" and b == "smollm2":
+            out.append(
+                "`model.base` = 'smollm2' is a causal LM; `pretrain.objective: mlm` needs an "
+                "encoder: `minilm`, a masked-LM folder, or `model.init: {arch: bert}`."
+            )
+        if b == "tiny":
+            out.append(
+                "`model.base` = 'tiny' is for fine-tuning tests. For a tiny model to pretrain "
+                "use `model.init: {arch: bert|llama, preset: tiny}`."
+            )
+        if isinstance(raw.get("tokenizer"), dict) and raw["tokenizer"]:
+            out.append(
+                "`tokenizer` is set, but `model.base` continues a pretrained model and keeps "
+                "its tokenizer. Remove `tokenizer`, or use `model.init` to train from scratch."
+            )
+    if isinstance(init, dict) and objective in ("mlm", "clm"):
+        shape = init_shape(init)
+        if shape is not None and shape["hidden"] % shape["heads"]:
+            out.append(
+                f"`model.init.heads` ({shape['heads']}) does not divide `model.init.hidden` "
+                f"({shape['hidden']}). Pick a head count that divides the hidden size."
+            )
+        block = _get(raw, "pretrain.block_size", 128)
+        positions = _get(raw, "model.init.max_positions", 512)
+        if isinstance(block, int) and isinstance(positions, int) and block > positions:
+            out.append(
+                f"`pretrain.block_size` ({block}) is larger than the model's positions "
+                f"(`model.init.max_positions` = {positions}). Lower the block size or raise "
+                "max_positions."
+            )
+        kind = _get(raw, "tokenizer.type") or ("wordpiece" if objective == "mlm" else "bpe")
+        vocab = _get(raw, "tokenizer.vocab_size", 8000)
+        least = min_vocab_size(str(kind), str(objective))
+        if isinstance(vocab, int) and vocab < least:
+            out.append(
+                f"`tokenizer.vocab_size` = {vocab} is too small for a {kind} tokenizer: it "
+                f"needs at least {least} (its special tokens"
+                f"{' and the 256 bytes' if kind == 'bpe' else ''} plus room for pieces)."
+            )
+    metric = _get(raw, "train.metric_for_best")
+    if metric is not None and metric not in ("loss", "perplexity"):
+        out.append(
+            f"`train.metric_for_best` = {metric!r} is not reported by pretraining. Choose loss "
+            "or perplexity."
         )
     return out

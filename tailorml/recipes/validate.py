@@ -44,6 +44,10 @@ def check_inputs(cfg: RunConfig) -> list[str]:
         except TailorError as exc:
             problems.extend(f"{prefix}{p}" for p in exc.problems)
 
+    if cfg.pretrain is not None:
+        collect(lambda: check_pretrain_inputs(cfg))
+        return problems
+
     if cfg.heads is None and cfg.task.type in task_names():
         task = find_task(cfg.task.type)
         if task.family == CAUSAL_LM:  # the generation data path (tailorml/data/sft.py)
@@ -75,3 +79,39 @@ def check_inputs(cfg: RunConfig) -> list[str]:
         key = f"heads.{name}.task.type" if name else "task.type"
         collect(lambda v=view, k=key: prepare_splits(v, get_task(v.task.type, k)), prefix)
     return problems
+
+
+def check_pretrain_inputs(cfg: RunConfig) -> None:
+    """A pretraining config's inputs: every corpus file is found, readable, UTF-8 and holds
+    the text column (each read through once, as tokenization will), and `model.base` is a
+    model of the objective's kind whose positions hold the block. One error with every
+    problem."""
+    from tailorml.data.corpus import expand_corpus, iter_documents
+    from tailorml.errors import DataError
+
+    p = cfg.pretrain
+    assert p is not None
+    problems: list[str] = []
+    files = expand_corpus(p.corpus, problems)
+    documents = 0
+    for f in files:
+        try:
+            documents += sum(1 for _ in iter_documents(f.path, p.text_column))
+        except TailorError as exc:
+            problems += exc.problems
+    if files and not problems and documents == 0:
+        problems.append("`pretrain.corpus`: the files hold no text. Check them and the column.")
+    # A base of the wrong kind (or `tiny`) is reported by the config check.
+    mismatch = cfg.model.base == "tiny" or (p.objective, cfg.model.base) in (
+        ("clm", "minilm"),
+        ("mlm", "smollm2"),
+    )
+    if cfg.model.init is None and not mismatch:
+        from tailorml.models.pretrain import check_base
+
+        try:
+            check_base(cfg.model.base, p.objective, p.block_size)
+        except TailorError as exc:
+            problems += exc.problems
+    if problems:
+        raise DataError(problems)

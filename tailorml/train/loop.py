@@ -73,11 +73,13 @@ def train_loop(
     stop_after_steps: int | None = None,
     resume_hint: str = "tailor finetune CONFIG --resume",
     on_eval: Callable[[int, dict[str, float]], bool] | None = None,
+    log_extra: Callable[[dict[str, float]], dict[str, float]] | None = None,
 ) -> LoopResult:
     """Train until `state["total_steps"]` (or early stopping). `lengths`: per head, the token
     length of every training example (planning); `weights`: per head, its loss weight.
     `on_eval(step, eval scalars)` runs after each evaluation; True stops the run there (a
-    hyperparameter search prunes a trial that way: stopped_by "pruned")."""
+    hyperparameter search prunes a trial that way: stopped_by "pruned"). `log_extra(train
+    scalars)` adds scalars to each train log line (pretraining: perplexity, tokens/s)."""
     rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
     total_steps, metric = state["total_steps"], state["metric_for_best"]
     steps_per_epoch = sum(-(-len(n) // t.batch_size) for n in lengths.values())
@@ -141,16 +143,13 @@ def train_loop(
 
                 if step % t.log_every_steps == 0 or step == total_steps:
                     dt = time.perf_counter() - window_t0
-                    logger.log(
-                        step,
-                        "train",
-                        {
-                            "loss": window_loss / max(window_n, 1),
-                            "lr": lr,
-                            "samples_per_s": window_n / max(dt, 1e-9),
-                            "epoch": state["epoch"] + state["batch_in_epoch"] / len(batches),
-                        },
-                    )
+                    row = {
+                        "loss": window_loss / max(window_n, 1),
+                        "lr": lr,
+                        "samples_per_s": window_n / max(dt, 1e-9),
+                        "epoch": state["epoch"] + state["batch_in_epoch"] / len(batches),
+                    }
+                    logger.log(step, "train", row | (log_extra(row) if log_extra else {}))
                     window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
 
                 side_t0 = time.perf_counter()  # eval + checkpoint time is not training time

@@ -266,3 +266,50 @@ def write_generation_report(
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def write_pretrain_report(run_dir: Path, name: str, base: str, results: dict[str, Any]) -> Path:
+    """report.md of a pretraining run: loss and perplexity curves, held-out loss, tokens seen,
+    throughput, the data, and samples (greedy continuations or masked-token predictions)."""
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    made = plot_curves(run_dir, plots, ["perplexity"])
+    tr, ev, d = results["train"], results["eval"], results["data"]
+    objective = tr["objective"]
+    lines = [
+        f"# Pretraining report: {name}",
+        "",
+        f"- objective: **{objective}**, model: `{base}`",
+        f"- steps: {tr['steps']}, best step: {tr['best_step']} (by eval {tr['metric_for_best']}),"
+        f" stopped by: {tr['stopped_by']}, processes: {tr['processes']}",
+        f"- tokens seen: {tr['tokens_seen']:,}; throughput {tr['train_tokens_per_s']:,.0f} "
+        "tokens/s (training time only)",
+        f"- corpus: {d['files']} file(s); train {d['documents']['train']:,} documents, "
+        f"{d['tokens']['train']:,} tokens, {d['blocks']['train']:,} blocks of {d['block_size']}; "
+        f"held out {d['documents']['eval']:,} documents, {d['blocks']['eval']:,} blocks "
+        f"({d['eval_blocks_used']} used)",
+    ]
+    lines += size_lines(tr)
+    lines += ["", "| held-out | loss | perplexity | tokens scored |", "|---|---:|---:|---:|"]
+    what = "masked tokens" if objective == "mlm" else "next tokens"
+    lines.append(f"| eval | {ev['loss']:.4f} | {ev['perplexity']:.3f} | {ev['tokens']:,} {what} |")
+    lines.append("")
+    lines += [f"![{m}](plots/{m})" for m in made]
+    samples = results.get("samples") or []
+    if samples and objective == "mlm":
+        lines += ["", "## Masked-token predictions (held-out text)", "",
+                  "| text | answer | top 5 |", "|---|---|---|"]  # fmt: skip
+        for s in samples:
+            for pr in s["predictions"]:
+                lines.append(
+                    f"| {_cell(s['text'])} | {_cell(pr['answer'])} | "
+                    f"{_cell(', '.join(pr['top5']))} |"
+                )
+    elif samples:
+        lines += ["", "## Greedy continuations (held-out prompts)", "",
+                  "| prompt | continuation |", "|---|---|"]  # fmt: skip
+        for s in samples:
+            lines.append(f"| {_cell(s['prompt'])} | {_cell(s['continuation'])} |")
+    path = run_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
