@@ -106,7 +106,10 @@ def test_unknown_intents_in_answers_and_no_oos_rows_are_named(tmp_path: Path) ->
 
     answers = tmp_path / "answers.yaml"
     answers.write_text("top_up: ok\ntop_upp: typo\nrefund: nope\n")
-    cfg = support_config(tmp_path, answers=str(answers))
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    (kb / "renamed.md").write_bytes(b"%PDF-1.4\x00\x00binary")
+    cfg = support_config(tmp_path, answers=str(answers), knowledge={"documents": str(kb)})
     cfg["intents"]["eval"] = str(write_csv(tmp_path / "ev.csv", intent_rows(30, 3, 0.0)))
     path = write(tmp_path, cfg)
     with pytest.raises(ConfigError) as err:
@@ -114,6 +117,7 @@ def test_unknown_intents_in_answers_and_no_oos_rows_are_named(tmp_path: Path) ->
     text = str(err.value)
     assert "'refund'" in text and "'top_upp' (did you mean 'top_up'?)" in text
     assert "ev.csv" in text and "no out-of-scope rows" in text and "intents.held_out" in text
+    assert "renamed.md" in text  # the knowledge folder's problems come in the same report
     assert not (tmp_path / "run").exists()  # nothing written or trained on bad input
 
 
