@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -109,52 +109,60 @@ SUPPORT_KEYS_HINT = "The keys are in configs/support.yaml and docs/support.md."
 
 
 def load_support_config(path: str | Path, overrides: list[str] | None = None) -> SupportConfig:
-    """Read, validate and check the config's files; every problem in one ConfigError."""
+    """Read, validate and check the config's files; every problem in one ConfigError (a
+    mistyped key does not hide a missing file: the files are checked on the raw mapping)."""
     from tailorml.config.load import apply_overrides, describe_validation_error, read_yaml
 
     raw = apply_overrides(read_yaml(Path(path)), overrides or [])
+    problems: list[str] = []
+    cfg = None
     try:
         cfg = SupportConfig(**raw)
     except ValidationError as exc:
-        raise ConfigError(
-            [
-                f"{path}: {p}"
-                for p in describe_validation_error(exc, SupportConfig, SUPPORT_KEYS_HINT)
-            ]
-        ) from None
-    problems = file_problems(cfg)
-    if problems:
+        problems += describe_validation_error(exc, SupportConfig, SUPPORT_KEYS_HINT)
+    problems += file_problems(raw)
+    if problems or cfg is None:
         raise ConfigError([f"{path}: {p}" for p in problems])
     return cfg
 
 
-def file_problems(cfg: SupportConfig) -> list[str]:
-    """Files named by the config that are missing or malformed (the templates' checks against
-    the intents of the train file are in `answer_problems`, which needs the labels)."""
+def _section(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def file_problems(raw: dict[str, Any]) -> list[str]:
+    """Files named by the (raw) config that are missing or malformed; values of the wrong type
+    are left to the schema's message. The templates' intents are checked against the train
+    file's labels later (`answer_problems`)."""
     out = []
-    i = cfg.intents
+    intents = _section(raw, "intents")
     for key in ("train", "eval", "test"):
-        f = getattr(i, key)
-        if f is not None and not Path(f).is_file():
+        f = intents.get(key)
+        if isinstance(f, str | Path) and not Path(f).is_file():
             out.append(
                 f"`intents.{key}`: file not found: {f}. Check the path (relative to the cwd)."
             )
-    if cfg.knowledge is not None and not Path(cfg.knowledge.documents).is_dir():
+    docs = _section(raw, "knowledge").get("documents")
+    if isinstance(docs, str | Path) and not Path(docs).is_dir():
         out.append(
-            f"`knowledge.documents`: {cfg.knowledge.documents} is not a folder. Point it at the "
-            "folder of .md / .txt articles, or remove `knowledge`."
+            f"`knowledge.documents`: {docs} is not a folder. Point it at the folder of .md / "
+            ".txt articles, or remove `knowledge`."
         )
-    if cfg.answers is not None:
-        if not Path(cfg.answers).is_file():
-            out.append(f"`answers`: file not found: {cfg.answers}. Check the path.")
+    answers = raw.get("answers")
+    if isinstance(answers, str | Path):
+        if not Path(answers).is_file():
+            out.append(f"`answers`: file not found: {answers}. Check the path.")
         else:
             try:
-                read_answers(cfg.answers)
+                read_answers(answers)
             except ConfigError as exc:
                 out.extend(exc.problems)
-    if i.out_of_scope_label in i.held_out:
+    oos = intents.get("out_of_scope_label", "out_of_scope")
+    held = intents.get("held_out")
+    if isinstance(held, list) and oos in held:
         out.append(
-            f"`intents.held_out` lists the out-of-scope label {i.out_of_scope_label!r}; "
+            f"`intents.held_out` lists the out-of-scope label {oos!r}; "
             "remove it (it is out of scope already)."
         )
     return out
