@@ -251,7 +251,8 @@ def test_train_and_evaluate_end_to_end(tmp_path: Path) -> None:
     assert "out_of_scope" not in (run / "data" / "train.csv").read_text()
 
     res = subprocess.run(
-        [*CLI, "support", "evaluate", str(run), "--data", cfg["intents"]["eval"]],
+        [*CLI, "support", "evaluate", str(run), "--data", cfg["intents"]["eval"]]
+        + ["--model", str(run / "intent" / "model")],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -272,6 +273,10 @@ def test_train_and_evaluate_end_to_end(tmp_path: Path) -> None:
         [*CLI, "support", "train", str(path)], capture_output=True, text=True, cwd=REPO
     )
     assert res.returncode == 2 and "--overwrite" in res.stderr
+    # An intent model of other intents is refused by name.
+    other = FixedModel({})
+    with pytest.raises(ConfigError, match="labels are not the 3 intents"):
+        Assistant.load(run, intent_model=other)
 
 
 def test_the_demo_config_is_valid() -> None:

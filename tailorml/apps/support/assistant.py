@@ -101,6 +101,12 @@ class Assistant:
             from tailorml.predictors import load_predictor
 
             intent_model = load_predictor(root / meta["intent_model"], threads=threads)
+        if list(intent_model.labels or []) != list(meta["intents"]):
+            raise ConfigError(
+                f"{root}: the intent model's labels are not the {len(meta['intents'])} intents "
+                "this support run was trained with. Use the run's own model (RUN/intent) or a "
+                "compressed variant of it (RUN/intent/compressed/<variant>)."
+            )
         retriever = None
         if meta.get("index"):
             from tailorml.apps.support.retrieval import load_retriever

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -20,6 +20,23 @@ app = typer.Typer(
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.epochs=1")
 ]
+
+
+IntentModelOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Intent model folder to use instead of RUN/intent, e.g. a compressed variant "
+        "(RUN/intent/compressed/onnx-int8) of it.",
+    ),
+]
+
+
+def _intent_model(folder: Path | None, threads: int | None) -> Any:
+    if folder is None:
+        return None
+    from tailorml.predictors import load_predictor
+
+    return load_predictor(folder, threads=threads)
 
 
 def _fail(exc: TailorError) -> NoReturn:
@@ -57,14 +74,17 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="A support run folder (output_dir).")],
     data: Annotated[Path, typer.Option(help="Labelled messages, the columns of `intents`.")],
     threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
+    model: IntentModelOpt = None,
 ) -> None:
     """Score the assistant on labelled messages; writes RUN/support_eval.json."""
     from tailorml import env
+    from tailorml.apps.support.assistant import Assistant
     from tailorml.apps.support.evaluate import evaluate_support
 
     env.setup()
     try:
-        res = evaluate_support(run, data, threads=threads)
+        bot = Assistant.load(run, intent_model=_intent_model(model, threads), threads=threads)
+        res = evaluate_support(run, data, assistant=bot)
     except TailorError as exc:
         _fail(exc)
     rows = [
@@ -86,6 +106,7 @@ def evaluate(
 def ask(
     run: Annotated[Path, typer.Argument(help="A support run folder (output_dir).")],
     message: Annotated[str, typer.Argument(help="The customer's message.")],
+    model: IntentModelOpt = None,
 ) -> None:
     """Answer one message; prints {answer, intent, confidence, sources, handoff, path}."""
     from tailorml import env
@@ -93,7 +114,7 @@ def ask(
 
     env.setup()
     try:
-        reply = Assistant.load(run).answer(message)
+        reply = Assistant.load(run, intent_model=_intent_model(model, None)).answer(message)
     except TailorError as exc:
         _fail(exc)
     typer.echo(json.dumps(reply, ensure_ascii=False, indent=2))
