@@ -1,0 +1,319 @@
+"""`tailor support train CONFIG`: the intent model through the fine-tuning engine, the retrieval
+index, and the confidence threshold calibrated for a target out-of-scope recall.
+
+    OUTPUT_DIR/
+      intent/          a normal run folder (model/, eval.json, report.md): compress/serve work on it
+      data/            the splits the engine trained on (in-scope rows) and the full eval split
+      index/           the retriever (retrieval.py's save format), when `knowledge` is set
+      answers.json     the checked templates, when `answers` is set
+      support.json     threshold, paths and settings: what the Assistant loads
+      report.md        what a person reads
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tailorml.apps.support.config import SupportConfig, answer_problems, read_answers
+from tailorml.errors import ConfigError, DataError
+from tailorml.files import atomic_json, atomic_write_text
+
+FORMAT = 1
+
+
+def calibrate_threshold(oos_confidence: np.ndarray | list[float], target_recall: float) -> float:
+    """The lowest confidence threshold at which at least `target_recall` of the out-of-scope
+    rows are handed off (a row is handed off when its confidence is *below* the threshold).
+
+    The lowest such threshold hands off the fewest in-scope rows, since in-scope rows are only
+    handed off below it. With n out-of-scope confidences sorted ascending, the k = ceil(target*n)
+    lowest must fall below: the threshold is the next float above the k-th."""
+    conf = np.sort(np.asarray(oos_confidence, dtype=np.float64))  # float64: see max_softmax
+    if conf.size == 0:
+        raise ValueError("calibrate_threshold needs at least one out-of-scope confidence")
+    if not 0 < target_recall <= 1:
+        raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+    k = math.ceil(target_recall * conf.size - 1e-9)
+    return float(np.nextafter(conf[k - 1], np.inf))
+
+
+def max_softmax(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(argmax index, max softmax probability) per row of logits (n, classes), in float64 as
+    the Assistant computes them: a float32 confidence compared with a float64 threshold is
+    compared in float32 (numpy 2), which would round the threshold onto a calibration point."""
+    logits = np.asarray(logits, dtype=np.float64)
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    return p.argmax(axis=1), p.max(axis=1)
+
+
+def read_intent_rows(
+    path: Path | str, text_column: str, label_column: str, oos: str, held_out: list[str], key: str
+) -> list[dict[str, str]]:
+    """Rows {text, label} of an intents file; a held-out intent's rows are labelled `oos`."""
+    from tailorml.data.readers import is_missing, read_table
+
+    table = read_table(path, key=key)
+    table.require_columns(
+        {f"{key}: text_column": text_column, f"{key}: label_column": label_column}
+    )
+    rows, bad = [], []
+    held = set(held_out)
+    for line, r in zip(table.lines, table.rows, strict=True):
+        text, label = r.get(text_column), r.get(label_column)
+        if is_missing(text) or not str(text).strip() or is_missing(label):
+            bad.append(line)
+            continue
+        label = str(label)
+        rows.append({"text": str(text), "label": oos if label in held else label})
+    lines = bad + [b.line for b in table.bad]
+    if lines:
+        raise DataError(
+            f"`{key}`: {path}: rows with an empty or unreadable text or label at line(s) "
+            f"{', '.join(map(str, lines[:10]))}{' ...' if len(lines) > 10 else ''}. "
+            "Fill or remove them."
+        )
+    return rows
+
+
+def split_eval(
+    rows: list[dict[str, str]], fraction: float, seed: int
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(train, eval): a stratified `fraction` of each label (out of scope included) to eval."""
+    by: dict[str, list[int]] = defaultdict(list)
+    for j, r in enumerate(rows):
+        by[r["label"]].append(j)
+    rng = random.Random(seed)
+    to_eval: set[int] = set()
+    for idx in by.values():
+        rng.shuffle(idx)
+        n = round(len(idx) * fraction) if len(idx) > 1 else 0
+        to_eval.update(idx[:n])
+    return (
+        [r for j, r in enumerate(rows) if j not in to_eval],
+        [r for j, r in enumerate(rows) if j in to_eval],
+    )
+
+
+def _write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["text", "label"])
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def train_support(
+    cfg: SupportConfig, config_path: str | Path, overwrite: bool = False
+) -> dict[str, Any]:
+    """Run the whole build; returns support.json's content."""
+    from tailorml.config.schema import RunConfig
+    from tailorml.predictors import load_predictor
+    from tailorml.recipes.finetune import finetune
+
+    i, s = cfg.intents, cfg.support
+    oos = i.out_of_scope_label
+    out = Path(cfg.output_dir)
+
+    # ---- every check on the inputs before anything is written or trained -----------------
+    cols = (i.text_column, i.label_column, oos, i.held_out)
+    train_rows = read_intent_rows(i.train, *cols, key="intents.train")
+    eval_rows = read_intent_rows(i.eval, *cols, key="intents.eval") if i.eval else None
+    test_rows = read_intent_rows(i.test, *cols, key="intents.test") if i.test else None
+    if eval_rows is None:
+        train_rows, eval_rows = split_eval(train_rows, i.eval_fraction, cfg.train.seed)
+    intents = sorted({r["label"] for r in train_rows} - {oos})
+    problems = []
+    if len(intents) < 2:
+        problems.append(
+            f"`intents.train` ({i.train}): {len(intents)} in-scope intent(s); an intent model "
+            "needs at least 2. Check `intents.label_column` and `intents.held_out`."
+        )
+    n_oos_eval = sum(r["label"] == oos for r in eval_rows)
+    if s.target_oos_recall is not None and n_oos_eval == 0:
+        where = f"`intents.eval` ({i.eval})" if i.eval else f"the eval split of {i.train}"
+        problems.append(
+            f"{where} has no out-of-scope rows (label {oos!r}) but `support.target_oos_recall` "
+            f"is {s.target_oos_recall}: the threshold cannot be calibrated. Add rows labelled "
+            f"{oos!r} to it, list intents to treat as out of scope in `intents.held_out`, or set "
+            "`support.target_oos_recall: null` (then `support.confidence_threshold` is used)."
+        )
+    unseen = sorted({r["label"] for r in eval_rows} - set(intents) - {oos})
+    if unseen:
+        problems.append(
+            f"the eval split has intents not in train: {', '.join(map(repr, unseen[:10]))}. "
+            f"Add them to `intents.train`, label them {oos!r}, or list them in `intents.held_out`."
+        )
+    answers: dict[str, str] = {}
+    if cfg.answers is not None:
+        answers = read_answers(cfg.answers)
+        problems += answer_problems(answers, intents, cfg.answers)
+    passages = None
+    if cfg.knowledge is not None:
+        from tailorml.apps.support.knowledge import load_passages
+
+        try:
+            passages = load_passages(cfg.knowledge.documents, cfg.knowledge.max_words)
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError([f"{config_path}: {p}" for p in problems])
+
+    # ---- the intent model: an ordinary single-task run of the engine -------------------------
+    if (out / "support.json").exists() and not overwrite:
+        raise ConfigError(
+            f"`output_dir` {out} already holds a support run (support.json). Pass --overwrite "
+            "to replace it, or set another output_dir."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "data"
+    data.mkdir(exist_ok=True)
+    files = {
+        "train": _write_csv(data / "train.csv", [r for r in train_rows if r["label"] != oos]),
+        "eval": _write_csv(data / "eval.csv", [r for r in eval_rows if r["label"] != oos]),
+    }
+    _write_csv(data / "eval_all.csv", eval_rows)
+    if test_rows is not None:
+        files["test"] = _write_csv(data / "test.csv", [r for r in test_rows if r["label"] != oos])
+        _write_csv(data / "test_all.csv", test_rows)
+    run = RunConfig.model_validate(
+        {
+            "name": f"{cfg.name}-intent",
+            "output_dir": out / "intent",
+            "data": {**files, "max_length": i.max_length},
+            "model": cfg.model.model_dump(),
+            "task": {"type": "classification"},
+            "train": cfg.train.model_dump(),
+        }
+    )
+    res = finetune(run, overwrite=overwrite)
+
+    # ---- calibration on the whole eval split (out-of-scope rows included) -----------------
+    predictor = load_predictor(out / "intent")
+    labels = list(predictor.labels or [])
+    logits = predictor.predict_sorted([r["text"] for r in eval_rows])
+    pred, conf = max_softmax(logits)
+    is_oos = np.array([r["label"] == oos for r in eval_rows])
+    if s.target_oos_recall is not None:
+        threshold = calibrate_threshold(conf[is_oos], s.target_oos_recall)
+    else:
+        threshold = s.confidence_threshold
+    gold = [r["label"] for r in eval_rows]
+    named = [labels[p] for p in pred]
+    cal = intent_scores(gold, named, conf >= threshold, oos)
+
+    # ---- the retrieval index --------------------------------------------------------------
+    index = None
+    if passages is not None and cfg.knowledge is not None:
+        from tailorml.apps.support.retrieval import BM25Retriever, DenseRetriever, HybridRetriever
+
+        k = cfg.knowledge
+        retriever: Any = (
+            BM25Retriever()
+            if k.retriever == "bm25"
+            else DenseRetriever(base=k.encoder)
+            if k.retriever == "dense"
+            else HybridRetriever(dense=DenseRetriever(base=k.encoder))
+        )
+        retriever.fit(passages)
+        retriever.save(out / "index")
+        index = "index"
+    if answers:
+        atomic_json(out / "answers.json", answers)
+
+    summary = {
+        "format": FORMAT,
+        "name": cfg.name,
+        "intent_model": "intent",
+        "index": index,
+        "answers": "answers.json" if answers else None,
+        "intents": labels,
+        "out_of_scope_label": oos,
+        "held_out": i.held_out,
+        "text_column": i.text_column,
+        "label_column": i.label_column,
+        "confidence_threshold": threshold,
+        "target_oos_recall": s.target_oos_recall,
+        "min_retrieval_score": s.min_retrieval_score,
+        "sources": s.sources,
+        "handoff_message": s.handoff_message,
+        "calibration": {
+            "split": "eval",
+            "rows": len(eval_rows),
+            "oos_rows": int(is_oos.sum()),
+            **cal,
+        },
+        "intent_eval": {k: v for k, v in res.get("eval", {}).items() if isinstance(v, int | float)},
+    }
+    atomic_json(out / "support.json", summary)
+    atomic_write_text(out / "report.md", _report(summary, cfg))
+    return summary
+
+
+def intent_scores(
+    gold: list[str], predicted: list[str], confident: np.ndarray | list[bool], oos: str
+) -> dict[str, float | None]:
+    """The hand-off decision judged against the gold labels. An in-scope row is right when it
+    gets its intent and is not handed off; an out-of-scope row when it is handed off."""
+    conf = np.asarray(confident, dtype=bool)
+    is_oos = np.array([g == oos for g in gold], dtype=bool)
+    handed = ~conf
+    right = np.array([g == p for g, p in zip(gold, predicted, strict=True)]) & conf
+    n_in, n_oos, n_hand = int((~is_oos).sum()), int(is_oos.sum()), int(handed.sum())
+
+    def share(a: int, b: int) -> float | None:
+        return round(a / b, 4) if b else None
+
+    return {
+        "in_scope_accuracy": share(int((right & ~is_oos).sum()), n_in),
+        "oos_recall": share(int((handed & is_oos).sum()), n_oos),
+        "oos_precision": share(int((handed & is_oos).sum()), n_hand),
+        "handoff_rate": share(n_hand, len(gold)),
+    }
+
+
+def _report(summary: dict[str, Any], cfg: SupportConfig) -> str:
+    c = summary["calibration"]
+    target = cfg.support.target_oos_recall
+    how = (
+        f"calibrated on the eval split for out-of-scope recall {target}"
+        if target is not None
+        else "set by hand (support.confidence_threshold)"
+    )
+    index = f"`index/` ({cfg.knowledge.retriever})" if cfg.knowledge else "none"
+    n_templates = len(read_answers(cfg.answers)) if cfg.answers else 0
+    figures = [c[k] for k in ("in_scope_accuracy", "oos_recall", "oos_precision", "handoff_rate")]
+    lines = [
+        f"# Support assistant: {cfg.name}",
+        "",
+        f"- Intent model: `intent/` ({len(summary['intents'])} intents), trained by the engine "
+        "(its own report: intent/report.md).",
+        f"- Confidence threshold (max softmax probability): "
+        f"{summary['confidence_threshold']:.4f}, {how}.",
+        f"- Knowledge index: {index}.",
+        f"- Answer templates: {n_templates}.",
+        "",
+        f"## On the eval split ({c['rows']} rows, {c['oos_rows']} out of scope)",
+        "",
+        "| in-scope accuracy | out-of-scope recall | out-of-scope precision | hand-off rate |",
+        "|---|---|---|---|",
+        "| " + " | ".join(str(f) for f in figures) + " |",
+        "",
+        "Judged on the intent and threshold alone (templates and retrieval not involved). "
+        "In-scope accuracy counts a row right when it gets its intent and is not handed off. "
+        "The eval split chose the threshold, so these figures are optimistic: measure on "
+        "held-out data with `tailor support evaluate`.",
+        "",
+    ]
+    return "\n".join(lines)
