@@ -538,6 +538,7 @@ def _record(state: GenState, done: Any) -> None:
     if done.tokens:
         m.ttft.observe(done.ttft_s)
     m.queue_depth.set(state.engine.waiting)
+    m.running.set(state.engine.running)  # 0 once the last one ended, not its last step's count
 
 
 async def _wait(state: GenState, request: Request, seq: Any, queue: asyncio.Queue[Any]) -> Any:
