@@ -41,9 +41,8 @@ from tailorml.tasks.heads import (
 )
 from tailorml.track.logger import RunLogger
 from tailorml.train import auto
-from tailorml.train.checkpoint import load_latest_intact
 from tailorml.train.distributed import distributed_logits, replica_max_diff, start_processes
-from tailorml.train.loop import initial_state, load_best, train_loop
+from tailorml.train.loop import initial_state, load_best, resume_state, train_loop
 from tailorml.train.optim import build_optimizer, build_scheduler
 from tailorml.train.progress import console
 from tailorml.train.run_folder import prepare_run_dir, resume_point, save_model_folder
@@ -173,16 +172,9 @@ def finetune(
     if t.compile:
         model = torch.compile(model)
     state = initial_state(total_steps, metric)
-    resumed = None
-    if has_checkpoint:
-        resumed = load_latest_intact(ckpt_dir, raw_model, optimizer, scheduler, acc.process_index)
-    if resumed is not None:
-        folder, saved, damaged = resumed
-        state.update(saved)
-        if main:
-            for bad, why in damaged:
-                console.print(f"[yellow]Checkpoint {bad} is damaged ({why}); skipped it.[/]")
-            console.print(f"Resumed from {folder} (step {state['global_step']}).")
+    resumed = has_checkpoint and resume_state(
+        state, ckpt_dir, raw_model, optimizer, scheduler, acc.process_index, main
+    )
     logger = RunLogger(out, enabled=main, resume_step=state["global_step"] if resumed else None)
     by_name = {h.name: h for h in heads}
     weights = {n: (cfg.heads[n].loss_weight if cfg.heads else 1.0) for n in by_name}

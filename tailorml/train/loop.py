@@ -24,7 +24,13 @@ from tailorml.config.schema import TrainConfig
 from tailorml.data.batching import plan_epoch, shard
 from tailorml.evaluate.metrics import is_better, scalar_metrics
 from tailorml.track.logger import RunLogger
-from tailorml.train.checkpoint import load_weights, prune_checkpoints, rng_state, save_checkpoint
+from tailorml.train.checkpoint import (
+    load_latest_intact,
+    load_weights,
+    prune_checkpoints,
+    rng_state,
+    save_checkpoint,
+)
 from tailorml.train.distributed import agree_on_signal, all_reduce_sum, gather_objects, no_sync
 from tailorml.train.progress import TrainProgress, console
 from tailorml.train.signals import StopRequested
@@ -53,6 +59,30 @@ def initial_state(total_steps: int, metric: str) -> dict[str, Any]:
         "total_steps": total_steps,
         "metric_for_best": metric,
     }
+
+
+def resume_state(
+    state: dict[str, Any],
+    ckpt_dir: Path,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    process_index: int,
+    main: bool,
+) -> bool:
+    """Load the latest intact checkpoint of `ckpt_dir` into the model, optimizer, scheduler and
+    `state` (the loop's counters), saying on the main process which damaged ones were skipped.
+    True when the run resumed; False when no checkpoint could be loaded."""
+    resumed = load_latest_intact(ckpt_dir, model, optimizer, scheduler, process_index)
+    if resumed is None:
+        return False
+    folder, saved, damaged = resumed
+    state.update(saved)
+    if main:
+        for bad, why in damaged:
+            console.print(f"[yellow]Checkpoint {bad} is damaged ({why}); skipped it.[/]")
+        console.print(f"Resumed from {folder} (step {state['global_step']}).")
+    return True
 
 
 def train_loop(
