@@ -26,138 +26,33 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import Counter, Gauge, Histogram
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from tailorml.predictors.decoder import DecodeEngine, EngineClosed, Sampling, Sequence
 from tailorml.serve import kit
-from tailorml.serve.body import read_json
 from tailorml.serve.gate import Gate
-from tailorml.serve.metrics import LATENCY_BUCKETS, Metrics
+from tailorml.serve.generation_requests import (
+    BODY_HINT,
+    GENERATE_EXAMPLE,
+    ChatRequest,
+    GenerateRequest,
+    Message,
+    body_doc,
+    document_models,
+    engine_sampling,
+    openai_reason,
+    parse_body,
+    usage_fields,
+)
+from tailorml.serve.metrics import GenerationMetrics
 from tailorml.serve.schemas import ApiError
 from tailorml.serve.settings import ServeSettings
 
 log = logging.getLogger("uvicorn.error")
-
-BODY_HINT = "(`tailor serve` setting); send a shorter prompt or fewer messages"
-GENERATE_EXAMPLE = '{"prompt": "How do I reset my PIN?", "max_new_tokens": 64}'
-MAX_STOPS = 4
-MAX_STOP_CHARS = 64
-
-
-# ----------------------------------------------------------------------------- requests
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients may add `name` and the like
-    role: Literal["system", "user", "assistant"]
-    content: StrictStr
-
-
-class Sampling(BaseModel):
-    """Fields shared by both request shapes (their OpenAI names where they have one)."""
-
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0, description="0 = no top-k cut.")
-    stop: StrictStr | list[StrictStr] | None = Field(
-        None, description=f"Up to {MAX_STOPS} strings; the output ends before the first one."
-    )
-    seed: int | None = Field(None, description="Makes sampling repeatable.")
-    stream: bool = Field(False, description="Server-Sent Events, one per chunk of text.")
-
-
-class GenerateRequest(Sampling):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"prompt": "How do I reset my PIN?", "max_new_tokens": 64},
-                {
-                    "messages": [{"role": "user", "content": "My card has not arrived."}],
-                    "stream": True,
-                },
-            ]
-        },
-    )
-    prompt: StrictStr | None = Field(None, description="One user turn (or give `messages`).")
-    messages: list[Message] | None = Field(None, description="A chat: {role, content} turns.")
-    max_new_tokens: int | None = Field(None, ge=1)
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    include_usage: bool = False
-
-
-class ChatRequest(Sampling):
-    # OpenAI's request has many optional fields (user, logprobs, ...); unknown ones are ignored
-    # as OpenAI-compatible servers do, so existing clients work unchanged.
-    model_config = ConfigDict(extra="ignore")
-    model: str | None = None
-    messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    n: int = Field(1, ge=1, le=1, description="Only 1 choice per request.")
-    stream_options: StreamOptions | None = None
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-class GenerationMetrics(Metrics):
-    """The kit's request metrics, plus tokens, time to first token and the decode batch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        r = self.registry
-        self.generated = Counter(
-            "tailorml_generated_tokens", "Tokens generated (rate() = tokens/s).", registry=r
-        )
-        self.prompt_tokens = Counter(
-            "tailorml_prompt_tokens", "Prompt tokens prefilled.", registry=r
-        )
-        self.ttft = Histogram(
-            "tailorml_time_to_first_token_seconds",
-            "From request queued to its first token.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.tokens_per_second = Gauge(
-            "tailorml_tokens_per_second",
-            "Tokens generated per second over the last few seconds.",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.running = Gauge(
-            "tailorml_running_sequences",
-            "Generations in the decode batch.",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.finished = Counter(
-            "tailorml_generations", "Generations ended, by finish_reason.", ["reason"], registry=r
-        )
-        self._window_start = time.perf_counter()
-        self._window_tokens = 0
-
-    def on_step(self, rows: int, tokens: int, seconds: float) -> None:
-        """Called by the engine thread after each decode step."""
-        self.batch_size.observe(rows)
-        self.batch_seconds.observe(seconds)
-        self.generated.inc(tokens)
-        self.running.set(rows)
-        self._window_tokens += tokens
-        now = time.perf_counter()
-        if now - self._window_start >= 2.0:
-            self.tokens_per_second.set(self._window_tokens / (now - self._window_start))
-            self._window_start, self._window_tokens = now, 0
-
 
 # ----------------------------------------------------------------------------- the app
 
@@ -175,8 +70,6 @@ class GenState:
 def create_generation_app(settings: ServeSettings, generator: Any = None) -> Gate:
     """The service for one causal-LM folder. `generator` (a loaded `Generator`) lets the server
     load it before starting, and tests share one."""
-    from tailorml.predictors.decoder import DecodeEngine
-
     state = GenState(settings)
     m = state.metrics
     life = state.lifecycle
@@ -193,7 +86,9 @@ def create_generation_app(settings: ServeSettings, generator: Any = None) -> Gat
         )
         engine.start()
         state.engine = engine
-        warm = _submit(state, gen.render("Hello"), 2, SamplingValues(), asyncio.get_running_loop())
+        warm = _submit(
+            state, gen.render("Hello"), Sampling(max_new_tokens=2), asyncio.get_running_loop()
+        )
         await _finish(warm[1])  # the first call allocates; not a client's
         kit.freeze_startup_objects()
         life.ready = True
@@ -234,17 +129,17 @@ def create_generation_app(settings: ServeSettings, generator: Any = None) -> Gat
         "/v1/generate",
         responses=codes,
         dependencies=secured,
-        openapi_extra=_body_doc("GenerateRequest"),
+        openapi_extra=body_doc("GenerateRequest"),
     )
     async def generate(request: Request) -> Response:
         """Generate an answer to a prompt or a chat; `stream: true` for Server-Sent Events."""
-        body = await _parse(request, GenerateRequest, settings)
+        body = await parse_body(request, GenerateRequest, settings)
         if (body.prompt is None) == (body.messages is None):
             raise ApiError(
                 422, "invalid_request", "give exactly one of `prompt` (a string) or `messages`"
             )
         chat = body.messages or [Message(role="user", content=body.prompt or "")]
-        sampling = _sampling(body, body.max_new_tokens, settings)
+        sampling = engine_sampling(body, body.max_new_tokens, settings)
         seq, queue = _start(state, chat, sampling)
         if body.stream:
             return _sse(_generate_events(state, request, seq, queue))
@@ -263,13 +158,13 @@ def create_generation_app(settings: ServeSettings, generator: Any = None) -> Gat
         "/v1/chat/completions",
         responses=codes,
         dependencies=secured,
-        openapi_extra=_body_doc("ChatRequest"),
+        openapi_extra=body_doc("ChatRequest"),
     )
     async def chat_completions(request: Request) -> Response:
         """OpenAI-compatible chat completions (n = 1; plain or `stream: true`)."""
-        body = await _parse(request, ChatRequest, settings)
+        body = await parse_body(request, ChatRequest, settings)
         limit = body.max_completion_tokens or body.max_tokens
-        sampling = _sampling(body, limit, settings)
+        sampling = engine_sampling(body, limit, settings)
         seq, queue = _start(state, body.messages, sampling)
         ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
@@ -289,11 +184,11 @@ def create_generation_app(settings: ServeSettings, generator: Any = None) -> Gat
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": done.output},
-                        "finish_reason": _openai_reason(done.finish_reason),
+                        "finish_reason": openai_reason(done.finish_reason),
                         "logprobs": None,
                     }
                 ],
-                "usage": _usage(done),
+                "usage": usage_fields(done),
             }
         )
 
@@ -309,7 +204,7 @@ def create_generation_app(settings: ServeSettings, generator: Any = None) -> Gat
             "models": [card],
         }
 
-    _document(app, GenerateRequest, ChatRequest)
+    document_models(app, GenerateRequest, ChatRequest)
     return kit.install(
         app,
         api_key=settings.api_key,
@@ -380,67 +275,8 @@ def generation_card(gen: Any, settings: ServeSettings) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- request handling
 
 
-class SamplingValues(BaseModel):
-    max_new_tokens: int = 2
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-
-async def _parse(request: Request, model: type[BaseModel], settings: ServeSettings) -> Any:
-    raw = await request.body()
-    obj = read_json(
-        raw,
-        request.headers.get("content-type", ""),
-        max_tokens=8 * settings.max_inputs + 64,
-        too_many=f"a request holds at most max_inputs={settings.max_inputs} messages "
-        "(`tailor serve --max-inputs`); send fewer.",
-        example=GENERATE_EXAMPLE,
-    )
-    messages = obj.get("messages") if isinstance(obj, dict) else None
-    if isinstance(messages, list) and len(messages) > settings.max_inputs:
-        raise ApiError(
-            413,
-            "too_large",
-            f"{len(messages)} messages in one request; the limit is "
-            f"max_inputs={settings.max_inputs} (`tailor serve --max-inputs`)",
-        )
-    try:
-        return model.model_validate(obj)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from None
-
-
-def _sampling(body: Sampling, max_new: int | None, settings: ServeSettings) -> SamplingValues:
-    cap = settings.max_new_tokens
-    if max_new is not None and max_new > cap:
-        raise ApiError(
-            413,
-            "too_large",
-            f"max_new_tokens={max_new} is over the limit max_new_tokens={cap} "
-            "(`tailor serve --max-new-tokens`); ask for fewer",
-        )
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS or not s for s in stops):
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"stop: at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} characters",
-        )
-    return SamplingValues(
-        max_new_tokens=max_new or min(128, cap),
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        seed=body.seed,
-        stop=tuple(stops),
-    )
-
-
 def _start(
-    state: GenState, chat: list[Message], sampling: SamplingValues
+    state: GenState, chat: list[Message], sampling: Sampling
 ) -> tuple[Any, asyncio.Queue[Any]]:
     """Check the prompt against the limits and queue its sequence."""
     life, settings = state.lifecycle, state.settings
@@ -479,15 +315,12 @@ def _start(
             "retry shortly",
             {"Retry-After": "1"},
         )
-    return _submit(state, text, sampling.max_new_tokens, sampling, asyncio.get_running_loop())
+    return _submit(state, text, sampling, asyncio.get_running_loop())
 
 
 def _submit(
-    state: GenState, text: str, max_new: int, sampling: SamplingValues, loop: Any
+    state: GenState, text: str, sampling: Sampling, loop: Any
 ) -> tuple[Any, asyncio.Queue[Any]]:
-    from tailorml.predictors.decoder import EngineClosed, Sequence
-    from tailorml.predictors.decoder import Sampling as EngineSampling
-
     ids = state.generator.tokenizer(text, add_special_tokens=False)["input_ids"]
     limit = state.settings.max_prompt_tokens
     if len(ids) > limit:
@@ -502,15 +335,7 @@ def _submit(
     def on_event(delta: str, done: Any) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, (delta, done))
 
-    sp = EngineSampling(
-        max_new_tokens=max_new,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        top_k=sampling.top_k,
-        seed=sampling.seed,
-        stop=sampling.stop,
-    )
-    seq = Sequence(list(ids), sp, on_event)
+    seq = Sequence(list(ids), sampling, on_event)
     try:
         state.engine.submit(seq)
     except EngineClosed as exc:
@@ -648,7 +473,7 @@ async def _chat_events(
         if delta:
             yield chunk({"content": delta}, None)
         if done is not None:
-            yield chunk({}, _openai_reason(done.finish_reason))
+            yield chunk({}, openai_reason(done.finish_reason))
             if usage:
                 yield _data(
                     {
@@ -657,7 +482,7 @@ async def _chat_events(
                         "created": created,
                         "model": name,
                         "choices": [],
-                        "usage": _usage(done),
+                        "usage": usage_fields(done),
                     }
                 )
     yield "data: [DONE]\n\n"
@@ -673,40 +498,3 @@ def _sse(events: AsyncIterator[str]) -> StreamingResponse:
 
 def _data(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
-def _openai_reason(reason: str) -> str:
-    return {"eos": "stop", "stop": "stop", "length": "length"}.get(reason, "stop")
-
-
-def _usage(done: Any) -> dict[str, int]:
-    return {
-        "prompt_tokens": done.prompt_tokens,
-        "completion_tokens": done.tokens,
-        "total_tokens": done.prompt_tokens + done.tokens,
-    }
-
-
-def _body_doc(name: str) -> dict[str, Any]:
-    """These routes read their own body (limits before validation): /docs gets its schema by
-    reference (added to the components by `_document`)."""
-    ref = {"$ref": f"#/components/schemas/{name}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
-
-
-def _document(app: FastAPI, *models: type[BaseModel]) -> None:
-    """Add the request models (and those they refer to) to the OpenAPI components."""
-    found: dict[str, Any] = {}
-    for model in models:
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        found.update(schema.pop("$defs", {}))
-        found[model.__name__] = schema
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            spec = build()
-            spec.setdefault("components", {}).setdefault("schemas", {}).update(found)
-        return app.openapi_schema or {}
-
-    app.openapi = openapi  # type: ignore[method-assign]

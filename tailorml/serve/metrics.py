@@ -8,6 +8,7 @@ PROMETHEUS_MULTIPROC_DIR before the workers start, each worker writes its values
 from __future__ import annotations
 
 import os
+import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -68,3 +69,52 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class GenerationMetrics(Metrics):
+    """The kit's request metrics, plus tokens, time to first token and the decode batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        r = self.registry
+        self.generated = Counter(
+            "tailorml_generated_tokens", "Tokens generated (rate() = tokens/s).", registry=r
+        )
+        self.prompt_tokens = Counter(
+            "tailorml_prompt_tokens", "Prompt tokens prefilled.", registry=r
+        )
+        self.ttft = Histogram(
+            "tailorml_time_to_first_token_seconds",
+            "From request queued to its first token.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens_per_second = Gauge(
+            "tailorml_tokens_per_second",
+            "Tokens generated per second over the last few seconds.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.running = Gauge(
+            "tailorml_running_sequences",
+            "Generations in the decode batch.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.finished = Counter(
+            "tailorml_generations", "Generations ended, by finish_reason.", ["reason"], registry=r
+        )
+        self._window_start = time.perf_counter()
+        self._window_tokens = 0
+
+    def on_step(self, rows: int, tokens: int, seconds: float) -> None:
+        """Called by the engine thread after each decode step."""
+        self.batch_size.observe(rows)
+        self.batch_seconds.observe(seconds)
+        self.generated.inc(tokens)
+        self.running.set(rows)
+        self._window_tokens += tokens
+        now = time.perf_counter()
+        if now - self._window_start >= 2.0:
+            self.tokens_per_second.set(self._window_tokens / (now - self._window_start))
+            self._window_start, self._window_tokens = now, 0
