@@ -36,33 +36,35 @@ def _fail(exc: TailorError) -> NoReturn:
     raise typer.Exit(2)
 
 
+# The run options `tailor finetune` and `tailor pretrain` share.
+ResumeOpt = Annotated[
+    bool, typer.Option(help="Continue from the latest checkpoint (an error if there is none).")
+]
+ResumeOrStartOpt = Annotated[
+    bool, typer.Option(help="Continue from the latest checkpoint if there is one, else start.")
+]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing run folder.")]
+NprocOpt = Annotated[
+    int, typer.Option(help="Processes on this machine (launches torchrun; CPU: gloo).")
+]
+
+
 @app.command()
 def finetune(
     config: Annotated[Path, typer.Argument(help="YAML run config (see configs/).")],
     overrides: Annotated[
         list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.lr=3e-5 train.epochs=2")
     ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="Continue from the latest checkpoint (an error if there is none).")
-    ] = False,
-    resume_or_start: Annotated[
-        bool,
-        typer.Option(help="Continue from the latest checkpoint if there is one, else start."),
-    ] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
-    nproc: Annotated[
-        int, typer.Option(help="Processes on this machine (launches torchrun; CPU: gloo).")
-    ] = 1,
+    resume: ResumeOpt = False,
+    resume_or_start: ResumeOrStartOpt = False,
+    overwrite: OverwriteOpt = False,
+    nproc: NprocOpt = 1,
 ) -> None:
     """Fine-tune a pretrained model on your data (classifier heads, or a causal LM for
     `task.type: generation`) and write a run folder."""
     from tailorml.config.load import load_config
 
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        flags = ["--resume"] if resume else []
-        flags += ["--resume-or-start"] if resume_or_start else []
-        flags += ["--overwrite"] if overwrite else []
-        _launch_torchrun(nproc, config, overrides or [], flags)
+    _relaunch(nproc, config, overrides, resume, resume_or_start, overwrite, "finetune")
     try:
         cfg = load_config(config, overrides or [])
         run = _training_recipe(cfg)
@@ -85,28 +87,17 @@ def pretrain(
         list[str] | None,
         typer.Argument(help="Dotted overrides, e.g. pretrain.block_size=256 train.max_steps=100"),
     ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="Continue from the latest checkpoint (an error if there is none).")
-    ] = False,
-    resume_or_start: Annotated[
-        bool,
-        typer.Option(help="Continue from the latest checkpoint if there is one, else start."),
-    ] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
-    nproc: Annotated[
-        int, typer.Option(help="Processes on this machine (launches torchrun; CPU: gloo).")
-    ] = 1,
+    resume: ResumeOpt = False,
+    resume_or_start: ResumeOrStartOpt = False,
+    overwrite: OverwriteOpt = False,
+    nproc: NprocOpt = 1,
 ) -> None:
     """Pretrain on unlabeled text (masked-LM or causal-LM), from scratch or continuing a base;
     writes a run folder whose model/ `tailor finetune` takes as `model.base`."""
     from tailorml.config.load import load_config
     from tailorml.recipes.pretrain import pretrain as run
 
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        flags = ["--resume"] if resume else []
-        flags += ["--resume-or-start"] if resume_or_start else []
-        flags += ["--overwrite"] if overwrite else []
-        _launch_torchrun(nproc, config, overrides or [], flags, verb="pretrain")
+    _relaunch(nproc, config, overrides, resume, resume_or_start, overwrite, "pretrain")
     try:
         cfg = load_config(config, overrides or [])
         if cfg.pretrain is None:
@@ -124,6 +115,23 @@ def pretrain(
         _fail(exc)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def _relaunch(
+    nproc: int,
+    config: Path,
+    overrides: list[str] | None,
+    resume: bool,
+    resume_or_start: bool,
+    overwrite: bool,
+    verb: str,
+) -> None:
+    """`--nproc N` outside torchrun: run the same command under torchrun (does not return)."""
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        flags = ["--resume"] if resume else []
+        flags += ["--resume-or-start"] if resume_or_start else []
+        flags += ["--overwrite"] if overwrite else []
+        _launch_torchrun(nproc, config, overrides or [], flags, verb=verb)
 
 
 def _training_recipe(cfg: Any) -> Any:
