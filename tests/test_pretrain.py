@@ -293,6 +293,9 @@ def test_tiny_clm_from_scratch_learns_and_writes_a_causal_lm_folder(clm_run: Pat
     assert out.shape[1] == ids.shape[1] + 4
     report = (clm_run / "report.md").read_text()
     assert "Greedy continuations" in report and (clm_run / "plots" / "loss.png").is_file()
+    # The same held-out prompt continued at each evaluation (steps 20 and 40), in the report.
+    assert [e["step"] for e in ev["samples_by_step"]] == [20, 40]
+    assert "continued at each evaluation" in report
 
 
 def test_tiny_mlm_from_scratch_learns_and_is_a_classifier_base(
@@ -308,7 +311,8 @@ def test_tiny_mlm_from_scratch_learns_and_is_a_classifier_base(
     assert np.mean(losses[-3:]) < 0.8 * losses[0] and np.mean(losses[-3:]) < 3.2, losses
     model = AutoModelForMaskedLM.from_pretrained(str(mlm_run / "model"))
     assert type(model).__name__ == "BertForMaskedLM"
-    assert "Masked-token predictions" in (mlm_run / "report.md").read_text()
+    report = (mlm_run / "report.md").read_text()
+    assert "Masked-token predictions" in report and "masked sample at each evaluation" in report
     # `tailor finetune` takes the folder as model.base (its tokenizer and encoder).
     train = write_csv(tmp_path / "train.csv", make_rows(48, 0))
     test = write_csv(tmp_path / "test.csv", make_rows(24, 1))

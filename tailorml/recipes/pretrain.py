@@ -13,6 +13,8 @@ logging and torchrun processes are the fine-tuning recipes' (tailorml/train/).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import shutil
@@ -198,9 +200,24 @@ def pretrain(
             sums, counts = module(**batch_of(rows))  # (blocks,), (blocks,)
         return sums * (len(idx) / max(int(counts.sum()), 1))
 
-    def evaluate() -> dict[str, Any]:
+    timeline = out / "samples.jsonl"
+
+    def evaluate(record: bool = True) -> dict[str, Any]:
         # Every rank scores its share of the batches; the sums are added over ranks.
         loss_mod.eval()
+        if record and main and p.samples and len(eval_ids):
+            # One held-out sample per evaluation, so the report shows what training changed.
+            model.eval()
+            first = [eval_blocks[int(eval_ids[0])]]
+            with torch.inference_mode():
+                shown = (
+                    _masked_samples(model, tokenizer, first, acc.device)
+                    if objective == "mlm"
+                    else _continuations(model, tokenizer, first, acc.device, new_tokens=24)
+                )
+            line = json.dumps({"step": state["global_step"], "samples": shown}) + "\n"
+            with timeline.open("a", encoding="utf-8") as fh:
+                fh.write(line)
         total, tokens = 0.0, 0
         size_ = t.eval_batch_size
         batches = [eval_ids[i : i + size_] for i in range(0, len(eval_ids), size_)]
@@ -243,7 +260,7 @@ def pretrain(
 
     # ---- best model, final evaluation, samples, report ---------------------------------------
     load_best(model, ckpt_dir)
-    results: dict[str, Any] = {"eval": evaluate()}
+    results: dict[str, Any] = {"eval": evaluate(record=False)}
     replica_diff = replica_max_diff(model, world)
     tokens_seen = state["samples_seen"] * p.block_size
     results["train"] = {
@@ -271,6 +288,7 @@ def pretrain(
             if objective == "mlm"
             else _continuations(model, tokenizer, shown, acc.device)
         )
+        results["samples_by_step"] = read_timeline(timeline)
         logger.log(state["global_step"], "final_eval", _scalars(results["eval"]))
         info: dict[str, Any] = {
             "task": f"pretrain-{objective}",
@@ -440,8 +458,21 @@ def _masked_samples(
     return out
 
 
+def read_timeline(path: Path) -> list[dict[str, Any]]:
+    """The samples taken at each evaluation, one entry per step (a step evaluated again after a
+    resume keeps its last entry)."""
+    if not path.exists():
+        return []
+    by_step: dict[int, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            row = json.loads(line)
+            by_step[int(row["step"])] = row
+    return [by_step[k] for k in sorted(by_step)]
+
+
 def _continuations(
-    model: Any, tokenizer: Any, blocks: list[np.ndarray], device: Any
+    model: Any, tokenizer: Any, blocks: list[np.ndarray], device: Any, new_tokens: int = 48
 ) -> list[dict[str, Any]]:
     """Greedy continuations of the first 24 tokens of held-out blocks."""
     import torch
@@ -453,7 +484,7 @@ def _continuations(
             gen = model.generate(
                 input_ids=prompt,
                 attention_mask=torch.ones_like(prompt),
-                max_new_tokens=48,
+                max_new_tokens=new_tokens,
                 do_sample=False,
             )
         out.append(

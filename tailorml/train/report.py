@@ -310,6 +310,28 @@ def write_pretrain_report(run_dir: Path, name: str, base: str, results: dict[str
                   "| prompt | continuation |", "|---|---|"]  # fmt: skip
         for s in samples:
             lines.append(f"| {_cell(s['prompt'])} | {_cell(s['continuation'])} |")
+    lines += _timeline_lines(results.get("samples_by_step") or [], objective)
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _timeline_lines(timeline: list[dict[str, Any]], objective: str) -> list[str]:
+    """The same held-out sample at each evaluation during training."""
+    rows = [(e["step"], s) for e in timeline for s in e.get("samples", [])]
+    if not rows:
+        return []
+    if objective == "mlm":
+        out = ["", "## The same masked sample at each evaluation", "",
+               f"Text: {_cell(rows[0][1]['text'])}", "",
+               "| step | answers | top 5 per mask |", "|---:|---|---|"]  # fmt: skip
+        for step, s in rows:
+            answers = ", ".join(pr["answer"] for pr in s["predictions"])
+            tops = " / ".join(", ".join(pr["top5"]) for pr in s["predictions"])
+            out.append(f"| {step} | {_cell(answers)} | {_cell(tops)} |")
+        return out
+    out = ["", "## The same prompt continued at each evaluation (greedy)", "",
+           f"Prompt: {_cell(rows[0][1]['prompt'])}", "",
+           "| step | continuation |", "|---:|---|"]  # fmt: skip
+    out += [f"| {step} | {_cell(s['continuation'])} |" for step, s in rows]
+    return out
