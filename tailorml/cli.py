@@ -498,6 +498,7 @@ def compress(
         float | None, typer.Option(help=_compress_doc("distill_epochs"))
     ] = None,
     train_threads: Annotated[int | None, typer.Option(help=_compress_doc("train_threads"))] = None,
+    vocab_margin: Annotated[int | None, typer.Option(help=_compress_doc("vocab_margin"))] = None,
     max_ppl_increase: Annotated[
         float | None, typer.Option(help=_compress_doc("max_ppl_increase"))
     ] = None,
@@ -524,6 +525,7 @@ def compress(
         student_layers=student_layers,
         distill_epochs=distill_epochs,
         train_threads=train_threads,
+        vocab_margin=vocab_margin,
         max_ppl_increase=max_ppl_increase,
         prompts=prompts,
         new_tokens=new_tokens,

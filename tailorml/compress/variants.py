@@ -34,6 +34,11 @@ DESCRIBE = {
     "distilled": "a shallower student trained on the teacher's soft labels",
     "pruned-onnx-int8": "the pruned model as ONNX Runtime int8",
     "distilled-onnx-int8": "the distilled student as ONNX Runtime int8",
+    "trimmed": "keep the vocabulary the training texts use (tokenizer and embedding rows)",
+    "trimmed-onnx-int8": "the vocabulary-trimmed model as ONNX Runtime int8",
+    "pruned-trimmed-onnx-int8": "the pruned model, vocabulary-trimmed, as ONNX Runtime int8",
+    "distilled-trimmed-onnx-int8": "the distilled student, vocabulary-trimmed, as ONNX Runtime "
+    "int8",
 }
 
 
@@ -294,3 +299,51 @@ def build_distilled(
         temperature=opts.distill_temperature,
         alpha=opts.distill_alpha,
     )
+
+
+def trim_vocab(
+    inp: RunInputs, source: Path, dst: Path, opts: CompressOptions, notes: dict[str, Any]
+) -> None:
+    """Vocabulary-trim model folder `source` into `dst` (tailorml/compress/vocab.py), with the
+    held-out numbers: tokens that become [UNK] and texts whose tokens change, on the eval and
+    test splits (neither is among the texts the vocabulary was taken from)."""
+    from tailorml.compress import vocab
+    from tailorml.compress.inputs import train_texts
+
+    texts, pairs = train_texts(inp)
+    counts = vocab.trim_folder(source, dst, texts, pairs, opts.vocab_margin)
+    held = {"eval": vocab.heldout_stats(source, dst, inp.eval.texts, inp.eval.pairs)}
+    if inp.test is not None:
+        held["test"] = vocab.heldout_stats(source, dst, inp.test.texts, inp.test.pairs)
+    notes["vocab"] = {**counts, "margin_ids": opts.vocab_margin, "train_texts": len(texts), **held}
+    console.print(
+        f"  vocabulary {counts['base']} -> {counts['kept']} tokens ({counts['used_by_train']} "
+        f"used by {len(texts)} training texts); held-out "
+        + ", ".join(
+            f"{k}: {h['unk_tokens']} [UNK] of {h['tokens']} tokens ({h['unk_tokens_base']} "
+            f"before), {h['texts_changed_share']:.1%} of texts tokenized differently"
+            for k, h in held.items()
+        ),
+        highlight=False,
+    )
+
+
+def build_trimmed(inp: RunInputs, tmp: Path, opts: CompressOptions, notes: dict[str, Any]) -> None:
+    """The run's model with its vocabulary trimmed, on PyTorch; its parity against the
+    untrimmed model on the test split goes into `notes` (the recipe measures eval for all)."""
+    trim_vocab(inp, inp.model_dir, tmp, opts, notes)
+    write_task(tmp, inp.info, runtime="torch", variant="trimmed")
+
+
+def trimmed_source(
+    inp: RunInputs, source: Path, work: Path, opts: CompressOptions, notes: dict[str, Any]
+) -> Path:
+    """A vocabulary-trimmed copy of `source` (a built torch variant) in `work`, to export."""
+    from tailorml.tasks.folder import write_task_json
+
+    dst = work / f"trim-{source.name}"
+    if dst.exists():
+        shutil.rmtree(dst)
+    trim_vocab(inp, source, dst, opts, notes)
+    write_task_json(dst, inp.info)
+    return dst

@@ -29,6 +29,7 @@ CLASSIFIER_ONLY = (
     "train_threads",
     "train_limit",
     "keep_work",
+    "vocab_margin",
 )
 
 VARIANTS = (
@@ -39,6 +40,11 @@ VARIANTS = (
     "pruned-onnx-int8",
     "distilled",
     "distilled-onnx-int8",
+    # vocabulary trimming (tailorml/compress/vocab.py), alone and combined with int8
+    "trimmed",
+    "trimmed-onnx-int8",
+    "pruned-trimmed-onnx-int8",
+    "distilled-trimmed-onnx-int8",
 )
 
 
@@ -101,6 +107,13 @@ class CompressOptions(BaseModel):
         default=None,
         ge=1,
         description="Train pruned/distilled on the first N rows only (quick runs).",
+    )
+    vocab_margin: int = Field(
+        default=5000,
+        ge=0,
+        description="Trimmed variants: besides the tokens of the training texts, every special "
+        "token and every single character, keep the first N ids of the base vocabulary (BERT's "
+        "WordPiece lists its most frequent words first).",
     )
     keep_work: bool = Field(
         default=False, description="Keep compressed/.work (the recovery and distillation runs)."
