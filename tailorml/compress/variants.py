@@ -206,15 +206,14 @@ def _retrain(
     inp: RunInputs,
     model: Any,
     work: Path,
-    tmp: Path,
     name: str,
     epochs: float,
     opts: CompressOptions,
     distill: dict[str, Any] | None = None,
-) -> None:
+) -> Path:
     """Fine-tune a reshaped model (pruned, or a student) on the run's own data: a `tailor
     finetune` stage in a child process, on the run's config with the reshaped model as base (and
-    the run's model as teacher for a student); then publish its weights into `tmp`."""
+    the run's model as teacher for a student); returns that run's folder."""
     from tailorml.config.load import dump_config
     from tailorml.launch import run_stage
 
@@ -226,7 +225,7 @@ def _retrain(
     cfg_path = work / f"{name}.yaml"
     cfg_path.write_text(dump_config(cfg), encoding="utf-8")
     run_stage(["finetune", str(cfg_path), "--overwrite"], f"The {name} fine-tune")
-    _finish_trained(run_dir, tmp, inp.info, name)
+    return run_dir
 
 
 def _finish_trained(run_dir: Path, tmp: Path, info: dict[str, Any], name: str) -> None:
@@ -244,29 +243,60 @@ def _finish_trained(run_dir: Path, tmp: Path, info: dict[str, Any], name: str) -
 def build_pruned(
     inp: RunInputs, work: Path, tmp: Path, opts: CompressOptions, notes: dict[str, Any]
 ) -> None:
+    """Remove heads and FFN neurons by importance, then recover; with `prune_steps` > 1 in
+    steps (prune a little, recover, recompute importance on the recovered model, repeat)."""
     from tailorml.compress import prune
     from tailorml.models.classifier import load_classifier
 
     model = load_classifier(inp.model_dir)
     before = prune.count_params(model)
-    heads, neurons = prune.importance(model, _train_batches(inp))
-    plan = prune.plan(heads, neurons, opts.prune_heads, opts.prune_ffn)
-    prune.apply(model, plan)
-    after = prune.count_params(model)
-    console.print(
-        f"  pruned {before / 1e6:.2f}M -> {after / 1e6:.2f}M parameters "
-        f"(heads per layer {model.config.tailorml_heads_per_layer}, FFN per layer "
-        f"{model.config.tailorml_ffn_per_layer}); recovery fine-tune, "
-        f"{opts.recovery_epochs:g} epoch(s):"
+    head_f, ffn_f = opts.prune_heads, opts.prune_ffn
+    if opts.prune_target_params is not None:
+        head_f = ffn_f = prune.fraction_for_params(model, opts.prune_target_params)
+    layer = prune.encoder_layers(model)[0]
+    n_heads = layer.attention.self.query.out_features // prune._head_size(model)
+    steps = opts.prune_steps
+    plan = zip(
+        prune.schedule(n_heads, head_f, steps),
+        prune.schedule(layer.intermediate.dense.out_features, ffn_f, steps),
+        strict=True,
     )
-    _retrain(inp, model, work, tmp, "pruned", opts.recovery_epochs, opts)
+    batches = _train_batches(inp)
+    epochs = opts.recovery_epochs / steps
+    log = []
+    for i, (keep_h, keep_n) in enumerate(plan, start=1):
+        heads, neurons = prune.importance(model, batches)
+        prune.apply(model, prune.plan(heads, neurons, head_f, ffn_f, keep=(keep_h, keep_n)))
+        params = prune.count_params(model)
+        console.print(
+            f"  pruned{f' step {i}/{steps}' if steps > 1 else ''}: {before / 1e6:.2f}M -> "
+            f"{params / 1e6:.2f}M parameters (heads per layer {keep_h}, FFN per layer {keep_n}); "
+            f"recovery fine-tune, {epochs:g} epoch(s):",
+            highlight=False,
+        )
+        run_dir = _retrain(inp, model, work, f"pruned-{i}", epochs, opts)
+        log.append({"step": i, "heads_per_layer": keep_h, "ffn_per_layer": keep_n})
+        log[-1].update(params=params, **_recovery_eval(run_dir))
+        model = load_classifier(run_dir / "model")
+    _finish_trained(run_dir, tmp, inp.info, "pruned")
     notes.update(
         params_before=before,
-        params=after,
+        params=prune.count_params(model),
         heads_per_layer=model.config.tailorml_heads_per_layer,
         ffn_per_layer=model.config.tailorml_ffn_per_layer,
         recovery_epochs=opts.recovery_epochs,
+        steps=log,
     )
+
+
+def _recovery_eval(run_dir: Path) -> dict[str, Any]:
+    """The recovery fine-tune's own eval accuracy (eval.json), when it wrote one."""
+    import json
+
+    path = run_dir / "eval.json"
+    ev = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    acc = (ev.get("eval") or {}).get("accuracy")
+    return {"eval_accuracy": acc} if isinstance(acc, int | float) else {}
 
 
 def build_distilled(
@@ -290,7 +320,8 @@ def build_distilled(
         "temperature": opts.distill_temperature,
         "alpha": opts.distill_alpha,
     }
-    _retrain(inp, student, work, tmp, "distilled", opts.distill_epochs, opts, teacher_of)
+    run_dir = _retrain(inp, student, work, "distilled", opts.distill_epochs, opts, teacher_of)
+    _finish_trained(run_dir, tmp, inp.info, "distilled")
     notes.update(
         layers=k,
         teacher_layers=student.config.tailorml_student_of_layers,

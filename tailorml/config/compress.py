@@ -30,6 +30,8 @@ CLASSIFIER_ONLY = (
     "train_limit",
     "keep_work",
     "vocab_margin",
+    "prune_steps",
+    "prune_target_params",
 )
 
 VARIANTS = (
@@ -79,7 +81,24 @@ class CompressOptions(BaseModel):
         default=0.5, ge=0, lt=1, description="Share of FFN neurons removed per layer (pruned)."
     )
     recovery_epochs: float = Field(
-        default=1.0, gt=0, description="Fine-tuning epochs after pruning (pruned)."
+        default=1.0,
+        gt=0,
+        description="Fine-tuning epochs after pruning (pruned); with several prune steps, "
+        "shared between them.",
+    )
+    prune_steps: int = Field(
+        default=1,
+        ge=1,
+        description="Pruned: reach the shares in this many steps (prune a little, recover, "
+        "recompute importance, repeat); each step keeps the same share of what is left and "
+        "recovers for recovery_epochs / prune_steps epochs. 1 = one shot.",
+    )
+    prune_target_params: int | None = Field(
+        default=None,
+        ge=1,
+        description="Pruned: the parameter count to reach (the whole model's); sets one share "
+        "of heads and FFN neurons to remove in every layer, in place of prune_heads and "
+        "prune_ffn.",
     )
     student_layers: int | None = Field(
         default=None,
