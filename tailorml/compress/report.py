@@ -133,7 +133,8 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         f"Threads: {result['threads']} (pinned). Eval examples: {result['eval_examples']}. "
         f"Latency: {result['latency_texts']} eval texts, {result['repeats']} repetitions, "
         "warm-up excluded, tokenization included. Measured on "
-        f"{result['machine']} at {result['date']}.",
+        f"{result['machine']} (flags: {result.get('cpu_flags') or 'unknown'}) at "
+        f"{result['date']}.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" for _ in head) + "|",

@@ -198,6 +198,7 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
             "test_rule": f"test drop - {TEST_Z:g} * SE <= budget",
         },
         "machine": _machine(),
+        "cpu_flags": _cpu_flags(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "variants": variants,
     }
@@ -434,6 +435,12 @@ def _time_all(predictors: dict[str, Any], texts: list[str], repeats: int) -> dic
             float(np.median([t.throughput for t in ts])),
         ).as_dict()
     return out
+
+
+def _cpu_flags() -> str:
+    from tailorml.compress.generation import cpu_flags
+
+    return cpu_flags()
 
 
 def _machine() -> str:
