@@ -227,7 +227,17 @@ def plot(path: Path, result: dict[str, Any]) -> None:
         if names:
             xs = [by[n][key] * scale for n in names]
             ys = [by[n]["accuracy"] * 100 for n in names]
-            ax.step(xs, ys, where="post", color="green", linewidth=1, label="Pareto front")
+            ax.step(
+                xs,
+                ys,
+                where="post",
+                color="green",
+                linewidth=1,
+                marker="*",
+                zorder=3,
+                markersize=11,
+                label="Pareto front",
+            )
         ax.axhline(
             ref["accuracy"] * 100 - result["budget_points"],
             color="red",
