@@ -20,7 +20,7 @@ from tailorml.config.compress import CompressOptions
 from tailorml.errors import ConfigError
 from tailorml.models.base import packaged_minilm_path
 from tailorml.predictors import load_predictor
-from tailorml.recipes.compress import compress
+from tailorml.recipes.compress import TEST_KEYS, compress
 
 from .conftest import make_rows
 from .test_compress import FAST, run, trained_run  # noqa: F401  (fixtures)
@@ -243,6 +243,20 @@ def test_compress_trimmed_variants_with_test_split_and_fronts(run: Path) -> None
     assert [v["test_accuracy"] for v in saved] == [v["test_accuracy"] for v in by.values()]
     parity = json.loads((run / "compressed" / "trimmed-onnx-int8" / "parity.json").read_text())
     assert "agreement >= 0.95" in parity["tolerance"]
+
+
+def test_without_a_test_split_the_test_fields_are_empty(run: Path) -> None:  # noqa: F811
+    """--data gives the eval rows and no test split: the test keys are there, null, and the
+    choice is eval's alone."""
+    from .conftest import write_csv
+
+    data = write_csv(run / "given.csv", make_rows(45, 7))
+    result = compress(run, CompressOptions(variants=["onnx-int8"], data=data, **FAST))  # type: ignore[arg-type]
+    assert result["test_examples"] is None and result["eval_examples"] == 45
+    for v in json.loads((run / "compression.json").read_text()):
+        assert {k: v[k] for k in TEST_KEYS} == dict.fromkeys(TEST_KEYS), v["name"]
+    assert "test split" not in result["message"]
+    assert "`test acc` on the test split" not in (run / "compression.md").read_text()
 
 
 def test_trimming_refused_without_training_text(run: Path) -> None:  # noqa: F811

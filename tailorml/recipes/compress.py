@@ -352,6 +352,16 @@ def _entry(
     }
 
 
+TEST_KEYS = (
+    "test_accuracy",
+    "test_accuracy_se",
+    "test_macro_f1",
+    "test_accuracy_drop_points",
+    "test_drop_se_points",
+    "test_agreement",
+)
+
+
 def _test_logits(inp: Any, pred: Any) -> Any:
     """Logits on the test split (None without one)."""
     return None if inp.test is None else all_logits(pred, inp.test.texts, inp.test.pairs)
@@ -362,8 +372,8 @@ def _test_entry(inp: Any, ref: Any, got: Any) -> dict[str, Any]:
     standard error of the paired difference (what select's test rule reads), and agreement."""
     import numpy as np
 
-    if got is None:
-        return {"test_accuracy": None}
+    if got is None:  # no test split (--data): the keys are there, empty
+        return dict.fromkeys(TEST_KEYS)
     q = inp.quality(got, "test")
     diffs = [
         r.astype(np.float64) - c.astype(np.float64)
