@@ -491,6 +491,10 @@ def compress(
     recovery_epochs: Annotated[
         float | None, typer.Option(help=_compress_doc("recovery_epochs"))
     ] = None,
+    prune_steps: Annotated[int | None, typer.Option(help=_compress_doc("prune_steps"))] = None,
+    prune_target_params: Annotated[
+        int | None, typer.Option(help=_compress_doc("prune_target_params"))
+    ] = None,
     student_layers: Annotated[
         int | None, typer.Option(help=_compress_doc("student_layers"))
     ] = None,
@@ -498,6 +502,7 @@ def compress(
         float | None, typer.Option(help=_compress_doc("distill_epochs"))
     ] = None,
     train_threads: Annotated[int | None, typer.Option(help=_compress_doc("train_threads"))] = None,
+    vocab_margin: Annotated[int | None, typer.Option(help=_compress_doc("vocab_margin"))] = None,
     max_ppl_increase: Annotated[
         float | None, typer.Option(help=_compress_doc("max_ppl_increase"))
     ] = None,
@@ -521,9 +526,12 @@ def compress(
         prune_heads=prune_heads,
         prune_ffn=prune_ffn,
         recovery_epochs=recovery_epochs,
+        prune_steps=prune_steps,
+        prune_target_params=prune_target_params,
         student_layers=student_layers,
         distill_epochs=distill_epochs,
         train_threads=train_threads,
+        vocab_margin=vocab_margin,
         max_ppl_increase=max_ppl_increase,
         prompts=prompts,
         new_tokens=new_tokens,

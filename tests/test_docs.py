@@ -132,7 +132,7 @@ SKIPS = [
     Rule(
         r"^tailor compress runs/finsent +#",
         "",
-        "runs word for word in docs/compress.md's test (-m slow): all seven variants, pruning "
+        "runs word for word in docs/compress.md's test (-m slow): every variant, pruning "
         "and distillation retrain (~80 s on 2 cores)",
         doc="README.md",
     ),

@@ -23,6 +23,15 @@ from tailorml.tasks.heads import HeadSpec, mean_over_heads, with_heads
 # A combination needs its torch source built first.
 DEPENDS = {"pruned-onnx-int8": "pruned", "distilled-onnx-int8": "distilled"}
 TRAINED = {"pruned", "distilled"}
+# Vocabulary trimming keeps the tokens of the run's training texts (read through config.yaml).
+DEPENDS.update(
+    {
+        "trimmed-onnx-int8": "trimmed",
+        "pruned-trimmed-onnx-int8": "pruned",
+        "distilled-trimmed-onnx-int8": "distilled",
+    }
+)
+TRIMMED = {"trimmed", "pruned-trimmed-onnx-int8", "distilled-trimmed-onnx-int8"}
 # compress budgets accuracy: a head must report it (and macro-F1, shown beside it).
 JUDGED_BY = ("accuracy", "macro_f1")
 
@@ -39,18 +48,41 @@ class RunInputs:
     # The heads and their eval rows: the one head on every row, or for a multi-task run each head
     # on its own eval split (the eval examples are the heads' eval splits one after the other).
     heads: list[tuple[HeadSpec, slice]] = field(default_factory=list)
+    # The test split (each head's, in the same order), which selection judges only as a check
+    # that eval's accuracy holds; None with --data or without config.yaml.
+    test: Examples | None = None
+    test_heads: list[tuple[HeadSpec, slice]] = field(default_factory=list)
 
     @property
     def info(self) -> dict[str, Any]:
         return self.model.raw
 
-    def quality(self, logits: Any) -> dict[str, Any]:
-        """accuracy and macro-F1 (with several heads: each head's, and their means)."""
-        per = {}
-        for h, rows in self.heads:
-            m = h.kind.compute_metrics(logits[rows, h.columns], self.eval.labels[rows], h.labels)
+    def quality(self, logits: Any, split: str = "eval") -> dict[str, Any]:
+        """accuracy and macro-F1 (with several heads: each head's, and their means) and the
+        standard error of the accuracy, sqrt(p(1-p)/n) (of the heads' mean: their errors
+        combined as independent)."""
+        ex, heads = (self.eval, self.heads) if split == "eval" else (self.test, self.test_heads)
+        assert ex is not None
+        per, var = {}, 0.0
+        for h, rows in heads:
+            m = h.kind.compute_metrics(logits[rows, h.columns], ex.labels[rows], h.labels)
             per[h.name] = {k: float(m[k]) for k in JUDGED_BY}
-        return mean_over_heads(per, JUDGED_BY)
+            n = max(1, len(ex.labels[rows]))
+            var += per[h.name]["accuracy"] * (1 - per[h.name]["accuracy"]) / n
+        out = mean_over_heads(per, JUDGED_BY)
+        out["accuracy_se"] = round(var**0.5 / len(heads), 6)
+        return out
+
+    def correct(self, logits: Any, split: str = "test") -> list[Any]:
+        """Per head, whether each row's top class is its label (for paired differences)."""
+        import numpy as np
+
+        ex, heads = (self.eval, self.heads) if split == "eval" else (self.test, self.test_heads)
+        assert ex is not None
+        return [
+            logits[rows, h.columns].argmax(-1) == np.asarray(ex.labels[rows], dtype=np.int64)
+            for h, rows in heads
+        ]
 
     def parity(self, ref: Any, got: Any) -> dict[str, Any]:
         """Drift from fp32 over every column; agreement is the lowest head's (each task says
@@ -129,19 +161,39 @@ def check_inputs(run_dir: str | Path, opts: CompressOptions) -> RunInputs:
                 "its config.yaml. Leave out --data."
             )
     cfg = _run_config(run)
-    if cfg is None and (set(variants) & TRAINED):
-        need = ", ".join(v for v in variants if v in TRAINED or DEPENDS.get(v) in TRAINED)
+    trims = [v for v in variants if v in TRIMMED or DEPENDS.get(v) in TRIMMED]
+    if trims and not model.single:
+        raise ConfigError(
+            f"{run} is a multi-task run: {', '.join(trims)} trim the vocabulary to the training "
+            "texts, which compress does for single-task runs only. Leave them out."
+        )
+    if cfg is None and (set(variants) & (TRAINED | TRIMMED)):
+        need = ", ".join(
+            v for v in variants if v in TRAINED | TRIMMED or DEPENDS.get(v) in TRAINED | TRIMMED
+        )
         raise ConfigError(
             f"{run} has no config.yaml, so there is no training data for {need}. Restore the "
             "run's config.yaml or choose --variants torch-int8,onnx-fp32,onnx-int8."
         )
-    parts = {h.name: _eval_examples(run, h, cfg, opts) for h in model.heads}
-    ev = Examples.concat(list(parts.values()), "+".join(str(p.source) for p in parts.values()))
-    heads, start = [], 0
-    for h in model.heads:
-        heads.append((h, slice(start, start + len(parts[h.name]))))
+    both = {h.name: _eval_examples(run, h, cfg, opts) for h in model.heads}
+    ev, heads = _joined(model.heads, {n: e for n, (e, _) in both.items()})
+    tests = {n: t for n, (_, t) in both.items() if t is not None and len(t)}
+    test, test_heads = _joined(model.heads, tests) if len(tests) == len(both) else (None, [])
+    return RunInputs(
+        run, model_dir, model, ev, cfg, variants, heads=heads, test=test, test_heads=test_heads
+    )
+
+
+def _joined(
+    heads: list[HeadSpec], parts: dict[str, Examples]
+) -> tuple[Examples, list[tuple[HeadSpec, slice]]]:
+    """The heads' splits one after the other, and each head's rows."""
+    ex = Examples.concat(list(parts.values()), "+".join(str(p.source) for p in parts.values()))
+    rows, start = [], 0
+    for h in heads:
+        rows.append((h, slice(start, start + len(parts[h.name]))))
         start += len(parts[h.name])
-    return RunInputs(run, model_dir, model, ev, cfg, variants, heads=heads)
+    return ex, rows
 
 
 def _run_config(run: Path) -> Any:
@@ -151,15 +203,18 @@ def _run_config(run: Path) -> Any:
     return load_config(path) if path.is_file() else None
 
 
-def _eval_examples(run: Path, head: HeadSpec, cfg: Any, opts: CompressOptions) -> Examples:
-    """`head`'s eval rows: --data, else the run's own eval split (from its config.yaml)."""
+def _eval_examples(
+    run: Path, head: HeadSpec, cfg: Any, opts: CompressOptions
+) -> tuple[Examples, Examples | None]:
+    """`head`'s eval rows: --data, else the run's own eval split (from its config.yaml); and its
+    test split (None with --data)."""
     from tailorml.data.examples import build_examples
     from tailorml.data.prepare import prepare_splits
     from tailorml.data.readers import read_table
 
     if opts.data is not None:
         table = read_table(opts.data, key="--data")
-        return build_examples(table, head_data_config(head), head.kind, head.labels, "--data")
+        return build_examples(table, head_data_config(head), head.kind, head.labels, "--data"), None
     if cfg is None:
         raise DataError(
             f"{run} has no eval data: no config.yaml to find the run's eval split. Pass "
@@ -175,4 +230,13 @@ def _eval_examples(run: Path, head: HeadSpec, cfg: Any, opts: CompressOptions) -
                 "relative to where `tailor finetune` ran). Run from there or pass --data FILE.",
             ]
         ) from None
-    return splits.eval
+    return splits.eval, splits.test
+
+
+def train_texts(inp: RunInputs) -> tuple[list[str], list[str] | None]:
+    """The training split's texts (and pairs) of a single-task run, as `tailor finetune` split
+    them (the test split, when carved from train, is not among them)."""
+    from tailorml.data.prepare import prepare_splits
+
+    splits = prepare_splits(inp.cfg, inp.heads[0][0].kind)
+    return splits.train.texts, splits.train.pairs

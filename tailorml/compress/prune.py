@@ -67,16 +67,62 @@ def importance(model: Any, batches: list[dict[str, torch.Tensor]]) -> tuple[Any,
     return heads, neurons
 
 
-def plan(heads: Any, neurons: Any, head_fraction: float, ffn_fraction: float) -> PrunePlan:
+def kept_count(n: int, fraction: float) -> int:
+    """How many of `n` heads (or neurons) stay when `fraction` of them is removed (at least 1)."""
+    return max(1, math.floor(n * (1 - fraction) + 1e-9))
+
+
+def plan(
+    heads: Any,
+    neurons: Any,
+    head_fraction: float,
+    ffn_fraction: float,
+    keep: tuple[int, int] | None = None,
+) -> PrunePlan:
     """Remove the least important share of heads and neurons in every layer (at least one head
-    and one neuron stay)."""
+    and one neuron stay); `keep` gives the counts to keep instead of the shares."""
     kept_h, kept_n = [], []
     for h, n in zip(heads, neurons, strict=True):
-        keep_h = max(1, math.floor(len(h) * (1 - head_fraction) + 1e-9))
-        keep_n = max(1, math.floor(len(n) * (1 - ffn_fraction) + 1e-9))
-        kept_h.append(sorted(torch.topk(h, keep_h).indices.tolist()))
-        kept_n.append(sorted(torch.topk(n, keep_n).indices.tolist()))
+        keep_h = keep[0] if keep else kept_count(len(h), head_fraction)
+        keep_n = keep[1] if keep else kept_count(len(n), ffn_fraction)
+        kept_h.append(sorted(torch.topk(h, min(keep_h, len(h))).indices.tolist()))
+        kept_n.append(sorted(torch.topk(n, min(keep_n, len(n))).indices.tolist()))
     return PrunePlan(kept_h, kept_n)
+
+
+def schedule(n: int, fraction: float, steps: int) -> list[int]:
+    """Counts kept after each of `steps` steps that together remove `fraction` of `n`: every
+    step keeps the same share of what is left, and the last one lands where one shot would."""
+    last = kept_count(n, fraction)
+    out = [max(last, round(n * (1 - fraction) ** (i / steps))) for i in range(1, steps)]
+    return [*out, last]
+
+
+def prunable_params(model: Any) -> int:
+    """Parameters that shrink with the heads and FFN neurons removed: the query, key and value
+    projections (weights and biases), the attention output's weight, the FFN's two weights and
+    its first bias, over every layer (embeddings, LayerNorms and the head stay)."""
+    total = 0
+    for layer in encoder_layers(model):
+        att = layer.attention
+        for lin in (att.self.query, att.self.key, att.self.value, layer.intermediate.dense):
+            total += lin.weight.numel() + (lin.bias.numel() if lin.bias is not None else 0)
+        total += att.output.dense.weight.numel() + layer.output.dense.weight.numel()
+    return int(total)
+
+
+def fraction_for_params(model: Any, target: int) -> float:
+    """The share of heads and FFN neurons to remove (the same in every layer) that brings the
+    model to about `target` parameters."""
+    total, shrinkable = count_params(model), prunable_params(model)
+    floor = total - shrinkable
+    if not floor < target < total:
+        raise ConfigError(
+            f"--prune-target-params {target}: the model has {total} parameters, {floor} of them "
+            "in embeddings, LayerNorms and the head, which pruning keeps; give a number between "
+            "the two."
+        )
+    return (total - target) / shrinkable
 
 
 def _slice(lin: torch.nn.Linear, idx: torch.Tensor, dim: int) -> torch.nn.Linear:

@@ -1,10 +1,12 @@
-"""compression.md and the accuracy-vs-latency plot (marker area = size on disk)."""
+"""compression.md and its plot: accuracy against batch-1 latency and against size on disk, each
+with its Pareto front (standard-error bars on accuracy)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from tailorml.compress.select import TEST_Z
 from tailorml.files import atomic_write_text
 
 COLUMNS = [
@@ -16,13 +18,22 @@ COLUMNS = [
     ("b1 p99 ms", "latency_ms_b1_p99", "{:.2f}"),
     ("b32 p50 ms", "latency_ms_b32_p50", "{:.1f}"),
     ("ex/s b32", "throughput_per_s_b32", "{:.0f}"),
-    ("accuracy", "accuracy", "{:.4f}"),
+    ("accuracy ± se", "accuracy", "{:.4f}"),
     ("macro F1", "macro_f1", "{:.4f}"),
     ("drop pts", "accuracy_drop_points", "{:+.2f}"),
     ("agree", "agreement", "{:.3f}"),
+    ("test acc ± se", "test_accuracy", "{:.4f}"),
+    ("test drop ± se", "test_accuracy_drop_points", "{:+.2f}"),
     ("speedup b1", "speedup_b1", "{:.2f}x"),
     ("smaller", "size_ratio", "{:.2f}x"),
+    ("build s", "build_s", "{:.0f}"),
 ]
+# A value shown with its standard error ("0.8748 ±0.0068"): the key of the error.
+WITH_SE = {
+    "accuracy": "accuracy_se",
+    "test_accuracy": "test_accuracy_se",
+    "test_accuracy_drop_points": "test_drop_se_points",
+}
 
 
 def cell(v: dict[str, Any], key: str, fmt: str) -> str:
@@ -33,6 +44,9 @@ def cell(v: dict[str, Any], key: str, fmt: str) -> str:
         val = val / 1e6
     if key == "chosen":
         return "yes" if val else ""
+    se = v.get(WITH_SE.get(key, ""))
+    if se is not None and not (key == "test_accuracy_drop_points" and v.get("name") == "fp32"):
+        return fmt.format(val) + " ±" + fmt.format(se).lstrip("+")
     return fmt.format(val)
 
 
@@ -57,6 +71,21 @@ def rows(
     out = []
     for v in variants:
         out.append([cell(v, key, fmt) for _, key, fmt in columns or COLUMNS])
+    return out
+
+
+def pareto_lines(result: dict[str, Any]) -> list[str]:
+    """The Pareto fronts, each variant with its accuracy and cost."""
+    by = {v["name"]: v for v in result["variants"]}
+    fronts = result.get("pareto") or {}
+    out = []
+    for key, what, cost in (
+        ("latency", "batch-1 latency", lambda v: f"{v['latency_ms_b1_p50']:.2f} ms"),
+        ("size", "size on disk", lambda v: f"{v['size_bytes'] / 1e6:.1f} MB"),
+    ):
+        names = fronts.get(key) or []
+        shown = ", ".join(f"{n} ({by[n]['accuracy']:.4f}, {cost(by[n])})" for n in names)
+        out.append(f"- accuracy vs {what}: {shown}")
     return out
 
 
@@ -104,12 +133,31 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         f"Threads: {result['threads']} (pinned). Eval examples: {result['eval_examples']}. "
         f"Latency: {result['latency_texts']} eval texts, {result['repeats']} repetitions, "
         "warm-up excluded, tokenization included. Measured on "
-        f"{result['machine']} at {result['date']}.",
+        f"{result['machine']} (flags: {result.get('cpu_flags') or 'unknown'}) at "
+        f"{result['date']}.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" for _ in head) + "|",
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows(result["variants"])]
+    if result.get("test_examples"):
+        lines += [
+            "",
+            f"`accuracy` is on the eval split ({result['eval_examples']} examples), which the "
+            f"budget is judged on; `test acc` on the test split ({result['test_examples']} "
+            "examples), which only checks that eval's result holds: a variant whose test drop "
+            f"is over the budget by more than {TEST_Z:g} standard errors is not chosen. ± is "
+            "one standard error: sqrt(p(1-p)/n) for an accuracy, the paired difference's for "
+            "a test drop.",
+        ]
+    if result.get("pareto"):
+        lines += [
+            "",
+            "Pareto fronts (eval accuracy; no other variant is both at least as accurate and "
+            "at least as fast, or as small):",
+            "",
+            *pareto_lines(result),
+        ]
     heads = [n for n in (result["variants"][0].get("heads") or {})]
     if heads:  # a multi-task model: accuracy above is the mean of the heads'
         lines += [
@@ -133,51 +181,76 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         "the share of eval predictions equal to fp32's; parity details in each "
         "`compressed/<variant>/parity.json`.",
         "",
-        "![accuracy vs latency](compression.png)",
+        "![accuracy vs latency and size](compression.png)",
         "",
     ]
     atomic_write_text(path, "\n".join(lines))
 
 
 def plot(path: Path, result: dict[str, Any]) -> None:
+    """Two panels: eval accuracy against batch-1 latency and against size on disk, each Pareto
+    front drawn as a step line, accuracy with its standard error, the chosen variant ringed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     vs = result["variants"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    sizes = [v["size_bytes"] / 1e6 for v in vs]
-    big = max(sizes) or 1.0
-    for v, s in zip(vs, sizes, strict=True):
-        ax.scatter(
-            v["latency_ms_b1_p50"],
-            v["accuracy"] * 100,
-            s=40 + 900 * s / big,
-            alpha=0.6,
-            edgecolors="black" if v.get("chosen") else "none",
-            linewidths=2,
-        )
-        ax.annotate(
-            f"{v['name']} ({s:.0f} MB)",
-            (v["latency_ms_b1_p50"], v["accuracy"] * 100),
-            textcoords="offset points",
-            xytext=(6, 6),
-            fontsize=8,
-        )
     ref = next(v for v in vs if v["name"] == "fp32")
-    ax.axhline(
-        ref["accuracy"] * 100 - result["budget_points"],
-        color="red",
-        linestyle="--",
-        linewidth=1,
-        label=f"budget ({result['budget_points']:g} pts below fp32)",
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    panels = (
+        (
+            "latency_ms_b1_p50",
+            "latency",
+            f"latency p50 at batch 1, ms ({result['threads']} thread(s))",
+        ),
+        ("size_bytes", "size", "size on disk, MB"),
     )
-    ax.set_xlabel(f"latency p50 at batch 1, ms ({result['threads']} thread(s))")
-    ax.set_ylabel("eval accuracy, %")
-    ax.set_title("Accuracy vs latency (marker area = size on disk)")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
+    for ax, (key, front_key, label) in zip(axes, panels, strict=True):
+        scale = 1e-6 if key == "size_bytes" else 1.0
+        for v in vs:
+            x, y = v[key] * scale, v["accuracy"] * 100
+            ax.errorbar(
+                x,
+                y,
+                yerr=(v.get("accuracy_se") or 0.0) * 100,
+                fmt="o",
+                markersize=9 if v.get("chosen") else 6,
+                markeredgecolor="black" if v.get("chosen") else "none",
+                markeredgewidth=2,
+                alpha=0.75,
+                capsize=2,
+            )
+            ax.annotate(v["name"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7)
+        names = (result.get("pareto") or {}).get(front_key) or []
+        by = {v["name"]: v for v in vs}
+        if names:
+            xs = [by[n][key] * scale for n in names]
+            ys = [by[n]["accuracy"] * 100 for n in names]
+            ax.step(
+                xs,
+                ys,
+                where="post",
+                color="green",
+                linewidth=1,
+                marker="*",
+                zorder=3,
+                markersize=11,
+                label="Pareto front",
+            )
+        ax.axhline(
+            ref["accuracy"] * 100 - result["budget_points"],
+            color="red",
+            linestyle="--",
+            linewidth=1,
+            label=f"budget ({result['budget_points']:g} pts below fp32)",
+        )
+        ax.set_xlabel(label)
+        ax.set_ylabel("eval accuracy, % (± 1 SE)")
+        ax.legend(loc="lower right", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Accuracy vs batch-1 latency")
+    axes[1].set_title("Accuracy vs size on disk")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)

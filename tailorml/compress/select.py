@@ -1,12 +1,24 @@
 """Choose the variant to serve: the fastest at batch 1 whose accuracy drop stays within budget
-and whose outputs agree with fp32 (the parity rule); for a generation run, the fastest in
-tokens/s at batch 8 whose perplexity rise stays within budget."""
+and whose outputs agree with fp32 (the parity rule), and whose test accuracy holds (the test
+rule, below); for a generation run, the fastest in tokens/s at batch 8 whose perplexity rise
+stays within budget.
+
+The test rule. The budget is judged on the eval split. Each variant is also scored on the test
+split, and its test drop against fp32 (points) comes with the standard error of that paired
+difference, SE = 100 * sd(c_fp32 - c_v) / sqrt(n), c = 1 where a row is predicted right. A
+variant whose eval drop is within budget is still not chosen when its test drop is over the
+budget by more than TEST_Z standard errors (drop - TEST_Z * SE > budget): the eval result did
+not hold on data selection never saw. Test never ranks variants (speed does) and never admits
+one that eval rejected; without a test split the rule is skipped."""
 
 from __future__ import annotations
 
 from typing import Any
 
 REFERENCE = "fp32"
+# A test drop this many standard errors over the budget rejects a variant (about 2.3% one-sided
+# for a normal difference: a variant that truly holds the budget is rarely rejected).
+TEST_Z = 2.0
 
 
 def accuracy_drop(ref_acc: float, acc: float) -> float:
@@ -23,7 +35,36 @@ def exclusion(v: dict[str, Any], ref: dict[str, Any], budget: float) -> str | No
     drop = accuracy_drop(ref["accuracy"], v["accuracy"])
     if drop > budget:
         return f"accuracy drop {drop:.2f} points is over the budget of {budget:g}"
+    if not holds_on_test(v, budget):
+        return (
+            f"its eval accuracy did not hold on the test split: test drop "
+            f"{v['test_accuracy_drop_points']:.2f} ± {v['test_drop_se_points']:.2f} points is over "
+            f"the budget of {budget:g} by more than {TEST_Z:g} standard errors"
+        )
     return None
+
+
+def holds_on_test(v: dict[str, Any], budget: float) -> bool:
+    """The test rule: test drop - TEST_Z * SE <= budget (True when there is no test split)."""
+    drop = v.get("test_accuracy_drop_points")
+    if drop is None:
+        return True
+    return bool(drop - TEST_Z * v.get("test_drop_se_points", 0.0) <= budget)
+
+
+def pareto_front(variants: list[dict[str, Any]], cost: str, quality: str = "accuracy") -> list[str]:
+    """Names of the variants no other variant beats on both `quality` (higher is better) and
+    `cost` (lower is better; e.g. latency_ms_b1_p50 or size_bytes), in order of cost."""
+
+    def beats(w: dict[str, Any], v: dict[str, Any]) -> bool:
+        return (
+            w[quality] >= v[quality]
+            and w[cost] <= v[cost]
+            and (w[quality] > v[quality] or w[cost] < v[cost])
+        )
+
+    front = [v for v in variants if not any(beats(w, v) for w in variants if w is not v)]
+    return [v["name"] for v in sorted(front, key=lambda v: v[cost])]
 
 
 def choose(variants: list[dict[str, Any]], budget: float) -> tuple[str, str]:
@@ -62,9 +103,17 @@ def choose(variants: list[dict[str, Any]], budget: float) -> tuple[str, str]:
         )
     drop = accuracy_drop(ref["accuracy"], best["accuracy"])
     speed = ref["latency_ms_b1_p50"] / best["latency_ms_b1_p50"]
+    test = ""
+    if best.get("test_accuracy_drop_points") is not None:
+        test = (
+            f"; on the test split {best['test_accuracy_drop_points']:.2f} ± "
+            f"{best['test_drop_se_points']:.2f} points"
+        )
+    held = [n for n, r in reasons.items() if r and "did not hold" in r]
+    also = f" Not chosen because test did not hold: {', '.join(held)}." if held else ""
     return best["name"], (
         f"Chose {best['name']}: {speed:.1f}x faster than fp32 at batch 1 (p50), "
-        f"accuracy drop {drop:.2f} points (budget {budget:g})."
+        f"accuracy drop {drop:.2f} points on eval (budget {budget:g}){test}.{also}"
     )
 
 

@@ -34,6 +34,11 @@ DESCRIBE = {
     "distilled": "a shallower student trained on the teacher's soft labels",
     "pruned-onnx-int8": "the pruned model as ONNX Runtime int8",
     "distilled-onnx-int8": "the distilled student as ONNX Runtime int8",
+    "trimmed": "keep the vocabulary the training texts use (tokenizer and embedding rows)",
+    "trimmed-onnx-int8": "the vocabulary-trimmed model as ONNX Runtime int8",
+    "pruned-trimmed-onnx-int8": "the pruned model, vocabulary-trimmed, as ONNX Runtime int8",
+    "distilled-trimmed-onnx-int8": "the distilled student, vocabulary-trimmed, as ONNX Runtime "
+    "int8",
 }
 
 
@@ -201,15 +206,14 @@ def _retrain(
     inp: RunInputs,
     model: Any,
     work: Path,
-    tmp: Path,
     name: str,
     epochs: float,
     opts: CompressOptions,
     distill: dict[str, Any] | None = None,
-) -> None:
+) -> Path:
     """Fine-tune a reshaped model (pruned, or a student) on the run's own data: a `tailor
     finetune` stage in a child process, on the run's config with the reshaped model as base (and
-    the run's model as teacher for a student); then publish its weights into `tmp`."""
+    the run's model as teacher for a student); returns that run's folder."""
     from tailorml.config.load import dump_config
     from tailorml.launch import run_stage
 
@@ -221,7 +225,7 @@ def _retrain(
     cfg_path = work / f"{name}.yaml"
     cfg_path.write_text(dump_config(cfg), encoding="utf-8")
     run_stage(["finetune", str(cfg_path), "--overwrite"], f"The {name} fine-tune")
-    _finish_trained(run_dir, tmp, inp.info, name)
+    return run_dir
 
 
 def _finish_trained(run_dir: Path, tmp: Path, info: dict[str, Any], name: str) -> None:
@@ -239,29 +243,60 @@ def _finish_trained(run_dir: Path, tmp: Path, info: dict[str, Any], name: str) -
 def build_pruned(
     inp: RunInputs, work: Path, tmp: Path, opts: CompressOptions, notes: dict[str, Any]
 ) -> None:
+    """Remove heads and FFN neurons by importance, then recover; with `prune_steps` > 1 in
+    steps (prune a little, recover, recompute importance on the recovered model, repeat)."""
     from tailorml.compress import prune
     from tailorml.models.classifier import load_classifier
 
     model = load_classifier(inp.model_dir)
     before = prune.count_params(model)
-    heads, neurons = prune.importance(model, _train_batches(inp))
-    plan = prune.plan(heads, neurons, opts.prune_heads, opts.prune_ffn)
-    prune.apply(model, plan)
-    after = prune.count_params(model)
-    console.print(
-        f"  pruned {before / 1e6:.2f}M -> {after / 1e6:.2f}M parameters "
-        f"(heads per layer {model.config.tailorml_heads_per_layer}, FFN per layer "
-        f"{model.config.tailorml_ffn_per_layer}); recovery fine-tune, "
-        f"{opts.recovery_epochs:g} epoch(s):"
+    head_f, ffn_f = opts.prune_heads, opts.prune_ffn
+    if opts.prune_target_params is not None:
+        head_f = ffn_f = prune.fraction_for_params(model, opts.prune_target_params)
+    layer = prune.encoder_layers(model)[0]
+    n_heads = layer.attention.self.query.out_features // prune._head_size(model)
+    steps = opts.prune_steps
+    plan = zip(
+        prune.schedule(n_heads, head_f, steps),
+        prune.schedule(layer.intermediate.dense.out_features, ffn_f, steps),
+        strict=True,
     )
-    _retrain(inp, model, work, tmp, "pruned", opts.recovery_epochs, opts)
+    batches = _train_batches(inp)
+    epochs = opts.recovery_epochs / steps
+    log = []
+    for i, (keep_h, keep_n) in enumerate(plan, start=1):
+        heads, neurons = prune.importance(model, batches)
+        prune.apply(model, prune.plan(heads, neurons, head_f, ffn_f, keep=(keep_h, keep_n)))
+        params = prune.count_params(model)
+        console.print(
+            f"  pruned{f' step {i}/{steps}' if steps > 1 else ''}: {before / 1e6:.2f}M -> "
+            f"{params / 1e6:.2f}M parameters (heads per layer {keep_h}, FFN per layer {keep_n}); "
+            f"recovery fine-tune, {epochs:g} epoch(s):",
+            highlight=False,
+        )
+        run_dir = _retrain(inp, model, work, f"pruned-{i}", epochs, opts)
+        log.append({"step": i, "heads_per_layer": keep_h, "ffn_per_layer": keep_n})
+        log[-1].update(params=params, **_recovery_eval(run_dir))
+        model = load_classifier(run_dir / "model")
+    _finish_trained(run_dir, tmp, inp.info, "pruned")
     notes.update(
         params_before=before,
-        params=after,
+        params=prune.count_params(model),
         heads_per_layer=model.config.tailorml_heads_per_layer,
         ffn_per_layer=model.config.tailorml_ffn_per_layer,
         recovery_epochs=opts.recovery_epochs,
+        steps=log,
     )
+
+
+def _recovery_eval(run_dir: Path) -> dict[str, Any]:
+    """The recovery fine-tune's own eval accuracy (eval.json), when it wrote one."""
+    import json
+
+    path = run_dir / "eval.json"
+    ev = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    acc = (ev.get("eval") or {}).get("accuracy")
+    return {"eval_accuracy": acc} if isinstance(acc, int | float) else {}
 
 
 def build_distilled(
@@ -285,7 +320,8 @@ def build_distilled(
         "temperature": opts.distill_temperature,
         "alpha": opts.distill_alpha,
     }
-    _retrain(inp, student, work, tmp, "distilled", opts.distill_epochs, opts, teacher_of)
+    run_dir = _retrain(inp, student, work, "distilled", opts.distill_epochs, opts, teacher_of)
+    _finish_trained(run_dir, tmp, inp.info, "distilled")
     notes.update(
         layers=k,
         teacher_layers=student.config.tailorml_student_of_layers,
@@ -294,3 +330,51 @@ def build_distilled(
         temperature=opts.distill_temperature,
         alpha=opts.distill_alpha,
     )
+
+
+def trim_vocab(
+    inp: RunInputs, source: Path, dst: Path, opts: CompressOptions, notes: dict[str, Any]
+) -> None:
+    """Vocabulary-trim model folder `source` into `dst` (tailorml/compress/vocab.py), with the
+    held-out numbers: tokens that become [UNK] and texts whose tokens change, on the eval and
+    test splits (neither is among the texts the vocabulary was taken from)."""
+    from tailorml.compress import vocab
+    from tailorml.compress.inputs import train_texts
+
+    texts, pairs = train_texts(inp)
+    counts = vocab.trim_folder(source, dst, texts, pairs, opts.vocab_margin)
+    held = {"eval": vocab.heldout_stats(source, dst, inp.eval.texts, inp.eval.pairs)}
+    if inp.test is not None:
+        held["test"] = vocab.heldout_stats(source, dst, inp.test.texts, inp.test.pairs)
+    notes["vocab"] = {**counts, "margin_ids": opts.vocab_margin, "train_texts": len(texts), **held}
+    console.print(
+        f"  vocabulary {counts['base']} -> {counts['kept']} tokens ({counts['used_by_train']} "
+        f"used by {len(texts)} training texts); held-out "
+        + ", ".join(
+            f"{k}: {h['unk_tokens']} [UNK] of {h['tokens']} tokens ({h['unk_tokens_base']} "
+            f"before), {h['texts_changed_share']:.1%} of texts tokenized differently"
+            for k, h in held.items()
+        ),
+        highlight=False,
+    )
+
+
+def build_trimmed(inp: RunInputs, tmp: Path, opts: CompressOptions, notes: dict[str, Any]) -> None:
+    """The run's model with its vocabulary trimmed, on PyTorch; its parity against the
+    untrimmed model on the test split goes into `notes` (the recipe measures eval for all)."""
+    trim_vocab(inp, inp.model_dir, tmp, opts, notes)
+    write_task(tmp, inp.info, runtime="torch", variant="trimmed")
+
+
+def trimmed_source(
+    inp: RunInputs, source: Path, work: Path, opts: CompressOptions, notes: dict[str, Any]
+) -> Path:
+    """A vocabulary-trimmed copy of `source` (a built torch variant) in `work`, to export."""
+    from tailorml.tasks.folder import write_task_json
+
+    dst = work / f"trim-{source.name}"
+    if dst.exists():
+        shutil.rmtree(dst)
+    trim_vocab(inp, source, dst, opts, notes)
+    write_task_json(dst, inp.info)
+    return dst

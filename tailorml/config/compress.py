@@ -29,6 +29,9 @@ CLASSIFIER_ONLY = (
     "train_threads",
     "train_limit",
     "keep_work",
+    "vocab_margin",
+    "prune_steps",
+    "prune_target_params",
 )
 
 VARIANTS = (
@@ -39,6 +42,11 @@ VARIANTS = (
     "pruned-onnx-int8",
     "distilled",
     "distilled-onnx-int8",
+    # vocabulary trimming (tailorml/compress/vocab.py), alone and combined with int8
+    "trimmed",
+    "trimmed-onnx-int8",
+    "pruned-trimmed-onnx-int8",
+    "distilled-trimmed-onnx-int8",
 )
 
 
@@ -73,7 +81,24 @@ class CompressOptions(BaseModel):
         default=0.5, ge=0, lt=1, description="Share of FFN neurons removed per layer (pruned)."
     )
     recovery_epochs: float = Field(
-        default=1.0, gt=0, description="Fine-tuning epochs after pruning (pruned)."
+        default=1.0,
+        gt=0,
+        description="Fine-tuning epochs after pruning (pruned); with several prune steps, "
+        "shared between them.",
+    )
+    prune_steps: int = Field(
+        default=1,
+        ge=1,
+        description="Pruned: reach the shares in this many steps (prune a little, recover, "
+        "recompute importance, repeat); each step keeps the same share of what is left and "
+        "recovers for recovery_epochs / prune_steps epochs. 1 = one shot.",
+    )
+    prune_target_params: int | None = Field(
+        default=None,
+        ge=1,
+        description="Pruned: the parameter count to reach (the whole model's); sets one share "
+        "of heads and FFN neurons to remove in every layer, in place of prune_heads and "
+        "prune_ffn.",
     )
     student_layers: int | None = Field(
         default=None,
@@ -101,6 +126,13 @@ class CompressOptions(BaseModel):
         default=None,
         ge=1,
         description="Train pruned/distilled on the first N rows only (quick runs).",
+    )
+    vocab_margin: int = Field(
+        default=5000,
+        ge=0,
+        description="Trimmed variants: besides the tokens of the training texts, every special "
+        "token and every single character, keep the first N ids of the base vocabulary (BERT's "
+        "WordPiece lists its most frequent words first).",
     )
     keep_work: bool = Field(
         default=False, description="Keep compressed/.work (the recovery and distillation runs)."

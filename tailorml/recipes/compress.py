@@ -26,13 +26,15 @@ from typing import Any
 
 from tailorml import env
 from tailorml.compress.folders import folder_size, staged
-from tailorml.compress.inputs import DEPENDS, check_inputs
+from tailorml.compress.inputs import DEPENDS, TRIMMED, check_inputs
 from tailorml.compress.measure import all_logits, latency_texts, time_predictor
 from tailorml.compress.select import (
     REFERENCE,
+    TEST_Z,
     accuracy_drop,
     choose,
     choose_by_perplexity,
+    pareto_front,
     ppl_increase,
 )
 from tailorml.compress.variants import (
@@ -41,8 +43,10 @@ from tailorml.compress.variants import (
     build_distilled,
     build_pruned,
     build_torch_int8,
+    build_trimmed,
     onnx_fp32,
     publish_onnx,
+    trimmed_source,
 )
 from tailorml.config.compress import CompressOptions
 from tailorml.files import atomic_json
@@ -53,6 +57,9 @@ from tailorml.train.progress import console
 # int8 variants must agree with fp32 on this share of eval predictions to be eligible for the
 # budget selector (the stated parity tolerance).
 INT8_MIN_AGREEMENT = 0.95
+# The variants the parity rule applies to: int8 and vocabulary trimming change a model without
+# retraining it (a retrained one is judged by the accuracy budget alone).
+PARITY_RULED = ("torch-int8", "onnx-int8", "trimmed", "trimmed-onnx-int8")
 
 # ---------------------------------------------------------------------------------------------
 # the recipe
@@ -84,6 +91,7 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
     ref_pred = load_predictor(inp.model_dir, threads=opts.threads)
     ref_logits = all_logits(ref_pred, ev.texts, ev.pairs)
     ref_q = inp.quality(ref_logits)
+    ref_test = _test_logits(inp, ref_pred)
     entries: dict[str, dict[str, Any]] = {
         REFERENCE: {
             "name": REFERENCE,
@@ -94,6 +102,7 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
             "agreement": 1.0,
             "max_abs_logit_diff": 0.0,
             "parity_passed": True,
+            **_test_entry(inp, ref_test, ref_test),
             "notes": {},
         }
     }
@@ -118,6 +127,12 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
                     build_pruned(inp, work, tmp, opts, notes)
                 elif name == "distilled":
                     build_distilled(inp, work, tmp, opts, notes)
+                elif name == "trimmed":
+                    build_trimmed(inp, tmp, opts, notes)
+                elif name in TRIMMED:  # <pruned|distilled>-trimmed-onnx-int8
+                    source = trimmed_source(inp, out / DEPENDS[name], work, opts, notes)
+                    src = onnx_fp32(source, work, onnx_cache, ev, notes)
+                    publish_onnx(name, src, tmp, source, info, int8=True)
                 else:  # combinations: <source>-onnx-int8
                     source = out / DEPENDS[name]
                     src = onnx_fp32(source, work, onnx_cache, ev, notes)
@@ -125,7 +140,10 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
                 pred = load_predictor(tmp, threads=opts.threads)
                 logits = all_logits(pred, ev.texts, ev.pairs)
                 par = inp.parity(ref_logits, logits)
+                if DEPENDS.get(name) == "trimmed":  # the trimming's numbers, with its export's
+                    notes = {**entries["trimmed"]["notes"], **notes}
                 entry = _entry(name, pred, tmp, inp.quality(logits), par, notes)
+                entry.update(_test_entry(inp, ref_test, _test_logits(inp, pred)))
                 entry["build_s"] = round(time.perf_counter() - t0, 1)
                 atomic_json(tmp / "parity.json", _parity_doc(name, par, entry, run))
             del pred
@@ -151,8 +169,14 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
         e["size_ratio"] = round(ref["size_bytes"] / e["size_bytes"], 3)
     variants = list(entries.values())
     chosen, message = choose(variants, opts.budget)
+    fronts = {
+        "latency": pareto_front(variants, "latency_ms_b1_p50"),
+        "size": pareto_front(variants, "size_bytes"),
+    }
     for e in variants:
         e["chosen"] = e["name"] == chosen
+        e["pareto_latency"] = e["name"] in fronts["latency"]
+        e["pareto_size"] = e["name"] in fronts["size"]
     result = {
         "run_dir": str(run),
         "budget_points": opts.budget,
@@ -164,11 +188,17 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
         "latency_texts": len(texts),
         "eval_examples": len(ev),
         "eval_source": ev.source,
+        "test_examples": len(inp.test) if inp.test is not None else None,
+        "test_source": inp.test.source if inp.test is not None else None,
+        "pareto": fronts,
         "tolerances": {
             "onnx_export_max_abs_logit_diff": EXPORT_ATOL,
             "int8_min_agreement": INT8_MIN_AGREEMENT,
+            "int8_agreement_applies_to": list(PARITY_RULED),
+            "test_rule": f"test drop - {TEST_Z:g} * SE <= budget",
         },
         "machine": _machine(),
+        "cpu_flags": _cpu_flags(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "variants": variants,
     }
@@ -307,7 +337,7 @@ def _entry(
     notes: dict[str, Any],
 ) -> dict[str, Any]:
     passed = True
-    if name in ("torch-int8", "onnx-int8"):
+    if name in PARITY_RULED:
         passed = par["agreement"] >= INT8_MIN_AGREEMENT
     return {
         "name": name,
@@ -322,10 +352,54 @@ def _entry(
     }
 
 
+TEST_KEYS = (
+    "test_accuracy",
+    "test_accuracy_se",
+    "test_macro_f1",
+    "test_accuracy_drop_points",
+    "test_drop_se_points",
+    "test_agreement",
+)
+
+
+def _test_logits(inp: Any, pred: Any) -> Any:
+    """Logits on the test split (None without one)."""
+    return None if inp.test is None else all_logits(pred, inp.test.texts, inp.test.pairs)
+
+
+def _test_entry(inp: Any, ref: Any, got: Any) -> dict[str, Any]:
+    """Accuracy on the test split with its standard error, the drop against fp32 with the
+    standard error of the paired difference (what select's test rule reads), and agreement."""
+    import numpy as np
+
+    if got is None:  # no test split (--data): the keys are there, empty
+        return dict.fromkeys(TEST_KEYS)
+    q = inp.quality(got, "test")
+    diffs = [
+        r.astype(np.float64) - c.astype(np.float64)
+        for r, c in zip(inp.correct(ref), inp.correct(got), strict=True)
+    ]
+    var = sum(float(d.var(ddof=1)) / len(d) if len(d) > 1 else 0.0 for d in diffs)
+    ref_acc = inp.quality(ref, "test")["accuracy"]
+    return {
+        "test_accuracy": q["accuracy"],
+        "test_accuracy_se": q["accuracy_se"],
+        "test_macro_f1": q["macro_f1"],
+        "test_accuracy_drop_points": accuracy_drop(ref_acc, q["accuracy"]),
+        "test_drop_se_points": round(100 * var**0.5 / len(diffs), 4),
+        "test_agreement": round(
+            min(
+                h.kind.agreement(ref[r, h.columns], got[r, h.columns], h) for h, r in inp.test_heads
+            ),
+            6,
+        ),
+    }
+
+
 def _parity_doc(name: str, par: dict[str, float], entry: dict[str, Any], run: Path) -> dict:
     if name == "onnx-fp32":
         tol = f"max_abs_logit_diff <= {EXPORT_ATOL:g} against the PyTorch source (checked)"
-    elif name in ("torch-int8", "onnx-int8"):
+    elif name in PARITY_RULED:
         tol = f"agreement >= {INT8_MIN_AGREEMENT:g} to be eligible for selection"
     else:
         tol = (
@@ -371,6 +445,12 @@ def _time_all(predictors: dict[str, Any], texts: list[str], repeats: int) -> dic
             float(np.median([t.throughput for t in ts])),
         ).as_dict()
     return out
+
+
+def _cpu_flags() -> str:
+    from tailorml.compress.generation import cpu_flags
+
+    return cpu_flags()
 
 
 def _machine() -> str:
@@ -433,7 +513,7 @@ def _print_table(
     for r in rows(result["variants"], columns):
         table.add_row(*r)
     # The table is wide; off a terminal rich would fold it to 80 columns.
-    Console(stderr=True, width=max(console.width, 190)).print(table)
+    Console(stderr=True, width=max(console.width, 250)).print(table)
     console.print(result["message"], highlight=False)
     if serve == "generate":
         console.print(f'Run it: tailor generate {result["chosen_path"]} -p "..."', highlight=False)
