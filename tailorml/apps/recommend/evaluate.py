@@ -140,7 +140,9 @@ def ranks_and_lists(
         scores = np.asarray(model.score(x, h, times[s : s + batch]), dtype=np.float64)
         mask_history(scores, x)
         ranks[s : s + batch] = rank_of(scores, targets[s : s + batch])
-        lists[s : s + batch] = top_k(scores, k)
+        top = top_k(scores, k)
+        top[np.isneginf(np.take_along_axis(scores, top, 1))] = -1  # fewer than k left to rank
+        lists[s : s + batch] = top
     return ranks, lists
 
 
@@ -168,7 +170,7 @@ def evaluate(
     users, targets, hist, times = split.targets(which)
     ranks, lists = ranks_and_lists(model, users, targets, hist, times, split.n_items, k)
     out: dict[str, Any] = metrics_from_ranks(ranks, k)
-    out[f"coverage@{k}"] = float(len(np.unique(lists)) / split.n_items)
+    out[f"coverage@{k}"] = float(len(np.unique(lists[lists >= 0])) / split.n_items)
     out["targets"] = int(len(users))
     cold = split.train_counts()[targets] <= cold_max_train
     out |= metrics_from_ranks(ranks[cold], k, "cold_")

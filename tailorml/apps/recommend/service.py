@@ -142,13 +142,14 @@ class Recommender:
             order = np.argsort(-self.stats.counts, kind="stable")[:k]
             return [self._item(int(i), float(self.stats.counts[i]), seq) for i in order]
         u = self.model.user_vectors([seq])
-        want = min(n, max(k, self.candidates if self.ranker else k) + len(seen))
+        pool = max(k, self.candidates) if self.ranker else k  # what the ranker re-orders
+        want = min(n, pool + len(seen))
         scores, idx = self.index.search(u, want)
         keep = [(s, i) for s, i in zip(scores[0], idx[0], strict=True) if i >= 0 and i not in seen]
         cand = np.array([i for _, i in keep], dtype=np.int64)
         cs = np.array([s for s, _ in keep], dtype=np.float32)
         if self.ranker is not None and len(cand):
-            cand, cs = cand[: self.candidates], cs[: self.candidates]
+            cand, cs = cand[:pool], cs[:pool]
             t = np.array([when if when is not None else self.now])
             x = features(self.stats, cand[None], cs[None], [seq], t)[0]
             fused = self.ranker.predict(x)
