@@ -334,3 +334,11 @@ def test_serve_command_ends_on_sigterm(run: Path, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
         log.close()
+
+
+def test_shipped_config_parses_and_its_data_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    cfg = load_recommend_config("configs/recommend-movielens.yaml", ["data.limit_users=5"])
+    items = read_items(cfg.data)
+    e = read_events(cfg.data, items)
+    assert len(items) == 9742 and len(e.user_ids) == 5 and not e.bad

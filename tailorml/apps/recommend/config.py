@@ -58,6 +58,9 @@ class DataConfig(_Section):
     )
     tag_column: str = Field("tag", description="Column of the tag in `tags`.")
     max_tags: int = Field(10, ge=0, description="Most distinct tags added to an item's text.")
+    limit_users: int | None = Field(
+        None, ge=1, description="Use only the first N users of the interactions file (a quick try)."
+    )
     on_bad_rows: Literal["error", "skip"] = Field(
         "error",
         description="`error` stops on bad rows (listed with file:line); `skip` counts them.",

@@ -196,6 +196,8 @@ def read_events(d: DataConfig, items: Items) -> Events:
         if reason:
             bad.append(BadRow(src, line, reason))
             continue
+        if d.limit_users and uid not in users and len(users) >= d.limit_users:
+            continue
         if d.min_rating is not None and rating is not None and rating < d.min_rating:
             dropped += 1
             continue
