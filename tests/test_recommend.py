@@ -286,7 +286,12 @@ def test_service_answers_known_and_new_users(run: Path, tmp_path: Path) -> None:
         assert r.status_code == 422 and "'zz'" in r.json()["error"]["message"]
         r = httpx.post(f"{srv.url}/v1/recommend", json={"history": [], "k": 2}, headers=h)
         assert r.status_code == 200 and len(r.json()["items"]) == 2  # popular items
-        r = httpx.get(f"{srv.url}/v1/recommend", params={"user_id": "u1", "k": 0}, headers=h)
+        for k in (0, 101):
+            r = httpx.get(f"{srv.url}/v1/recommend", params={"user_id": "u1", "k": k}, headers=h)
+            assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request"
+        r = httpx.post(f"{srv.url}/v1/recommend", json={"history": ["i1"] * 2001}, headers=h)
+        assert r.status_code == 422
+        r = httpx.post(f"{srv.url}/v1/recommend", content=b"{", headers=h)
         assert r.status_code == 422
         assert "tailorml_requests_total" in httpx.get(f"{srv.url}/metrics", headers=h).text
 
