@@ -5,7 +5,9 @@ item, history = the training events, candidates = the model's top `candidates`).
 Features of (history, candidate): the model's cosine score and log rank, log popularity, the
 item's age at the user's time (years since its first training event), a no-history flag, genre
 match (cosine of the item's genres with the history's last 50), text match (cosine of the item's
-text embedding with the mean of the history's last 20), and user activity (log history length).
+text embedding with the mean of the history's last 20), user activity (log history length), and
+a collaborative score: the history's sum of the tuned EASE baseline's weights towards the item,
+each item's CF_KEEP largest weights kept (a sparse matrix served with the run; 0 without EASE).
 The weights are plain numbers (ranker.json), no pickle.
 """
 
@@ -31,7 +33,9 @@ FEATURES = (
     "text_match",
     "log_activity",
     "popularity_x_activity",
+    "cf_score",
 )
+CF_KEEP = 200  # largest EASE weights kept per item for the cf_score feature
 YEAR = 365.25 * 86400
 
 
@@ -43,14 +47,19 @@ class ItemStats:
     first_time: np.ndarray  # first training event (nan: none)
     genres: np.ndarray  # (n, g) float32 rows of unit length (zeros: no genre)
     text: np.ndarray  # (n, width) unit-length text embeddings
+    cf: sp.csr_matrix | None = None  # (n, n) item-to-item weights (cf_score)
 
     @classmethod
     def build(
-        cls, counts: np.ndarray, first_time: np.ndarray, genres: list[list[str]], text: np.ndarray
+        cls,
+        counts: np.ndarray,
+        first_time: np.ndarray,
+        genres: list[list[str]],
+        text: np.ndarray,
+        cf: sp.csr_matrix | None = None,
     ) -> ItemStats:
-        return cls(
-            counts, first_time, genre_matrix(genres, sorted({g for gs in genres for g in gs})), text
-        )
+        vocab = sorted({g for gs in genres for g in gs})
+        return cls(counts, first_time, genre_matrix(genres, vocab), text, cf)
 
     def extend(self, genres: np.ndarray, text: np.ndarray) -> ItemStats:
         n = len(text)
@@ -59,7 +68,25 @@ class ItemStats:
             np.r_[self.first_time, np.full(n, np.nan)],
             np.vstack([self.genres, genres]).astype(np.float32),
             np.vstack([self.text, text]).astype(np.float32),
+            None if self.cf is None else _grow(self.cf, len(self.counts) + n),
         )
+
+
+def _grow(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    """m with zero rows and columns added up to n x n (new items have no weights)."""
+    indptr = np.r_[m.indptr, np.full(n - m.shape[0], m.indptr[-1])]
+    return sp.csr_matrix((m.data, m.indices, indptr), shape=(n, n))
+
+
+def cf_weights(b: np.ndarray, active: np.ndarray, n: int, keep: int = CF_KEEP) -> sp.csr_matrix:
+    """EASE's weights (rows: history item, columns: candidate), each row's `keep` largest."""
+    from tailorml.apps.recommend.baselines import _keep_top
+
+    rows = sp.csr_matrix(np.where(b > 0, b, 0).astype(np.float32))
+    coo = _keep_top(rows, keep).tocoo()
+    return sp.csr_matrix(
+        (coo.data, (active[coo.row], active[coo.col])), shape=(n, n), dtype=np.float32
+    )
 
 
 def genre_matrix(genres: list[list[str]], vocab: list[str]) -> np.ndarray:
@@ -100,6 +127,11 @@ def features(
     activity = np.log1p(np.array([len(s) for s in seqs], dtype=np.float32))
     out[..., 7] = activity[:, None]
     out[..., 8] = logpop * activity[:, None]
+    if stats.cf is not None:
+        from tailorml.apps.recommend.evaluate import history_matrix
+
+        cf = np.asarray((history_matrix(seqs, stats.cf.shape[0]) @ stats.cf).todense())
+        out[..., 9] = np.take_along_axis(cf, cands, 1)
     return out
 
 

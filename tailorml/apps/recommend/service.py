@@ -94,7 +94,16 @@ class Recommender:
         self.model = model
         st = np.load(run / "item_stats.npz")
         self.genre_vocab = [str(g) for g in st["genre_vocab"]]
-        self.stats = ItemStats(st["counts"], st["first_time"], st["genres"], text)
+        cf = None
+        if (run / "cf.npz").is_file():
+            import scipy.sparse as sp
+
+            from tailorml.apps.recommend.ranker import _grow
+
+            cf = sp.csr_matrix(sp.load_npz(run / "cf.npz"))
+            if cf.shape[0] < len(text):  # items added since training have no weights
+                cf = _grow(cf, len(text))
+        self.stats = ItemStats(st["counts"], st["first_time"], st["genres"], text, cf)
         self.index = faiss.read_index(str(run / "index.faiss"))
         self.ranker = (
             FusionRanker.load(run / "ranker.json") if (run / "ranker.json").is_file() else None

@@ -29,7 +29,13 @@ from tailorml.apps.recommend.config import RecommendConfig
 from tailorml.apps.recommend.data import Events, Items, load
 from tailorml.apps.recommend.evaluate import Split, evaluate, public, split_leave_one_out, tune
 from tailorml.apps.recommend.models import TextRecommender, encode_texts
-from tailorml.apps.recommend.ranker import Fused, FusionRanker, ItemStats, training_rows
+from tailorml.apps.recommend.ranker import (
+    Fused,
+    FusionRanker,
+    ItemStats,
+    cf_weights,
+    training_rows,
+)
 from tailorml.errors import ConfigError
 from tailorml.files import atomic_json
 
@@ -51,8 +57,9 @@ def _both(model: Any, split: Split, cfg: RecommendConfig, detail: bool = False) 
 
 def run_baselines(
     split: Split, cfg: RecommendConfig, log: Callable[[str], None]
-) -> dict[str, dict[str, Any]]:
-    """Each baseline tuned on valid NDCG@k; its valid and test metrics, fit seconds, choice."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Each baseline tuned on valid NDCG@k: its valid and test metrics, fit seconds, choice;
+    and the tuned models by name."""
     x = split.train_matrix()
     b = cfg.baselines
     k, cold = cfg.eval.k, cfg.eval.cold_max_train
@@ -69,6 +76,7 @@ def run_baselines(
         ),
     ]
     out: dict[str, dict[str, Any]] = {}
+    models: dict[str, Any] = {}
     for name, make, values in specs:
         if not values:
             continue
@@ -77,9 +85,10 @@ def run_baselines(
         res: dict[str, Any] = {w: public(m) for w, m in _both(model, split, cfg).items()}
         res |= {"chosen": value, "tried": tried, "seconds": round(time.time() - started, 2)}
         out[name] = res
+        models[name] = model
         v, t = res["valid"][f"ndcg@{k}"], res["test"][f"ndcg@{k}"]
         log(f"{name}: valid ndcg@{k} {v:.4f}, test {t:.4f} ({res['seconds']} s)")
-    return out
+    return out, models
 
 
 def train_recommend(
@@ -107,7 +116,10 @@ def train_recommend(
         f"({len(events.bad)} bad rows skipped, {events.dropped_by_rating} below min_rating); "
         f"{int((split.test >= 0).sum())} users with valid and test targets"
     )
-    base = run_baselines(split, cfg, log)
+    base, fitted = run_baselines(split, cfg, log)
+    ease = fitted.get("ease")
+    cf = cf_weights(ease.b_, ease.active_, len(items)) if ease is not None else None
+    del fitted, ease
 
     t0 = time.time()
     text = encode_texts(items.texts, cfg.model.encoder, cfg.train.threads)
@@ -123,7 +135,7 @@ def train_recommend(
     )
     variants: dict[str, Any] = {"text": _both(model, split, cfg, detail=True)}
     variants["text"]["seconds"] = round(model.train_seconds_, 2)
-    stats = ItemStats.build(counts, first_times(split), items.genres, text)
+    stats = ItemStats.build(counts, first_times(split), items.genres, text, cf)
     ranker = None
     if cfg.ranker.enabled:
         t0 = time.time()
@@ -235,6 +247,10 @@ def write_run(
         )
         if ranker is not None:
             ranker.save(tmp / "ranker.json")
+        if stats.cf is not None:
+            import scipy.sparse as sp
+
+            sp.save_npz(tmp / "cf.npz", stats.cf)
         atomic_json(tmp / "eval.json", result)
         write_report(tmp, cfg, result, variants)
         if out.exists():
@@ -263,7 +279,9 @@ def evaluate_run(run: Path | str) -> dict[str, Any]:
     text = np.load(run / "item_text.npy")[: len(items)]
     variants: dict[str, Any] = {"text": _both(model, split, cfg)}
     if rec.ranker is not None:
-        stats = ItemStats.build(split.train_counts(), first_times(split), items.genres, text)
+        n = len(items)
+        cf = None if rec.stats.cf is None else rec.stats.cf[:n, :n]
+        stats = ItemStats.build(split.train_counts(), first_times(split), items.genres, text, cf)
         fused = Fused(model, rec.ranker, stats, cfg.ranker.candidates)
         variants["text+fusion"] = _both(fused, split, cfg)
     old = _json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else {}
