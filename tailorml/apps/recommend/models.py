@@ -33,6 +33,7 @@ class TwoTower(nn.Module):
         n, width = text.shape
         d = cfg.dim
         self.max_history = cfg.max_history
+        self.heads = cfg.heads
         self.register_buffer("text", text.float())
         self.register_buffer("has_id", has_id.float())
         self.proj = nn.Linear(width, d)
@@ -82,11 +83,20 @@ class TwoTower(nn.Module):
         b, length = seq.shape
         x = self.item_vectors(seq) + self.pos(torch.arange(length, device=seq.device))[None]
         x = self.drop(x)
-        pad = seq >= self.n_items
         if self.blocks is not None:
-            causal = torch.triu(torch.ones(length, length, dtype=torch.bool), 1)
-            x = self.blocks(x, mask=causal, src_key_padding_mask=pad)
-        return torch.nan_to_num(self.norm(x))
+            x = self.blocks(x, mask=self.attention_mask(seq))
+        return self.norm(x)
+
+    def attention_mask(self, seq: torch.Tensor) -> torch.Tensor:
+        """(b * heads, L, L), True = may not attend: later positions and padding. Each position
+        may attend to itself, so no row is fully masked (a fully masked row is NaN in torch's
+        fast inference path, and a NaN key poisons every query in the next layer)."""
+        b, length = seq.shape
+        pad = seq >= self.n_items
+        eye = torch.eye(length, dtype=torch.bool)
+        allowed = torch.tril(torch.ones(length, length, dtype=torch.bool))[None] & ~pad[:, None, :]
+        blocked = ~(allowed | eye[None])
+        return blocked.repeat_interleave(self.heads, dim=0)
 
 
 def pad_left(seqs: list[np.ndarray], length: int, pad: int) -> np.ndarray:
@@ -151,8 +161,8 @@ class TextRecommender:
             total = 0.0
             for s in range(0, len(order), cfg.batch_size):
                 batch = [wins[i] for i in order[s : s + cfg.batch_size]]
-                length = max(len(w) for w in batch)
-                arr = torch.from_numpy(pad_left(batch, length, n))
+                # Padded to max_history as at scoring time: the same positions either way.
+                arr = torch.from_numpy(pad_left(batch, cfg.max_history + 1, n))
                 inp, tgt = arr[:, :-1], arr[:, 1:]
                 keep = (tgt < n) & (inp < n)
                 h = net.users(inp)[keep]  # (P, d)
