@@ -347,3 +347,24 @@ def test_shipped_config_parses_and_its_data_reads(monkeypatch: pytest.MonkeyPatc
     items = read_items(cfg.data)
     e = read_events(cfg.data, items)
     assert len(items) == 9742 and len(e.user_ids) == 5 and not e.bad
+
+
+def test_user_tower_reads_padded_histories_the_same_in_training_and_scoring() -> None:
+    # torch's inference fast path answers NaN for a fully masked attention row, and a NaN key
+    # poisons every query of the next layer: a left-padded history must still score.
+    import torch
+
+    from tailorml.apps.recommend.config import ModelConfig
+    from tailorml.apps.recommend.models import TwoTower
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=16, heads=2, layers=2, max_history=6, dropout=0.0)
+    net = TwoTower(torch.randn(20, 8), torch.ones(20, dtype=torch.bool), cfg)
+    seq = torch.tensor([[20, 20, 20, 1, 2, 3], [4, 5, 6, 7, 8, 9]])
+    net.eval()
+    with torch.inference_mode():
+        scored = net.users(seq)
+    net.train()
+    trained = net.users(seq).detach()
+    assert not torch.isnan(scored).any()
+    torch.testing.assert_close(scored[:, 3:], trained[:, 3:])
