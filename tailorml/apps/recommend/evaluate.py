@@ -200,7 +200,7 @@ def tune(
     for v in values:
         m = make(v)
         ndcg = evaluate(m, split, "valid", k, cold_max_train)[f"ndcg@{k}"]
-        tried[str(v)] = ndcg
+        tried[str(v)] = round(ndcg, 4)
         if best is None or ndcg > best[0]:
             best = (ndcg, v, m)
     assert best is not None
