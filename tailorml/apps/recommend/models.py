@@ -269,7 +269,3 @@ def activity_buckets(lengths: np.ndarray) -> list[tuple[str, np.ndarray]]:
         if m.any():
             out.append((f"{lo}-{hi - 1:g}" if hi != math.inf else f"{lo}+", m))
     return out
-
-
-def describe(model: Any) -> dict[str, Any]:
-    return {"name": getattr(model, "name", type(model).__name__)}
