@@ -23,10 +23,12 @@ app.add_typer(config_app, name="config")
 
 # Apps: each one is its own typer sub-app in tailorml/apps/<name>/cli.py.
 from tailorml.apps.finwatch.cli import app as finwatch_app  # noqa: E402
+from tailorml.apps.recommend.cli import app as recommend_app  # noqa: E402
 from tailorml.apps.support.cli import app as support_app  # noqa: E402
 
 app.add_typer(finwatch_app, name="finwatch")
 app.add_typer(support_app, name="support")
+app.add_typer(recommend_app, name="recommend")
 
 
 def _fail(exc: TailorError) -> NoReturn:

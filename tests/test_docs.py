@@ -109,6 +109,14 @@ REWRITES = [
         "the intent model's MiniLM trains ~15 minutes; BM25 spares encoding the test questions",
     ),
     Rule(
+        r"(\btailor recommend train) (configs/\S+\.yaml)",
+        r"\1 \2 data.limit_users=60 model.encoder=tiny model.epochs=2 model.eval_every=1 "
+        r"baselines.ease_lambdas=[200] baselines.knn_neighbours=[50] baselines.als_regs=[10] "
+        r"baselines.als_iterations=2",
+        "the full run (MiniLM item texts, three EASE inverses of 9,742 items, 60 epochs) takes "
+        "~15 minutes; 60 users, the tiny encoder and two epochs take seconds",
+    ),
+    Rule(
         r"--speed \d+",
         "--speed 86400",
         "a simulated day in a second instead of minutes",

@@ -1,0 +1,1 @@
+"""The recommender app (`tailor recommend`): behaviour logs + item text -> ranked items, served."""
