@@ -138,7 +138,7 @@ def _training_recipe(cfg: Any) -> Any:
     """The recipe that trains this config's model family: the classifier recipe, or supervised
     fine-tuning for a causal LM."""
     from tailorml.tasks import find_task
-    from tailorml.tasks.base import CAUSAL_LM
+    from tailorml.tasks.base import CAUSAL_LM, IMAGE_CLASSIFIER
 
     if cfg.pretrain is not None:
         raise TailorError(
@@ -149,6 +149,10 @@ def _training_recipe(cfg: Any) -> Any:
         from tailorml.recipes.sft import sft
 
         return sft
+    if cfg.heads is None and find_task(cfg.task.type).family == IMAGE_CLASSIFIER:
+        from tailorml.recipes.images import train_images
+
+        return train_images
     from tailorml.recipes.finetune import finetune as run
 
     return run
