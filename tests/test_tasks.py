@@ -6,7 +6,8 @@ reload it through the predictor, predict, evaluate (the same metrics training re
 one request on a real server; then all of it again with LoRA (`model.lora`). A new task type is
 one module in tailorml/tasks/ and runs here with no change to this file. Tasks of another model
 family than the sequence classifier (`generation`, a causal LM) implement only `TaskInfo` and have
-their own suite (tests/test_generation.py).
+their own suite (tests/test_generation.py); the image family (`image-classification`) runs the
+same steps on images in tests/test_images.py.
 """
 
 from __future__ import annotations

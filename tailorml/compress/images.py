@@ -12,8 +12,6 @@ latency and images/s at batch 64.
 from __future__ import annotations
 
 import logging
-import statistics
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -109,48 +107,12 @@ def run_splits(run: Path, threads: int) -> tuple[dict[str, np.ndarray], dict[str
     return xs, dict(splits.ys)
 
 
-def time_batch1(pred: Any, x: np.ndarray, repeats: int, n: int = 50) -> dict[str, float]:
-    """Median batch-1 latency (ms) over `repeats` passes of `n` single images, and images/s at
-    batch 64 (median of `repeats`)."""
-    single = [x[i : i + 1] for i in range(min(n, len(x)))]
-    pred.predict(single[0])  # first call allocates
-    lat, thr = [], []
-    big = np.concatenate([x] * (-(-64 // len(x))))[:64]
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for s in single:
-            pred.predict(s)
-        lat.append((time.perf_counter() - t0) / len(single) * 1000)
-        t0 = time.perf_counter()
-        pred.predict(big, batch_size=64)
-        thr.append(64 / (time.perf_counter() - t0))
-    return {
-        "latency_b1_ms": round(statistics.median(lat), 3),
-        "images_per_s_b64": round(statistics.median(thr), 1),
-    }
+class AsTexts:
+    """An image predictor behind the text predictors' `predict(items, pairs)`, so the one timing
+    code (`compress.measure.time_predictor`) times both: `items` is a list of (h, w, c) images."""
 
+    def __init__(self, pred: Any):
+        self.pred = pred
 
-def write_image_markdown(path: Path, result: dict[str, Any]) -> None:
-    """compression.md of an image run: one row per variant."""
-    from tailorml.files import atomic_write_text
-
-    lines = [
-        f"# Compression: {result['run_dir']}",
-        "",
-        f"{result['machine']}, {result['threads']} thread(s), {result['date']}; accuracy on "
-        f"{result['eval_images']} eval and {result['test_images']} test images; budget "
-        f"{result['budget']:g} points (on eval).",
-        "",
-        "| variant | runtime | size MB | eval acc | test acc | agreement | b1 latency ms | "
-        "images/s b64 | chosen |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for e in result["variants"]:
-        lines.append(
-            f"| {e['name']} | {e['runtime']} | {e['size_bytes'] / 1e6:.2f} | "
-            f"{e['eval_accuracy']:.4f} | {e['test_accuracy']:.4f} | {e['agreement']:.4f} | "
-            f"{e['latency_b1_ms']:.3f} | {e['images_per_s_b64']:.0f} | "
-            f"{'yes' if e['chosen'] else ''} |"
-        )
-    lines += ["", result["message"], ""]
-    atomic_write_text(path, "\n".join(lines))
+    def predict(self, items: list[np.ndarray], pairs: Any = None) -> np.ndarray:
+        return np.asarray(self.pred.predict(np.stack(items)))

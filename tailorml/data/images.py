@@ -222,7 +222,14 @@ def write_npz(path: Path, x: np.ndarray, labels: list[Any]) -> Path:
 def read_images(path: Path, cfg: ImagesConfig, key: str = "data.train") -> ImageSet:
     """The images at `path` (a class folder, an idx image file or an npz file)."""
     if not path.exists():
-        raise DataError(f"`{key}`: {path} does not exist.")
+        hint = ""
+        if "idx" in path.name:  # MNIST-style files are downloaded, never in the repository
+            hint = (
+                " MNIST-style data is not in the repository: on Debian/Ubuntu `sudo apt-get "
+                "install dataset-fashion-mnist` puts Fashion-MNIST in /usr/share/datasets/"
+                f"fashion-mnist; link that folder as {path.parent} (docs/images.md, set-up)."
+            )
+        raise DataError(f"`{key}`: {path} does not exist.{hint}")
     if path.is_dir():
         out = read_folder(path, cfg)
     elif ".npz" in path.suffixes:
