@@ -376,11 +376,11 @@ def compress_images(run_dir: str | Path, opts: CompressOptions) -> dict[str, Any
             parity = {k: e[k] for k in ("agreement", "max_abs_logit_diff", "parity_passed")}
             parity.update(variant=name, reference=str(model_dir), inputs="the eval images")
             atomic_json(Path(pred.folder) / "parity.json", parity)
-    ref = entries[0]
+    base = entries[0]
     for e in entries:
-        e["accuracy_drop_points"] = accuracy_drop(ref["accuracy"], e["accuracy"])
-        e["speedup_b1"] = round(ref["latency_ms_b1_p50"] / e["latency_ms_b1_p50"], 3)
-        e["size_ratio"] = round(ref["size_bytes"] / e["size_bytes"], 3)
+        e["accuracy_drop_points"] = accuracy_drop(base["accuracy"], e["accuracy"])
+        e["speedup_b1"] = round(base["latency_ms_b1_p50"] / e["latency_ms_b1_p50"], 3)
+        e["size_ratio"] = round(base["size_bytes"] / e["size_bytes"], 3)
         console.print(
             f"  {e['name']}: {e['size_bytes'] / 1e6:.2f} MB, eval accuracy {e['accuracy']:.4f}, "
             f"test {e['test_accuracy']:.4f}, agreement {e['agreement']:.4f}, batch-1 "
