@@ -284,3 +284,32 @@ def test_resume_is_exact(tmp_path: Path) -> None:
         weights[name] = load_file(str(tmp_path / name / "run" / "model" / "model.safetensors"))
     for k, v in weights["whole"].items():
         assert np.array_equal(v.numpy(), weights["resumed"][k].numpy()), k
+
+
+@pytest.mark.slow  # two torchrun processes start torch each: ~35 s on 2 busy cores
+def test_two_processes_train_one_image_run(tmp_path: Path) -> None:
+    """torchrun + gloo: each rank takes its slice of every batch (batch norm sees its own
+    slice), evaluation is split over the ranks and gathered, and every rank ends with rank 0's
+    weights."""
+    import sys
+
+    from .conftest import write_config
+    from .test_distributed import run
+
+    npz = write_npz(tmp_path / "t.npz", *example_images(96, 0))
+    raw = tiny_config(
+        tmp_path,
+        data={"train": str(npz)},
+        task={"type": "image-classification"},
+        model={"base": "cnn", "widths": [8, 16]},
+        train={"max_steps": 6, "eval_every_steps": 3, "threads": 1, "batch_size": 16},
+    )
+    raw["data"] = {"train": str(npz)}
+    raw["model"].pop("dropout")
+    cfg = write_config(tmp_path, raw)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = run([*cmd, "-m", "tailorml.cli", "finetune", str(cfg)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert results["train"]["processes"] == 2 and results["train"]["replicas_identical"] is True
+    assert results["test"]["n"] == 10 and 0 <= results["test"]["accuracy"] <= 1
