@@ -313,3 +313,18 @@ def test_two_processes_train_one_image_run(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert results["train"]["processes"] == 2 and results["train"]["replicas_identical"] is True
     assert results["test"]["n"] == 10 and 0 <= results["test"]["accuracy"] <= 1
+
+
+def test_validate_reports_every_problem_of_an_image_config(tmp_path: Path) -> None:
+    from tailorml.recipes.validate import check_inputs
+
+    root = _folder(tmp_path / "imgs", 12, 0)
+    (root / "vertical" / "broken.png").write_bytes(b"\x89PNG but not really")
+    cfg = _cfg(tmp_path, data={"train": str(root)})
+    problems = check_inputs(cfg)
+    assert len(problems) == 1 and "broken.png" in problems[0] and "unreadable" in problems[0]
+    cfg = _cfg(tmp_path, data={"train": str(root), "on_bad_rows": "skip"})
+    assert check_inputs(cfg) == []
+    bad = _cfg(tmp_path, data={"train": str(root)}, model={"base": "vgg", "lora": {"r": 2}})
+    problems = check_inputs(bad)
+    assert any("model.lora" in p for p in problems) and any("'vgg'" in p for p in problems)

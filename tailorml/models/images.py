@@ -120,15 +120,26 @@ def shape_of(cfg: ModelConfig) -> tuple[str, list[int], list[int]]:
     return arch, widths, blocks
 
 
+def base_folder(cfg: ModelConfig) -> Path | None:
+    """The image model folder `model.base` names (RUN_DIR or RUN_DIR/model), or None for a
+    preset; ConfigError when it is neither (`shape_of` names the choices)."""
+    if cfg.base in PRESETS:
+        shape_of(cfg)
+        return None
+    for folder in (Path(cfg.base), Path(cfg.base) / "model"):
+        if (folder / "arch.json").is_file():
+            return folder
+    shape_of(cfg)  # raises: not a preset
+    return None
+
+
 def build_image_classifier(cfg: ModelConfig, heads: list[HeadSpec], channels: int) -> Any:
     """The network for `heads` (one head: the classes) over `channels`-channel images: a fresh
     preset, or an image run's model folder as the start (`model.base: FOLDER`)."""
     classes = sum(h.size for h in heads)
-    folder = Path(cfg.base)
-    if cfg.base not in PRESETS and (folder / "arch.json").is_file():
+    folder = base_folder(cfg)
+    if folder is not None:
         return _from_folder(folder, classes, channels)
-    if cfg.base not in PRESETS and (folder / "model" / "arch.json").is_file():
-        return _from_folder(folder / "model", classes, channels)
     arch, widths, blocks = shape_of(cfg)
     return ImageClassifier(arch, channels, classes, widths, blocks)
 
