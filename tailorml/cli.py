@@ -270,13 +270,13 @@ def tasks() -> None:
     from rich.console import Console
 
     from tailorml.tasks import all_tasks
-    from tailorml.tasks.base import Task
+    from tailorml.tasks.base import SEQUENCE_CLASSIFIER, Task
 
     out = Console(width=120)
     for t in all_tasks():
         rows, data = t.example_rows(2, seed=0)
         out.print(f"[bold]{t.name}[/]: {t.description}", highlight=False)
-        if isinstance(t, Task):
+        if isinstance(t, Task) and t.family == SEQUENCE_CLASSIFIER:
             columns = {"text_column": "text", "label_column": "label", **data}
             cols = f"text: `{columns['text_column']}`"
             if t.pair:

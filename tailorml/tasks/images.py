@@ -62,11 +62,11 @@ class ImageClassificationTask(ClassificationTask):
         return out
 
     def example_rows(self, n: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Rows of an npz file's arrays: `image` (height x width x channels, uint8) and its
-        `label`; tests write them with `tailorml.data.images.write_npz`."""
-        x, labels = example_images(n, seed)
-        rows = [{"image": x[i].tolist(), "label": labels[i]} for i in range(n)]
-        return rows, {}
+        """Files of a class folder (`data.train: data/my_images`), one row per image: its path
+        and class. The images themselves, as tests make them: `example_images`."""
+        _, labels = example_images(n, seed)
+        rows = [{"image": f"{lab}/{i}.png", "label": lab} for i, lab in enumerate(labels)]
+        return rows, {"train": "data/my_images"}
 
 
 TASK = register(ImageClassificationTask())
