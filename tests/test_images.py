@@ -199,6 +199,10 @@ def test_predictor_evaluate_and_init_from_the_folder(trained: Any) -> None:
         want = net((torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - mean) / std).numpy()
     np.testing.assert_allclose(logits, want, atol=1e-5)
     assert pred.format(logits)[0]["label"] in ("horizontal", "vertical")  # type: ignore[attr-defined]
+    from tailorml.recipes.predict import default_columns
+
+    with pytest.raises(ConfigError, match="holds an image model.*tailor evaluate"):
+        default_columns(run)  # `tailor predict` reads text: refused with the image commands
     metrics = evaluate_file(run, test)
     assert metrics["accuracy"] == pytest.approx(results["test"]["accuracy"])
     assert metrics["loss"] == pytest.approx(results["test"]["loss"], abs=1e-4)
