@@ -90,7 +90,7 @@ REWRITES = [
     ),
     Rule(
         r"^ln -s /usr/share/datasets/fashion-mnist data/fashion_mnist$",
-        "python tests/image_data.py data/fashion_mnist",
+        "python -m tests.image_data data/fashion_mnist",
         "Fashion-MNIST is a 30 MB Debian package: 300 + 100 generated 28x28 images of 10 "
         "classes, in the same idx.gz files, stand in for it",
     ),
