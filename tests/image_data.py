@@ -1,8 +1,9 @@
 """Small generated image data in the formats the image readers take (tests and the docs test).
 
-python tests/image_data.py FOLDER     # FOLDER/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz:
-                                      # 300 + 100 generated 28x28 images of 10 classes, the
-                                      # file layout of Fashion-MNIST (a stand-in for it)
+    python -m tests.image_data FOLDER
+
+writes FOLDER/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz: 300 + 100 generated 28x28 images
+of 10 classes in the file layout of Fashion-MNIST (the docs test's stand-in for it).
 """
 
 from __future__ import annotations
