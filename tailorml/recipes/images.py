@@ -39,7 +39,7 @@ from tailorml.train.progress import console
 from tailorml.train.run_folder import prepare_run_dir, resume_point
 from tailorml.train.summary import model_size, peak_memory, print_results
 
-DEFAULT_LR = 2e-3  # AdamW on a network trained from scratch (measured: docs/benchmarks.md)
+DEFAULT_LR = 2e-3  # a usual AdamW rate for a small network trained from scratch (not tuned)
 
 
 def check_image_config(cfg: RunConfig) -> HeadSpec:
