@@ -24,12 +24,11 @@ from tailorml.config.load import dump_config
 from tailorml.config.schema import RunConfig
 from tailorml.data.image_splits import ImageSplits, prepare_image_splits
 from tailorml.data.images import augment, channel_stats, to_float
-from tailorml.errors import ConfigError
 from tailorml.files import atomic_json, atomic_write_text
 from tailorml.models import build_model
-from tailorml.tasks import find_task
 from tailorml.tasks.base import IMAGE_CLASSIFIER
 from tailorml.tasks.heads import HeadSpec, choose_metric, config_heads, task_json
+from tailorml.tasks.images import check_image_config
 from tailorml.track.logger import RunLogger
 from tailorml.train import auto
 from tailorml.train.distributed import gather_objects, replica_max_diff, start_processes
@@ -40,24 +39,6 @@ from tailorml.train.run_folder import prepare_run_dir, resume_point
 from tailorml.train.summary import model_size, peak_memory, print_results
 
 DEFAULT_LR = 2e-3  # a usual AdamW rate for a small network trained from scratch (not tuned)
-
-
-def check_image_config(cfg: RunConfig) -> HeadSpec:
-    """What an image run cannot have, before any data is read; its (label-less) head."""
-    task = find_task(cfg.task.type)
-    if task.family != IMAGE_CLASSIFIER:
-        raise ConfigError(f"`task.type` = {cfg.task.type!r} is not an image task.")
-    if cfg.heads is not None:
-        raise ConfigError(
-            "`heads` is set, but image-classification trains one head. Remove `heads`."
-        )
-    if cfg.model.lora is not None:
-        raise ConfigError(
-            "`model.lora` is set, but image networks are trained in full. Remove `model.lora`."
-        )
-    if cfg.distill.teacher is not None:
-        raise ConfigError("`distill.teacher` is not supported for image-classification.")
-    return HeadSpec("", task.name, None, 0, 0)
 
 
 def batch_logits(

@@ -90,8 +90,8 @@ def check_image_inputs(cfg: RunConfig) -> None:
     reads it (bad images named by path). One error with every problem."""
     from tailorml.data.image_splits import prepare_image_splits
     from tailorml.models.images import base_folder
-    from tailorml.recipes.images import check_image_config
     from tailorml.tasks.heads import choose_metric, config_heads
+    from tailorml.tasks.images import check_image_config
 
     problems: list[str] = []
     for check in (

@@ -10,13 +10,18 @@ by tailorml/compress/images.py; the text-only steps refuse it with the commands 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tailorml.errors import ConfigError
 from tailorml.tasks import register
 from tailorml.tasks.base import IMAGE_CLASSIFIER
 from tailorml.tasks.classification import ClassificationTask
+
+if TYPE_CHECKING:
+    from tailorml.config.schema import RunConfig
+    from tailorml.tasks.heads import HeadSpec
 
 IMAGE_BASES = ("resnet18", "resnet-small", "cnn")
 
@@ -67,6 +72,27 @@ class ImageClassificationTask(ClassificationTask):
         _, labels = example_images(n, seed)
         rows = [{"image": f"{lab}/{i}.png", "label": lab} for i, lab in enumerate(labels)]
         return rows, {"train": "data/my_images"}
+
+
+def check_image_config(cfg: RunConfig) -> HeadSpec:
+    """What an image run cannot have, before any data is read; its (label-less) head."""
+    from tailorml.tasks import find_task
+    from tailorml.tasks.heads import HeadSpec
+
+    task = find_task(cfg.task.type)
+    if task.family != IMAGE_CLASSIFIER:
+        raise ConfigError(f"`task.type` = {cfg.task.type!r} is not an image task.")
+    if cfg.heads is not None:
+        raise ConfigError(
+            "`heads` is set, but image-classification trains one head. Remove `heads`."
+        )
+    if cfg.model.lora is not None:
+        raise ConfigError(
+            "`model.lora` is set, but image networks are trained in full. Remove `model.lora`."
+        )
+    if cfg.distill.teacher is not None:
+        raise ConfigError("`distill.teacher` is not supported for image-classification.")
+    return HeadSpec("", task.name, None, 0, 0)
 
 
 TASK = register(ImageClassificationTask())
