@@ -332,3 +332,12 @@ def test_validate_reports_every_problem_of_an_image_config(tmp_path: Path) -> No
     bad = _cfg(tmp_path, data={"train": str(root)}, model={"base": "vgg", "lora": {"r": 2}})
     problems = check_inputs(bad)
     assert any("model.lora" in p for p in problems) and any("'vgg'" in p for p in problems)
+
+
+def test_max_steps_alone_sets_the_length(tmp_path: Path) -> None:
+    from tailorml.recipes.images import train_images
+
+    npz = write_npz(tmp_path / "t.npz", *example_images(40, 0))
+    cfg = _cfg(tmp_path, data={"train": str(npz)}, train={"max_steps": 2})
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": None})})
+    assert train_images(cfg)["train"]["steps"] == 2

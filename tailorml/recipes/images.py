@@ -130,8 +130,7 @@ def train_images(
             console.print(f"  {key} = {c['value']} (chosen: {c['why']})", highlight=False)
         atomic_write_text(out / "config.yaml", dump_config(cfg))
         atomic_json(out / "auto.json", chosen)
-    assert t.epochs is not None
-    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * steps_per_epoch))
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t, total_steps)
     model, optimizer = acc.prepare(model, optimizer)
