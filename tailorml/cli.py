@@ -140,7 +140,7 @@ def _training_recipe(cfg: Any) -> Any:
     """The recipe that trains this config's model family: the classifier recipe, or supervised
     fine-tuning for a causal LM."""
     from tailorml.tasks import find_task
-    from tailorml.tasks.base import CAUSAL_LM
+    from tailorml.tasks.base import CAUSAL_LM, IMAGE_CLASSIFIER
 
     if cfg.pretrain is not None:
         raise TailorError(
@@ -151,6 +151,10 @@ def _training_recipe(cfg: Any) -> Any:
         from tailorml.recipes.sft import sft
 
         return sft
+    if cfg.heads is None and find_task(cfg.task.type).family == IMAGE_CLASSIFIER:
+        from tailorml.recipes.images import train_images
+
+        return train_images
     from tailorml.recipes.finetune import finetune as run
 
     return run
@@ -268,13 +272,13 @@ def tasks() -> None:
     from rich.console import Console
 
     from tailorml.tasks import all_tasks
-    from tailorml.tasks.base import Task
+    from tailorml.tasks.base import SEQUENCE_CLASSIFIER, Task
 
     out = Console(width=120)
     for t in all_tasks():
         rows, data = t.example_rows(2, seed=0)
         out.print(f"[bold]{t.name}[/]: {t.description}", highlight=False)
-        if isinstance(t, Task):
+        if isinstance(t, Task) and t.family == SEQUENCE_CLASSIFIER:
             columns = {"text_column": "text", "label_column": "label", **data}
             cols = f"text: `{columns['text_column']}`"
             if t.pair:

@@ -6,7 +6,8 @@ reload it through the predictor, predict, evaluate (the same metrics training re
 one request on a real server; then all of it again with LoRA (`model.lora`). A new task type is
 one module in tailorml/tasks/ and runs here with no change to this file. Tasks of another model
 family than the sequence classifier (`generation`, a causal LM) implement only `TaskInfo` and have
-their own suite (tests/test_generation.py).
+their own suite (tests/test_generation.py); the image family (`image-classification`) runs the
+same steps on images in tests/test_images.py.
 """
 
 from __future__ import annotations
@@ -22,12 +23,19 @@ import pytest
 
 from tailorml.config.load import validate_mapping
 from tailorml.tasks import all_tasks, get_task, task_names
-from tailorml.tasks.base import SEQUENCE_CLASSIFIER, Task, TaskInfo
+from tailorml.tasks.base import IMAGE_CLASSIFIER, SEQUENCE_CLASSIFIER, Task, TaskInfo
 
 from .conftest import tiny_config, write_csv
 from .serve_helpers import ThreadServer
 
-BUILT_IN = {"classification", "multilabel", "pair-classification", "regression", "generation"}
+BUILT_IN = {
+    "classification",
+    "multilabel",
+    "pair-classification",
+    "regression",
+    "generation",
+    "image-classification",
+}
 CLASSIFIER_TASKS = sorted(t.name for t in all_tasks() if t.family == SEQUENCE_CLASSIFIER)
 
 
@@ -44,8 +52,9 @@ def test_registry_lists_the_built_in_tasks_and_each_implements_the_protocol() ->
         if task.family == SEQUENCE_CLASSIFIER:
             assert isinstance(task, Task) and get_task(task.name) is task, task.name
             assert set(data) <= {"text_column", "text_pair_column"}, task.name
-        else:  # the classifier-only steps refuse it, naming the commands that handle it
-            with pytest.raises(ConfigError, match="tailor generate"):
+        else:  # the text-classifier steps refuse it, naming the commands that handle it
+            handled_by = {IMAGE_CLASSIFIER: "tailor serve RUN"}.get(task.family, "tailor generate")
+            with pytest.raises(ConfigError, match=handled_by):
                 get_task(task.name)
 
 

@@ -129,7 +129,18 @@ class ModelConfig(_Section):
     base: str = Field(
         "minilm",
         description="`minilm` (packaged all-MiniLM-L6-v2), `smollm2` (packaged SmolLM2-135M-"
-        "Instruct, generation), `tiny` (random, for tests) or a folder.",
+        "Instruct, generation), `tiny` (random, for tests) or a folder; image-classification: "
+        "`resnet18`, `resnet-small`, `cnn` or an image run's model folder (its weights as init).",
+    )
+    widths: list[int] | None = Field(
+        None,
+        description="Image models: channels of each stage, e.g. [32, 64, 128]; null = the "
+        "base's (resnet18 [64,128,256,512], resnet-small [32,64,128], cnn [32,64]).",
+    )
+    blocks: list[int] | None = Field(
+        None,
+        description="Image models (resnet): residual blocks per stage, one per width; null = "
+        "the base's (resnet18 [2,2,2,2], resnet-small [1,1,1]).",
     )
     dropout: float | None = Field(
         None, ge=0, lt=1, description="Override the encoder's dropout (hidden and attention)."
@@ -172,8 +183,10 @@ class TrainConfig(_Section):
         "(1e-4 for MiniLM-sized, 5e-5 for BERT-base-sized).",
     )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on bias/norm).")
-    schedule: Literal["linear", "cosine", "constant"] = Field(
-        "linear", description="Learning-rate decay after warmup."
+    schedule: Literal["linear", "cosine", "constant", "onecycle"] = Field(
+        "linear",
+        description="Learning-rate decay after warmup; `onecycle`: cosine up over the warmup "
+        "(default 25% of the steps) from lr/25, then cosine down to 0.",
     )
     warmup_steps: int | None = Field(None, ge=0, description="Warmup steps (or warmup_ratio).")
     warmup_ratio: float | None = Field(
@@ -329,6 +342,30 @@ class TokenizerConfig(_Section):
     )
 
 
+class ImagesConfig(_Section):
+    """How image-classification runs read and augment their images (tailorml/data/images.py)."""
+
+    size: list[int] | None = Field(
+        None,
+        description="[height, width] every image is resized to; null = the first training "
+        "image's size (an image of another size is then a bad row).",
+    )
+    grayscale: bool | None = Field(
+        None, description="Read images as 1-channel; null = from the data (grayscale if all are)."
+    )
+    crop_padding: int = Field(
+        2, ge=0, le=16, description="Augment: random crop after padding by N pixels; 0 = off."
+    )
+    flip: bool = Field(
+        False,
+        description="Augment: random horizontal flip (off by default: wrong for digits, text).",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="Training loss: label smoothing (eval loss is plain)."
+    )
+    channels_last: bool = Field(True, description="Run convolutions in channels-last layout.")
+
+
 class HeadConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
     task: TaskConfig = Field(default_factory=TaskConfig)  # type: ignore[arg-type]
@@ -345,6 +382,7 @@ class RunConfig(_Section):
     distill: DistillConfig = Field(default_factory=DistillConfig)  # type: ignore[arg-type]
     tune: TuneConfig = Field(default_factory=TuneConfig)  # type: ignore[arg-type]
     generate: GenerateConfig = Field(default_factory=GenerateConfig)  # type: ignore[arg-type]
+    images: ImagesConfig = Field(default_factory=ImagesConfig)  # type: ignore[arg-type]
     pretrain: PretrainConfig | None = Field(
         None,
         description="Self-supervised pretraining (`tailor pretrain`); null = not pretraining.",

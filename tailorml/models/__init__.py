@@ -28,6 +28,8 @@ def model_family(heads: list[HeadSpec]) -> str:
 BUILDERS = {
     "sequence-classifier": ("tailorml.models.classifier", "build_classifier"),
     "causal-lm": ("tailorml.models.causal_lm", "build_causal_lm"),
+    # its third argument is the images' channel count, not a tokenizer
+    "image-classifier": ("tailorml.models.images", "build_image_classifier"),
 }
 
 # family -> (module, function) loading a model folder as a plain model (a LoRA folder: its base
@@ -35,6 +37,7 @@ BUILDERS = {
 LOADERS = {
     "sequence-classifier": ("tailorml.models.classifier", "load_classifier"),
     "causal-lm": ("tailorml.models.causal_lm", "load_causal_lm"),
+    "image-classifier": ("tailorml.models.images", "load_image_classifier"),
 }
 
 

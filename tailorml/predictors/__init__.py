@@ -21,7 +21,12 @@ from tailorml.tasks.folder import read_model_info, resolve_model_dir
 def load_predictor(folder: str | Path, threads: int | None = None) -> Predictor:
     """A run folder, RUN_DIR/model or RUN_DIR/compressed/<variant> -> its predictor. The runtime
     comes from task.json (`runtime`), else `onnxruntime` when the ONNX file is there, else torch.
-    `threads` defaults to $TAILORML_THREADS, else the runtime's default."""
+    `threads` defaults to $TAILORML_THREADS, else the runtime's default. An image model's folder
+    gets an `ImagePredictor` (tailorml/predictors/images.py: images in, the same outputs)."""
+    from tailorml.predictors.images import is_image_folder, load_image_predictor
+
+    if is_image_folder(folder):
+        return load_image_predictor(folder, threads)  # type: ignore[return-value]
     info = read_model_info(resolve_model_dir(folder))
     raw = info.raw
     runtime = raw.get("runtime") or (

@@ -50,7 +50,7 @@ from tailorml.compress.variants import (
 )
 from tailorml.config.compress import CompressOptions
 from tailorml.files import atomic_json
-from tailorml.tasks.base import CAUSAL_LM
+from tailorml.tasks.base import CAUSAL_LM, IMAGE_CLASSIFIER
 from tailorml.tasks.folder import folder_family
 from tailorml.train.progress import console
 
@@ -75,6 +75,8 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
     opts = opts or CompressOptions()
     if folder_family(run_dir) == CAUSAL_LM:  # a generation run: its own path, below
         return compress_generation(run_dir, opts)
+    if folder_family(run_dir) == IMAGE_CLASSIFIER:  # an image run: ONNX fp32 and int8, below
+        return compress_images(run_dir, opts)
     inp = check_inputs(run_dir, opts)
     run, info, ev = inp.run, inp.info, inp.eval
     out = run / "compressed"
@@ -321,6 +323,126 @@ def compress_generation(run_dir: str | Path, opts: CompressOptions) -> dict[str,
     )
     write_generation_markdown(run / "compression.md", result)
     _print_table(result, GEN_COLUMNS, serve="generate")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# an image run (a convolutional network)
+
+
+def compress_images(run_dir: str | Path, opts: CompressOptions) -> dict[str, Any]:
+    """Compress an image run: ONNX fp32 and ONNX int8 (static), each scored on the run's eval
+    and test images (or --data as both), compared with fp32 and timed at batch 1 and 64; the
+    fastest at batch 1 within the accuracy budget (on eval) is chosen."""
+    import numpy as np
+
+    from tailorml.compress import images as img_c
+    from tailorml.errors import ConfigError
+    from tailorml.evaluate.images import read_labeled, score
+    from tailorml.models.images import load_image_classifier
+    from tailorml.predictors.images import load_image_predictor
+    from tailorml.tasks.folder import resolve_model_dir, variant_task_json
+
+    model_dir = resolve_model_dir(run_dir)
+    run = model_dir.parent
+    names = opts.variants or list(img_c.IMAGE_VARIANTS)
+    unknown = sorted(set(names) - set(img_c.IMAGE_VARIANTS))
+    if unknown:
+        raise ConfigError(
+            f"--variants {unknown}: an image run has the variants {list(img_c.IMAGE_VARIANTS)}."
+        )
+    ref = load_image_predictor(model_dir, opts.threads)
+    xs, ys = img_c.run_splits(run, opts.threads)
+    if opts.data is not None:
+        images, labels = read_labeled(ref, opts.data)
+        xs["eval"] = xs["test"] = images.x
+        ys["eval"] = ys["test"] = labels
+    console.print(
+        f"[bold]Compressing[/] the image run {run}: {', '.join(names)} ({len(xs['eval'])} eval, "
+        f"{len(xs['test'])} test images, {opts.threads} thread(s), budget {opts.budget:g} points)"
+    )
+    preds: dict[str, Any] = {REFERENCE: ref}
+    ref_logits = ref.predict(xs["eval"])
+    for name in names:
+        t0 = time.perf_counter()
+        with staged(run / "compressed" / name) as tmp:
+            onnx_path = tmp / "model.onnx"
+            shape = ref.shape
+            if name == "onnx-fp32":
+                img_c.export_image_onnx(load_image_classifier(model_dir), shape, onnx_path)
+            else:
+                fp32 = tmp / "fp32.onnx"
+                img_c.export_image_onnx(load_image_classifier(model_dir), shape, fp32)
+                img_c.quantize_image_onnx(fp32, onnx_path, ref.pixels(xs["train"][:512]))
+                fp32.unlink()
+            info = variant_task_json(
+                ref.info, runtime="onnxruntime", onnx_file="model.onnx", variant=name
+            )
+            atomic_json(tmp / "task.json", info)
+        preds[name] = load_image_predictor(run / "compressed" / name, opts.threads)
+        console.print(f"  built {name} in {time.perf_counter() - t0:.1f}s", highlight=False)
+    sample = latency_texts(list(xs["test"]), opts.latency_texts)  # the same for every variant
+    timings = _time_all({n: img_c.AsTexts(p) for n, p in preds.items()}, sample, opts.repeats)
+    entries = []
+    for name, pred in preds.items():
+        logits = pred.predict(xs["eval"])
+        m = score(pred, xs["eval"], ys["eval"])
+        e = {
+            "name": name,
+            "path": "model" if name == REFERENCE else f"compressed/{name}",
+            "runtime": pred.runtime,
+            "size_bytes": folder_size(pred.folder),
+            **timings[name],
+            "accuracy": m["accuracy"],
+            "macro_f1": m["macro_f1"],
+            "test_accuracy": score(pred, xs["test"], ys["test"])["accuracy"],
+            "agreement": float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()),
+            "max_abs_logit_diff": float(np.abs(logits - ref_logits).max()),
+            "notes": {"built": img_c.DESCRIBE.get(name, "the PyTorch model (reference)")},
+        }
+        e["parity_passed"] = name != "onnx-int8" or e["agreement"] >= INT8_MIN_AGREEMENT
+        entries.append(e)
+        if name != REFERENCE:
+            parity = {k: e[k] for k in ("agreement", "max_abs_logit_diff", "parity_passed")}
+            parity.update(variant=name, reference=str(model_dir), inputs="the eval images")
+            atomic_json(Path(pred.folder) / "parity.json", parity)
+    base = entries[0]
+    for e in entries:
+        e["accuracy_drop_points"] = accuracy_drop(base["accuracy"], e["accuracy"])
+        e["speedup_b1"] = round(base["latency_ms_b1_p50"] / e["latency_ms_b1_p50"], 3)
+        e["size_ratio"] = round(base["size_bytes"] / e["size_bytes"], 3)
+        console.print(
+            f"  {e['name']}: {e['size_bytes'] / 1e6:.2f} MB, eval accuracy {e['accuracy']:.4f}, "
+            f"test {e['test_accuracy']:.4f}, agreement {e['agreement']:.4f}, batch-1 "
+            f"{e['latency_ms_b1_p50']:.2f} ms",
+            highlight=False,
+        )
+    ok = [e for e in entries if e["parity_passed"] and e["accuracy_drop_points"] <= opts.budget]
+    best = min(ok, key=lambda e: e["latency_ms_b1_p50"])  # fp32 itself is always within budget
+    for e in entries:
+        e["chosen"] = e is best
+    result = {
+        "run_dir": str(run),
+        "family": IMAGE_CLASSIFIER,
+        "budget_points": opts.budget,
+        "chosen": best["name"],
+        "chosen_path": str(run / best["path"]),
+        "message": f"Chosen: {best['name']}, the fastest at batch 1 within {opts.budget:g} "
+        "points of fp32's eval accuracy.",
+        "threads": opts.threads,
+        "repeats": opts.repeats,
+        "eval_examples": len(xs["eval"]),
+        "test_examples": len(xs["test"]),
+        "latency_texts": len(sample),
+        "machine": _machine(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "tolerances": {
+            "onnx-int8": f"agreement >= {INT8_MIN_AGREEMENT:g} with fp32 on eval to be eligible"
+        },
+        "variants": entries,
+    }
+    _write_outputs(run, result)
+    _print_table(result)
     return result
 
 

@@ -22,8 +22,16 @@ def evaluate_file(
     label_column: str | None = None,
     head: str | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the model (one head of a multi-task model: `head`) on a labeled file."""
+    """Metrics of the model (one head of a multi-task model: `head`) on a labeled file. An
+    image model: on labeled images (a class folder, idx or npz file; tailorml/evaluate/images)."""
     env.setup()
+    from tailorml.predictors.images import is_image_folder
+
+    if is_image_folder(run_dir):
+        from tailorml.evaluate.images import evaluate_images
+
+        out = evaluate_images(run_dir, Path(data), on_bad_rows)
+        return {**out, "source": str(data), "model": str(run_dir)}
     pred = load_predictor(run_dir)
     h = pred.model_info.head(head, str(data))
     d = head_data_config(

@@ -33,7 +33,7 @@ def check_inputs(cfg: RunConfig) -> list[str]:
     from tailorml.data.prepare import prepare_splits
     from tailorml.models.base import resolve_base
     from tailorml.tasks import find_task, get_task, task_names
-    from tailorml.tasks.base import CAUSAL_LM
+    from tailorml.tasks.base import CAUSAL_LM, IMAGE_CLASSIFIER
     from tailorml.tasks.heads import choose_metric, config_heads
 
     problems: list[str] = []
@@ -66,6 +66,9 @@ def check_inputs(cfg: RunConfig) -> list[str]:
             if cfg.data.train is not None:
                 collect(lambda: prepare_chat_splits(cfg))
             return problems
+        if task.family == IMAGE_CLASSIFIER:  # the image data path (tailorml/data/images.py)
+            collect(lambda: check_image_inputs(cfg))
+            return problems
     collect(lambda: resolve_base(cfg.model.base))
     if not problems:  # `model.lora.target_modules` against the base's layers (no weights read)
         from tailorml.models.classifier import check_lora_targets
@@ -79,6 +82,36 @@ def check_inputs(cfg: RunConfig) -> list[str]:
         key = f"heads.{name}.task.type" if name else "task.type"
         collect(lambda v=view, k=key: prepare_splits(v, get_task(v.task.type, k)), prefix)
     return problems
+
+
+def check_image_inputs(cfg: RunConfig) -> None:
+    """An image-classification config's inputs: what the run refuses (heads, LoRA), the
+    network's shape, `train.metric_for_best`, and every image read and checked as training
+    reads it (bad images named by path). One error with every problem."""
+    from tailorml.data.image_splits import prepare_image_splits
+    from tailorml.models.images import base_folder
+    from tailorml.tasks.heads import choose_metric, config_heads
+    from tailorml.tasks.images import check_image_config
+
+    problems: list[str] = []
+    for check in (
+        lambda: check_image_config(cfg),
+        lambda: base_folder(cfg.model),
+        lambda: choose_metric(cfg.train.metric_for_best, config_heads(cfg)),
+        lambda: (
+            prepare_image_splits(cfg, check_image_config(cfg).kind)
+            if cfg.data.train is not None
+            else None
+        ),
+    ):
+        try:
+            check()
+        except TailorError as exc:
+            problems += exc.problems
+    if problems:
+        from tailorml.errors import DataError
+
+        raise DataError(list(dict.fromkeys(problems)))
 
 
 def check_pretrain_inputs(cfg: RunConfig) -> None:

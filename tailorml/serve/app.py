@@ -54,6 +54,12 @@ def create_app(settings: ServeSettings, predictor: Any = None) -> Gate:
         from tailorml.serve.generation import create_generation_app
 
         return create_generation_app(settings, generator=predictor)
+    from tailorml.predictors.images import is_image_folder
+
+    if is_image_folder(settings.model):  # images in, the same answers (serve/images.py)
+        from tailorml.serve.images import create_image_app
+
+        return create_image_app(settings, predictor=predictor)
     state = ServiceState(settings)
     m = state.metrics
     life = state.lifecycle

@@ -38,8 +38,11 @@ def check(settings: ServeSettings) -> None:
         if settings.model != "smollm2":
             settings.model = str(resolve_causal_folder(settings.model))
     else:
+        from tailorml.predictors.images import is_image_folder
+
         folder = resolve_model_dir(settings.model)
-        read_model_info(folder)
+        if not is_image_folder(folder):  # an image folder is checked by loading it (run)
+            read_model_info(folder)
         settings.model = str(folder)
     if settings.max_queue < settings.max_inputs:
         raise ConfigError(

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 # The built-in task modules, imported on the first lookup (a registry that other layers, the
 # config's `task.type` check among them, can ask without importing every task). Their order is
 # the order `tailor tasks` lists them in.
-BUILT_IN = ("classification", "multilabel", "pair", "regression", "generation")
+BUILT_IN = ("classification", "multilabel", "pair", "regression", "generation", "images")
 _REGISTRY: dict[str, TaskInfo] = {}
 _loaded = False
 
@@ -70,9 +70,15 @@ def get_task(name: str, key: str = "task.type") -> Task:
     """The task registered under `name`, whose heads live in a sequence classifier (what
     heads, predictors, serving and compression handle). A task of another family is refused
     with the command that handles it."""
-    from tailorml.tasks.base import SEQUENCE_CLASSIFIER, Task
+    from tailorml.tasks.base import IMAGE_CLASSIFIER, SEQUENCE_CLASSIFIER, Task
 
     task = find_task(name, key)
+    if task.family == IMAGE_CLASSIFIER:
+        raise ConfigError(
+            f"`{key}` = {name!r} trains an image classifier, which this step does not handle "
+            "(it reads text). Train it with `tailor finetune CONFIG`, score it with `tailor "
+            "evaluate RUN --data IMAGES`, serve it with `tailor serve RUN` (see docs/images.md)."
+        )
     if task.family != SEQUENCE_CLASSIFIER or not isinstance(task, Task):
         raise ConfigError(
             f"`{key}` = {name!r} trains a {task.family} model, which this step does not handle "

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 SEQUENCE_CLASSIFIER = "sequence-classifier"
 CAUSAL_LM = "causal-lm"
+IMAGE_CLASSIFIER = "image-classifier"  # tailorml/tasks/images.py: a convolutional network
 
 
 @runtime_checkable

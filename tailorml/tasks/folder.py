@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tailorml.errors import ConfigError
 from tailorml.files import atomic_json
-from tailorml.tasks.base import SEQUENCE_CLASSIFIER
+from tailorml.tasks.base import IMAGE_CLASSIFIER, SEQUENCE_CLASSIFIER
 from tailorml.tasks.heads import HeadSpec, is_single, specs_from_info
 
 if TYPE_CHECKING:
@@ -145,6 +145,12 @@ def read_model_info(folder: str | Path) -> ModelInfo:
     try:
         raw = dict(json.loads(path.read_text(encoding="utf-8")))
         family = raw.get("family", SEQUENCE_CLASSIFIER)
+        if family == IMAGE_CLASSIFIER:
+            raise ConfigError(
+                f"{folder} holds an image model, and this step reads text. Score it with "
+                "`tailor evaluate RUN --data IMAGES`, serve it with `tailor serve` (images in), "
+                "compress it with `tailor compress` (docs/images.md)."
+            )
         if family != SEQUENCE_CLASSIFIER:
             raise ConfigError(
                 f"{folder} holds a {family} model (task {raw.get('task')!r}), not a classifier. "

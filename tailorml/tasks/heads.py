@@ -46,9 +46,10 @@ class HeadSpec:
 
     @property
     def kind(self) -> Task:
-        from tailorml.tasks import get_task
+        """The head's task (of any family whose heads are logit columns: text or images)."""
+        from tailorml.tasks import find_task
 
-        return get_task(self.task)
+        return find_task(self.task)  # type: ignore[return-value]
 
     def to_json(self) -> dict[str, Any]:
         return {

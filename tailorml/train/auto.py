@@ -30,6 +30,7 @@ TARGET_STEPS = 3000
 MIN_EPOCHS, MAX_EPOCHS = 3, 40
 PATIENCE = 2
 WARMUP_RATIO = 0.06
+ONECYCLE_WARMUP = 0.25
 EVAL_AT_LEAST_EVERY = 500
 # LoRA's learning rate over full fine-tuning's. Measured on MiniLM (docs/benchmarks.md, "LoRA"):
 # 3e-3 matched full fine-tuning at 1e-4, while 1e-3 and 5e-4 lagged by 5 and 9 points. Other
@@ -82,8 +83,12 @@ def resolve(
                 "why": f"an epoch is {steps_per_epoch} steps: evaluate within it",
             }
     if t.warmup_steps is None and t.warmup_ratio is None:
-        update["warmup_ratio"] = WARMUP_RATIO
-        chosen["train.warmup_ratio"] = {"value": WARMUP_RATIO, "why": "6% of the steps"}
+        if t.schedule == "onecycle":
+            update["warmup_ratio"] = ONECYCLE_WARMUP
+            chosen["train.warmup_ratio"] = {"value": ONECYCLE_WARMUP, "why": "one cycle: 25% up"}
+        else:
+            update["warmup_ratio"] = WARMUP_RATIO
+            chosen["train.warmup_ratio"] = {"value": WARMUP_RATIO, "why": "6% of the steps"}
     return t.model_copy(update=update), chosen
 
 

@@ -35,6 +35,8 @@ def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
         return min(cfg.warmup_steps, total_steps)
     if cfg.warmup_ratio is not None:
         return int(cfg.warmup_ratio * total_steps)
+    if cfg.schedule == "onecycle":
+        return int(0.25 * total_steps)
     return int(0.06 * total_steps)  # a common default for encoder fine-tuning
 
 
@@ -48,6 +50,12 @@ class WarmupDecay:
         self.warmup, self.total, self.kind = warmup, max(total, 1), kind
 
     def __call__(self, step: int) -> float:
+        if self.kind == "onecycle":  # cosine from 1/25 up to 1, then cosine down to 0
+            if step < self.warmup:
+                up = step / max(1, self.warmup)
+                return 0.04 + 0.96 * 0.5 * (1.0 - math.cos(math.pi * up))
+            down = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * down))
         if step < self.warmup:
             return (step + 1) / (self.warmup + 1)
         if self.kind == "constant":
