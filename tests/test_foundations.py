@@ -169,7 +169,8 @@ def test_dense_layer_backward(m: int, n: int, k: int, seed: int) -> None:
         return float((layer.forward(X) * U).sum())  # L = Σ U ⊙ (XW + b): dL/dz = U
 
     layer.forward(X)
-    gX = layer.backward(U)
+    layer.backward(U)
+    gX = layer.input_grad(U)
     gW, gb = layer.grad_W.copy(), layer.grad_b.copy()
     close(gW, numgrad(f, layer.W), FD_TOL)
     close(gb, numgrad(f, layer.b), FD_TOL)

@@ -8,7 +8,9 @@ Given G = dL/dz (m, n_out), the chain rule gives, one row at a time summed over 
     dL/db = Σ_rows G        (n_out,)        b is added to every row, so its gradient sums them
     dL/dX = G · Wᵀ          (m, n_in)       handed to the layer below
 
-The loss already divides by m (losses.py), so no 1/m appears here.
+The loss already divides by m (losses.py), so no 1/m appears here. `backward` fills the
+parameters' gradients; `input_grad` is the third line, which the first layer skips (its input
+is the data, nothing to learn there, and it would cost as much as the forward pass).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def init_weights(n_in: int, n_out: int, activation: str, rng: np.random.Generato
 
 class Dense:
     """One fully connected layer. `forward` keeps its input for `backward`, which fills
-    `grad_W` and `grad_b` and returns the gradient for the layer below."""
+    `grad_W` and `grad_b`; `input_grad` gives the gradient for the layer below."""
 
     def __init__(self, W: np.ndarray, b: np.ndarray) -> None:
         if W.ndim != 2 or b.shape != (W.shape[1],):
@@ -45,12 +47,16 @@ class Dense:
         self._X = X
         return X @ self.W + self.b  # (m, n_out)
 
-    def backward(self, G: np.ndarray) -> np.ndarray:
+    def backward(self, G: np.ndarray) -> None:
+        """G = dL/dz (m, n_out) -> grad_W, grad_b."""
         if self._X is None:
             raise RuntimeError("Dense.backward before forward: run forward on the batch first.")
         self.grad_W = self._X.T @ G  # (n_in, n_out)
         self.grad_b = G.sum(axis=0)  # (n_out,)
-        return G @ self.W.T  # (m, n_in)
+
+    def input_grad(self, G: np.ndarray) -> np.ndarray:
+        """dL/dX (m, n_in), handed to the layer below."""
+        return G @ self.W.T
 
     @property
     def params(self) -> list[np.ndarray]:

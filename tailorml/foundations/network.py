@@ -6,8 +6,9 @@
                                                        gives logits (cross-entropy) or values (MSE)
     backward:  G = dJ/d out                            from the loss (losses.py)
                for each layer, last to first:
-                   grads of W, b from G (layers.py); G ← G·Wᵀ
-                   G ← G ⊙ f'(z) of the layer below   (chain rule through its activation)
+                   grads of W, b from G (layers.py)
+                   unless it is the first layer:
+                       G ← (G·Wᵀ) ⊙ f'(z) of the layer below  (chain rule through f)
 
 L2 adds λ/2·Σ‖Wᵢ‖² to the loss and λ·Wᵢ to each weight gradient (biases are not regularised).
 """
@@ -54,10 +55,10 @@ class Network:
     def backward(self, G: np.ndarray) -> None:
         """G = dJ/d(output), (m, n_out); fills every layer's grad_W and grad_b."""
         for i in range(len(self.layers) - 1, -1, -1):
-            G = self.layers[i].backward(G)
-            if i > 0:
+            self.layers[i].backward(G)
+            if i > 0:  # the first layer's input is the data: no gradient to pass down
                 z, a = self._cache[i - 1]
-                G = G * self.activation.derivative(z, a)
+                G = self.layers[i].input_grad(G) * self.activation.derivative(z, a)
 
     def loss_and_gradients(
         self, X: np.ndarray, y: np.ndarray, loss: str, l2: float = 0.0
