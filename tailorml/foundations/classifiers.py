@@ -45,7 +45,11 @@ GradFn = Callable[
 
 
 class _LinearClassifier(Estimator):
-    classes_: np.ndarray  # set by fit (an annotation only: hasattr stays False until then)
+    # Set by fit (annotations only: hasattr stays False until then).
+    classes_: np.ndarray
+    coef_: np.ndarray
+    intercept_: float | np.ndarray
+    n_features_in_: int
 
     def __init__(
         self,
@@ -83,8 +87,13 @@ class _LinearClassifier(Estimator):
             rng=np.random.default_rng(self.seed),
         )
 
+    def decision_function(self, X: object) -> np.ndarray:
+        """The linear scores X·w + b: (m,) for logistic regression, (m, k) for softmax."""
+        check_fitted(self, "coef_")
+        return check_X(X, self.n_features_in_) @ self.coef_ + self.intercept_
+
     def predict_proba(self, X: object) -> np.ndarray:
-        raise NotImplementedError
+        raise NotImplementedError  # each classifier turns its scores into probabilities
 
     def predict(self, X: object) -> np.ndarray:
         best = self.predict_proba(X).argmax(axis=1)  # checks it is fitted first
@@ -112,10 +121,6 @@ class LogisticRegression(_LinearClassifier):
         self.coef_, self.intercept_ = w, float(b[0])
         return self
 
-    def decision_function(self, X: object) -> np.ndarray:
-        check_fitted(self, "coef_")
-        return check_X(X, self.n_features_in_) @ self.coef_ + self.intercept_
-
     def predict_proba(self, X: object) -> np.ndarray:
         """(m, 2): P(classes_[0]), P(classes_[1])."""
         p = sigmoid(self.decision_function(X))
@@ -133,10 +138,6 @@ class SoftmaxClassifier(_LinearClassifier):
         self._train(A, idx, [W, b], softmax_gradient)
         self.coef_, self.intercept_ = W, b
         return self
-
-    def decision_function(self, X: object) -> np.ndarray:
-        check_fitted(self, "coef_")
-        return check_X(X, self.n_features_in_) @ self.coef_ + self.intercept_
 
     def predict_proba(self, X: object) -> np.ndarray:
         """(m, k), rows summing to 1, columns in the order of classes_."""
