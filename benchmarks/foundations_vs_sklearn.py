@@ -160,6 +160,7 @@ def main() -> None:
 
     from threadpoolctl import threadpool_limits
 
+    started = machine()  # the date and load average when the runs begin
     results = []
     with threadpool_limits(a.threads):
         results.append(compare("digits", digits(), a.digits_epochs, a))
@@ -170,7 +171,8 @@ def main() -> None:
         else:
             print(f"Fashion-MNIST not found in {a.fashion}: skipped (--fashion DIR)")
     report = {
-        "machine": machine(),
+        "machine": started,
+        "load_average_at_end": os.getloadavg(),
         "threads": a.threads,
         "command": " ".join(sys.argv),
         "settings": {"hidden": a.hidden, "batch_size": a.batch_size, "runs": a.runs},
