@@ -2,8 +2,10 @@
 python3 of this venv, this checkout's tailorml), and is stored without outputs, so none can rot
 unseen or carry stale results in git.
 
-Notebooks are picked up by the glob: a new one is tested with no change here. Each must run in
-well under NOTEBOOK_TIMEOUT (the foundations ones take seconds).
+Notebooks are picked up by the glob: a new one is tested with no change here. Each cell must
+finish within NOTEBOOK_TIMEOUT (the foundations notebooks take seconds in all). A notebook that
+trains for minutes says so in its metadata, `"tailorml": {"slow": true}`, and then runs only
+with `-m slow`.
 """
 
 from __future__ import annotations
@@ -21,15 +23,16 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 NOTEBOOK_TIMEOUT = 120  # seconds per cell
 
 
-def _id(path: Path) -> str:
-    return path.stem
+def _run_param(path: Path) -> object:
+    meta = nbformat.read(path, as_version=4).metadata.get("tailorml", {})
+    return pytest.param(path, id=path.stem, marks=pytest.mark.slow if meta.get("slow") else ())
 
 
 def test_there_are_notebooks() -> None:
     assert NOTEBOOKS, "notebooks/ holds no .ipynb"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=_id)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_is_stored_without_outputs(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
@@ -44,7 +47,7 @@ def test_notebook_is_stored_without_outputs(path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=_id)
+@pytest.mark.parametrize("path", [_run_param(p) for p in NOTEBOOKS])
 def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nb = nbformat.read(path, as_version=4)
     run(nb, monkeypatch, cwd=path.parent)  # raises CellExecutionError naming the cell
