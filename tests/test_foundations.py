@@ -500,3 +500,9 @@ def test_the_package_imports_no_torch_and_nothing_else_from_tailorml() -> None:
         if "foundations" not in p.parts and "tailorml.foundations" in p.read_text(encoding="utf-8")
     ]
     assert not users, users
+
+
+def test_a_diverging_fit_stops_with_a_clear_error() -> None:
+    X, y = regression_data()
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match="lower lr"):
+        MLPRegressor(hidden=(8,), optimizer="sgd", lr=1e3, momentum=0.9, epochs=50).fit(X, y)
