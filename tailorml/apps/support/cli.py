@@ -61,12 +61,42 @@ def train(
         res = train_support(cfg, config, overwrite=overwrite)
     except TailorError as exc:
         _fail(exc)
-    c = res["calibration"]
+    typer.echo(f"support run: {cfg.output_dir}")
+    _print_calibration(res)
+
+
+def _print_calibration(meta: dict[str, Any]) -> None:
+    c = meta["calibration"]
+    a = c["assistant"]
     typer.echo(
-        f"support run: {cfg.output_dir} (threshold {res['confidence_threshold']:.4f}; eval: "
-        f"in-scope accuracy {c['in_scope_accuracy']}, out-of-scope recall {c['oos_recall']}, "
-        f"hand-off rate {c['handoff_rate']})"
+        f"thresholds: intent confidence {meta['confidence_threshold']:.4f}, retrieval score "
+        f"{meta['retrieval_threshold']:.4f} when unsure (min {meta['min_retrieval_score']}); "
+        f"eval split, whole assistant: in-scope accuracy {a['in_scope_accuracy']}, "
+        f"out-of-scope recall {a['oos_recall']}, hand-off rate {a['handoff_rate']}"
     )
+
+
+@app.command()
+def calibrate(
+    run: Annotated[Path, typer.Argument(help="A support run folder (output_dir).")],
+    target: Annotated[
+        float | None,
+        typer.Option(
+            help="Out-of-scope recall to calibrate for (default: the run's own).", min=0.01, max=1.0
+        ),
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
+) -> None:
+    """Calibrate the run's thresholds again on its eval split (no retraining)."""
+    from tailorml import env
+    from tailorml.apps.support.calibrate import calibrate_run
+
+    env.setup()
+    try:
+        meta = calibrate_run(run, target=target, threads=threads)
+    except TailorError as exc:
+        _fail(exc)
+    _print_calibration(meta)
 
 
 @app.command()
@@ -75,6 +105,10 @@ def evaluate(
     data: Annotated[Path, typer.Option(help="Labelled messages, the columns of `intents`.")],
     threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
     model: IntentModelOpt = None,
+    doc_column: Annotated[
+        str | None,
+        typer.Option(help="Column of --data naming each message's article (retrieval recall@k)."),
+    ] = None,
 ) -> None:
     """Score the assistant on labelled messages; writes RUN/support_eval.json."""
     from tailorml import env
@@ -84,7 +118,7 @@ def evaluate(
     env.setup()
     try:
         bot = Assistant.load(run, intent_model=_intent_model(model, threads), threads=threads)
-        res = evaluate_support(run, data, assistant=bot)
+        res = evaluate_support(run, data, assistant=bot, doc_column=doc_column)
     except TailorError as exc:
         _fail(exc)
     rows = [
@@ -95,6 +129,14 @@ def evaluate(
         ("oos_precision", res["oos_precision"]),
         ("handoff_rate", res["handoff_rate"]),
         *((f"answered by {p}", n) for p, n in res["paths"].items()),
+        ("confidence_threshold", round(res["confidence_threshold"], 4)),
+        ("retrieval_threshold", round(res["retrieval_threshold"], 4)),
+        *((f"intent only: {k}", v) for k, v in res["intent_only"].items()),
+        *(
+            (f"retrieval {k}", round(v, 4))
+            for k, v in res.get("retrieval", {}).items()
+            if isinstance(v, float)
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
