@@ -176,6 +176,17 @@ def file_problems(raw: dict[str, Any]) -> list[str]:
                 read_answers(answers)
             except ConfigError as exc:
                 out.extend(exc.problems)
+    gen = _section(raw, "generation").get("run")
+    if isinstance(gen, str | Path) and str(gen) != "smollm2":
+        from tailorml.predictors.generator import is_causal_lm
+
+        if not is_causal_lm(gen):
+            out.append(
+                f"`generation.run` = {str(gen)!r} is not a causal language model (no "
+                "config.json naming a *ForCausalLM, in it or in its model/). Give a generation "
+                "run (`tailor finetune` with task.type generation), a causal-LM folder or "
+                "`smollm2`, or remove `generation` for extractive answers."
+            )
     oos = intents.get("out_of_scope_label", "out_of_scope")
     held = intents.get("held_out")
     if isinstance(held, list) and oos in held:

@@ -241,7 +241,7 @@ def train_support(
         "index": index,
         "retriever": cfg.knowledge.retriever if cfg.knowledge else None,
         "answers": "answers.json" if answers else None,
-        "generation": cfg.generation.model_dump() if cfg.generation else None,
+        "generation": _generation(cfg),
         "intents": labels,
         "out_of_scope_label": oos,
         "held_out": i.held_out,
@@ -259,6 +259,16 @@ def train_support(
     }
     write_summary(out, summary)
     return summary
+
+
+def _generation(cfg: SupportConfig) -> dict[str, Any] | None:
+    """support.json's `generation`: its run as an absolute path (the run is used from anywhere)."""
+    if cfg.generation is None:
+        return None
+    g = cfg.generation.model_dump()
+    if g["run"] != "smollm2":
+        g["run"] = str(Path(g["run"]).resolve())
+    return g
 
 
 def write_summary(out: Path, summary: dict[str, Any]) -> None:
