@@ -118,3 +118,25 @@ def test_calibrated_assistant_hands_off_what_its_single_floor_answered() -> None
     assert cal["assistant"]["in_scope_accuracy"] == 1.0  # confident in-scope rows still answered
     assert all(not r["handoff"] for r, m in zip(replies, msgs, strict=True) if "in" in m)
     assert bot.retrieval_threshold == cal["retrieval_threshold"] > 0.45
+
+
+def test_a_template_slot_no_training_message_fills_is_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tailorml.apps.support.train import warn_unfilled_slots
+
+    rows = [
+        {"text": "top up 20 EUR", "label": "top_up"},
+        {"text": "where is my card", "label": "card_arrival"},
+        {"text": "is my card coming", "label": "card_arrival"},
+    ]
+    answers = {
+        "top_up": "Your top-up of {amount} is on its way.",  # filled by a message
+        "card_arrival": "We sent {amount} cards.",  # no card message holds a number
+        "pin_blocked": "Unblock it in settings.",  # no slot
+    }
+    with caplog.at_level("WARNING", logger="tailorml.support"):
+        assert warn_unfilled_slots(answers, rows, "answers.yaml") == ["card_arrival"]
+    [record] = caplog.records
+    assert "answers.yaml" in record.getMessage() and "'card_arrival'" in record.getMessage()
+    assert "{amount}" in record.getMessage() and "2 training" in record.getMessage()

@@ -159,6 +159,7 @@ def train_support(
     if cfg.answers is not None:
         answers = read_answers(cfg.answers)
         problems += answer_problems(answers, intents, cfg.answers)
+        warn_unfilled_slots(answers, train_rows, cfg.answers)
     passages = None
     if cfg.knowledge is not None:
         from tailorml.apps.support.knowledge import load_passages
@@ -269,6 +270,35 @@ def _generation(cfg: SupportConfig) -> dict[str, Any] | None:
     if g["run"] != "smollm2":
         g["run"] = str(Path(g["run"]).resolve())
     return g
+
+
+def warn_unfilled_slots(
+    answers: dict[str, str], rows: list[dict[str, str]], path: Path | str
+) -> list[str]:
+    """Warn (and return the intents) when a template's slots are filled by none of its intent's
+    training messages: the assistant would never use that template (a message that does not
+    fill a slot goes to retrieval)."""
+    import logging
+
+    from tailorml.apps.support.assistant import fill_slots
+    from tailorml.apps.support.config import template_slots
+
+    never = []
+    for intent, template in sorted(answers.items()):
+        slots = sorted(set(template_slots(template)))
+        texts = [r["text"] for r in rows if r["label"] == intent]
+        if slots and texts and not any(fill_slots(template, t) is not None for t in texts):
+            never.append(intent)
+            logging.getLogger("tailorml.support").warning(
+                "`answers` (%s): the template of %r has %s, which none of its %d training "
+                "messages fills, so it will rarely if ever be used. Write it without the slot, "
+                "or check the slot (amount: a number; currency: a symbol, code or name).",
+                path,
+                intent,
+                ", ".join("{" + s + "}" for s in slots),
+                len(texts),
+            )
+    return never
 
 
 def write_summary(out: Path, summary: dict[str, Any]) -> None:
