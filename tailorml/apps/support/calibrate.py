@@ -155,6 +155,11 @@ def calibrate_run(
             "or intents in `intents.held_out`."
         )
     cal = calibrate(bot, rows, oos, target)
+    if meta.get("index") and not meta.get("retriever"):  # a run written before it was kept
+        import json
+
+        manifest = json.loads((root / meta["index"] / "retriever.json").read_text())
+        meta["retriever"] = manifest.get("kind")
     meta.update(
         confidence_threshold=cal.pop("confidence_threshold"),
         retrieval_threshold=cal.pop("retrieval_threshold"),

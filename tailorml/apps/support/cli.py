@@ -194,6 +194,14 @@ def serve(
     extractive: Annotated[
         bool, typer.Option(help="Answer with the best passage even if generation is set.")
     ] = False,
+    generation: Annotated[
+        str | None,
+        typer.Option(
+            help="Write retrieval answers with this causal LM (a generation run, a causal-LM "
+            "folder or `smollm2`) instead of the run's `generation.run`."
+        ),
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="With --generation.")] = 96,
     threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 64 * 1024,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
@@ -215,11 +223,16 @@ def serve(
     key = api_key or os.environ.get(ENV_API_KEY) or None
     warn_if_open(host, key, "chat with the assistant and read every conversation")
     try:
+        writer: Any = not extractive
+        if generation and not extractive:
+            from tailorml.apps.support.grounded import GroundedWriter
+            from tailorml.predictors.generator import resolve_causal_folder
+
+            resolve_causal_folder(generation)  # a clear error for a wrong path
+            settings = {"run": generation, "max_new_tokens": max_new_tokens}
+            writer = GroundedWriter.load(settings, threads=threads)
         bot = Assistant.load(
-            run,
-            intent_model=_intent_model(model, threads),
-            threads=threads,
-            writer=not extractive,
+            run, intent_model=_intent_model(model, threads), threads=threads, writer=writer
         )
         store = _store(run, db)
     except TailorError as exc:
