@@ -140,3 +140,19 @@ def test_a_template_slot_no_training_message_fills_is_a_warning(
     [record] = caplog.records
     assert "answers.yaml" in record.getMessage() and "'card_arrival'" in record.getMessage()
     assert "{amount}" in record.getMessage() and "2 training" in record.getMessage()
+
+
+def test_articles_named_after_intents_are_the_gold_documents() -> None:
+    from tailorml.apps.support.evaluate import _gold_documents
+    from tailorml.apps.support.knowledge import Passage
+
+    class Kb:
+        passages_ = [Passage(d, f"{d}#0", d, "x") for d in ("reverted_card_payment", "pin")]
+
+    rows = [
+        {"text": "a", "label": "reverted_card_payment?"},  # `?` is not in the file's name
+        {"text": "b", "label": "pin"},
+        {"text": "c", "label": "out_of_scope"},  # no article: not scored
+    ]
+    assert _gold_documents("d.csv", rows, None, Kb()) == ["reverted_card_payment", "pin", None]
+    assert _gold_documents("d.csv", rows[2:], None, Kb()) is None  # no intent has an article
