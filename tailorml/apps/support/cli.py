@@ -117,7 +117,10 @@ def evaluate(
 
     env.setup()
     try:
-        bot = Assistant.load(run, intent_model=_intent_model(model, threads), threads=threads)
+        # the decisions and figures do not depend on the answer's words: no generation here
+        bot = Assistant.load(
+            run, intent_model=_intent_model(model, threads), threads=threads, writer=False
+        )
         res = evaluate_support(run, data, assistant=bot, doc_column=doc_column)
     except TailorError as exc:
         _fail(exc)

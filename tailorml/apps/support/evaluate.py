@@ -62,7 +62,9 @@ def evaluate_support(
     named = read_intent_rows(data, meta["text_column"], meta["label_column"], oos, [], "--data")
     held = set(meta["held_out"])
     rows = [{**r, "label": oos if r["label"] in held else r["label"]} for r in named]
-    bot = assistant if assistant is not None else Assistant.load(root, threads=threads)
+    bot = (
+        assistant if assistant is not None else Assistant.load(root, threads=threads, writer=False)
+    )
     replies = bot.answer_many([r["text"] for r in rows])
     gold = [r["label"] for r in rows]
     intents = [str(a["intent"]) for a in replies]
