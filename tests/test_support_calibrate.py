@@ -5,6 +5,8 @@ by hand, and through the Assistant's own decision rule."""
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +158,15 @@ def test_articles_named_after_intents_are_the_gold_documents() -> None:
     ]
     assert _gold_documents("d.csv", rows, None, Kb()) == ["reverted_card_payment", "pin", None]
     assert _gold_documents("d.csv", rows[2:], None, Kb()) is None  # no intent has an article
+
+
+def test_calibrating_a_run_without_out_of_scope_rows_is_named(tmp_path: Path) -> None:
+    from tailorml.apps.support.calibrate import calibrate_run
+    from tailorml.errors import ConfigError
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "eval_all.csv").write_text("text,label\nhi,a\nho,b\n")
+    meta = {"out_of_scope_label": "out_of_scope", "target_oos_recall": None}
+    (tmp_path / "support.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"eval_all\.csv: no out-of-scope rows.*held_out"):
+        calibrate_run(tmp_path, target=0.9)

@@ -142,7 +142,6 @@ def calibrate_run(
 
     root = Path(run)
     meta = read_support_json(root)
-    bot = Assistant.load(root, threads=threads, writer=False)
     oos = meta["out_of_scope_label"]
     rows = read_intent_rows(root / "data" / "eval_all.csv", "text", "label", oos, [], key="eval")
     target = meta.get("target_oos_recall") if target is None else target
@@ -152,8 +151,10 @@ def calibrate_run(
         raise ConfigError(
             f"{root / 'data' / 'eval_all.csv'}: no out-of-scope rows, so no threshold can be "
             "calibrated for a target recall. Retrain with out-of-scope rows in `intents.eval` "
-            "or intents in `intents.held_out`."
+            "or intents in `intents.held_out`, or pass no --target to a run calibrated without "
+            "one."
         )
+    bot = Assistant.load(root, threads=threads, writer=False)
     cal = calibrate(bot, rows, oos, target)
     if meta.get("index") and not meta.get("retriever"):  # a run written before it was kept
         import json
