@@ -282,6 +282,14 @@ def test_train_and_evaluate_end_to_end(tmp_path: Path) -> None:
     ]
     by_doc = evaluate_support(run, write_csv(tmp_path / "docs.csv", docs), doc_column="doc")
     assert by_doc["retrieval"]["queries"] == 2 and by_doc["retrieval"]["recall@1"] == 1.0
+    # the retrieval answers among those rows, and whether their first source was the article
+    replies = Assistant.load(run).answer_many([d["message"] for d in docs[:2]])
+    answered = [a for a in replies if a["path"] == "retrieval"]
+    r = by_doc["retrieval"]
+    assert r["answers"] == len(answered) and r["oos_answers"] == 0
+    right = [a["sources"][0]["doc_id"] == d["doc"] for a, d in zip(replies, docs, strict=False)
+             if a["path"] == "retrieval"]  # fmt: skip
+    assert r["answers_right_article"] == (round(sum(right) / len(right), 4) if right else None)
     with pytest.raises(ConfigError, match="'nope'"):
         docs[0]["doc"] = "nope"
         evaluate_support(run, write_csv(tmp_path / "docs.csv", docs), doc_column="doc")

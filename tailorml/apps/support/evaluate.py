@@ -93,12 +93,26 @@ def evaluate_support(
             queries = [r["text"] for r, d in zip(named, gold_docs, strict=True) if d]
             docs = [d for d in gold_docs if d]
             if queries:
+                # retrieval answers (the assistant's own): was their first source the article?
+                by_path = [
+                    (a["sources"][0]["doc_id"] == d, g == oos)
+                    for a, d, g in zip(replies, gold_docs, gold, strict=True)
+                    if d and a["path"] == "retrieval"
+                ]
                 result["retrieval"] = {
                     "gold": f"column {column!r}" if column else "the intent's article",
                     **retrieval_scores(bot.retriever, queries, docs, k=10),
+                    "answers": len(by_path),
+                    "answers_right_article": _share([ok for ok, _ in by_path]),
+                    "oos_answers": sum(o for _, o in by_path),
+                    "oos_answers_right_article": _share([ok for ok, o in by_path if o]),
                 }
     atomic_json(root / "support_eval.json", result)
     return result
+
+
+def _share(flags: list[bool]) -> float | None:
+    return round(sum(flags) / len(flags), 4) if flags else None
 
 
 def _gold_documents(
