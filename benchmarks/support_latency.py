@@ -5,7 +5,8 @@ For each configuration, `tailor support serve RUN` is started as its own process
 a temp folder, `--threads`), and one client sends Banking77 test messages one at a time (a
 stratified sample of --n, seed 0) to POST /v1/chat; each reply says which path answered it, so
 the latencies are grouped by path (p50 / p99, milliseconds, client-side, the database write
-included). Ratios are within this run: each variant's p50 against the run's own model, per path.
+included). Ratios are within this run: each variant's p50 against the run's own model, per path (the
+generation path against the extractive retrieval path of the run's own model).
 
 The generation path: the same service with `--generation smollm2` (SmolLM2-135M writes the
 retrieval answer, `--max-new-tokens`), on --gen-n messages that retrieval answered.
@@ -146,7 +147,9 @@ def main() -> None:
     print(f"{'config':<28} {'path':<11} {'n':>4} {'p50 ms':>9} {'p99 ms':>9} {'p50 vs fp32':>11}")
     for name, paths in results["configs"].items():
         for path, v in paths.items():
-            ratio = base[path]["p50_ms"] / v["p50_ms"] if path in base else float("nan")
+            # the generation path against the extractive retrieval answer it replaces
+            peer = base.get("retrieval" if path == "generation" else path)
+            ratio = peer["p50_ms"] / v["p50_ms"] if peer else float("nan")
             v["p50_speedup_vs_fp32"] = ratio
             print(
                 f"{name:<28} {path:<11} {v['n']:>4} {v['p50_ms']:>9.1f} {v['p99_ms']:>9.1f} "
