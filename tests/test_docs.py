@@ -187,6 +187,13 @@ SKIPS = [
     ),
     Rule(r"--nproc_per_node=8", "", "needs 8 GPUs (NCCL)"),
     Rule(
+        r"^tailor support (resolve|export) ",
+        "",
+        "labels a hand-off: which message the tiny test model hands off varies from run to run; "
+        "resolve and export are tested against a trained run in tests/test_support_service.py",
+        doc="docs/support.md",
+    ),
+    Rule(
         r"\bpython benchmarks/",
         "",
         "a benchmark: minutes to hours on the full-size models; its figures are in the doc",
@@ -224,6 +231,7 @@ def _port(cmd: str, default: int) -> int:
 
 SERVERS = [
     Server(r"\btailor serve\b", lambda c: f"http://127.0.0.1:{_port(c, 8000)}/readyz"),
+    Server(r"\btailor support serve\b", lambda c: f"http://127.0.0.1:{_port(c, 8000)}/readyz"),
     Server(r"\btailor finwatch dashboard\b", lambda c: f"http://127.0.0.1:{_port(c, 8765)}/readyz"),
     Server(
         r"\btailor finwatch watch\b.*--http ",

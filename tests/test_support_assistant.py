@@ -247,7 +247,8 @@ def test_train_and_evaluate_end_to_end(tmp_path: Path) -> None:
     assert (run / "intent" / "model" / "task.json").is_file()  # a normal run folder
     assert (run / "index" / "retriever.json").is_file() and (run / "report.md").is_file()
     cal = meta["calibration"]
-    assert cal["oos_rows"] > 0 and cal["oos_recall"] >= 0.8
+    assert cal["oos_rows"] > 0 and cal["oos_recall"] >= 0.8  # the intent threshold alone
+    assert cal["assistant"]["oos_recall"] >= 0.8  # the whole assistant
     assert "out_of_scope" not in (run / "data" / "train.csv").read_text()
 
     res = subprocess.run(
@@ -262,11 +263,47 @@ def test_train_and_evaluate_end_to_end(tmp_path: Path) -> None:
     ev = json.loads((run / "support_eval.json").read_text())
     for key in ("in_scope_accuracy", "oos_recall", "oos_precision", "handoff_rate"):
         assert 0 <= ev[key] <= 1, key
-    # The threshold alone, on the split it was calibrated on, reproduces the calibration.
+    # On the split they were calibrated on, the Assistant reproduces the calibration's figures:
+    # the whole assistant's (both thresholds) and the intent threshold's alone.
+    assert {k: ev[k] for k in cal["assistant"]} == cal["assistant"]
     assert ev["intent_only"] == {k: cal[k] for k in ev["intent_only"]}
+    assert ev["retrieval_threshold"] == meta["retrieval_threshold"] >= 0.1
+    # The articles are named after intents: retrieval is scored on the rows of those intents.
+    n_pin = sum(r["intent"] == "pin_blocked" for r in intent_rows(60, 1, 0.3))
+    assert ev["retrieval"]["queries"] == n_pin and ev["retrieval"]["gold"] == "the intent's article"
+    assert 0 <= ev["retrieval"]["recall@1"] <= ev["retrieval"]["recall@5"] <= 1
+    # A doc column names each row's article instead (an empty cell: not scored).
+    from tailorml.apps.support.evaluate import evaluate_support
+
+    docs = [
+        {"message": "what are the fees for a deposit", "intent": "top_up", "doc": "fees"},
+        {"message": "my pin is blocked", "intent": "pin_blocked", "doc": "pin_blocked"},
+        {"message": "weather tomorrow", "intent": "out_of_scope", "doc": ""},
+    ]
+    by_doc = evaluate_support(run, write_csv(tmp_path / "docs.csv", docs), doc_column="doc")
+    assert by_doc["retrieval"]["queries"] == 2 and by_doc["retrieval"]["recall@1"] == 1.0
+    # the retrieval answers among those rows, and whether their first source was the article
+    replies = Assistant.load(run).answer_many([d["message"] for d in docs[:2]])
+    answered = [a for a in replies if a["path"] == "retrieval"]
+    r = by_doc["retrieval"]
+    assert r["answers"] == len(answered) and r["oos_answers"] == 0
+    right = [a["sources"][0]["doc_id"] == d["doc"] for a, d in zip(replies, docs, strict=False)
+             if a["path"] == "retrieval"]  # fmt: skip
+    assert r["answers_right_article"] == (round(sum(right) / len(right), 4) if right else None)
+    with pytest.raises(ConfigError, match="'nope'"):
+        docs[0]["doc"] = "nope"
+        evaluate_support(run, write_csv(tmp_path / "docs.csv", docs), doc_column="doc")
     assert sum(ev["paths"].values()) == ev["rows"] == cal["rows"]
     # The full pipeline's hand-offs are the rows neither a template nor an article answered.
     assert ev["handoff_rate"] == round(ev["paths"]["handoff"] / ev["rows"], 4)
+
+    # Calibrated again for another target, without retraining (`tailor support calibrate`).
+    from tailorml.apps.support.calibrate import calibrate_run
+
+    again = calibrate_run(run, target=1.0)
+    assert again["calibration"]["assistant"]["oos_recall"] == 1.0
+    assert json.loads((run / "support.json").read_text())["target_oos_recall"] == 1.0
+    assert "recall 1.0 of the whole assistant" in (run / "report.md").read_text()
 
     # A second train into the same folder needs --overwrite.
     res = subprocess.run(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +36,12 @@ class IntentModel(Protocol):
 
 class Searcher(Protocol):
     def search_many(self, queries: list[str], k: int = 10) -> list[list[Hit]]: ...
+
+
+class AnswerWriter(Protocol):
+    """Writes a retrieval answer from the passages (grounded.GroundedWriter: a causal LM)."""
+
+    def write(self, message: str, hits: list[Hit], history: list[Any]) -> str: ...
 
 
 _SYMBOL = {"$": "USD", "€": "EUR", "£": "GBP"}
@@ -69,9 +76,37 @@ def fill_slots(template: str, message: str) -> str | None:
         return None
 
 
+@dataclass
+class Signals:
+    """What the assistant knows about one message before deciding: the intent model's top
+    intent and confidence, the intent's template filled from the message (None: no template, or
+    a slot the message does not fill), and the knowledge base's best documents."""
+
+    intent: str
+    confidence: float
+    template: str | None
+    hits: list[Hit]
+
+    @property
+    def score(self) -> float:
+        """The best document's retrieval score (-inf when nothing was retrieved)."""
+        return float(self.hits[0].score) if self.hits else float("-inf")
+
+
 class Assistant:
     """Answers messages with a trained support run. Every part can be passed in (tests, or a
-    compressed intent model: `Assistant.load(run, intent_model=load_predictor(variant))`)."""
+    compressed intent model: `Assistant.load(run, intent_model=load_predictor(variant))`).
+
+    The decision, per message (`decide`):
+      confident (confidence >= `threshold`):
+          its intent's template, slots filled        -> template
+          else best article score >= min_retrieval_score -> retrieval
+      not confident:
+          best article score >= retrieval_threshold  -> retrieval
+      otherwise                                      -> hand-off
+    `threshold` and `retrieval_threshold` are calibrated together on the eval split
+    (calibrate.py) so that the whole assistant hands off `target_oos_recall` of the
+    out-of-scope messages; `retrieval_threshold` None = `min_retrieval_score`."""
 
     def __init__(
         self,
@@ -82,19 +117,31 @@ class Assistant:
         min_retrieval_score: float = 0.45,
         sources: int = 3,
         handoff_message: str = "I am passing you to a colleague.",
+        retrieval_threshold: float | None = None,
+        writer: AnswerWriter | None = None,
     ):
         self.intent_model = intent_model
         self.threshold = threshold
         self.answers = answers or {}
         self.retriever = retriever
         self.min_retrieval_score = min_retrieval_score
+        self.retrieval_threshold = (
+            min_retrieval_score if retrieval_threshold is None else retrieval_threshold
+        )
         self.sources = sources
         self.handoff_message = handoff_message
+        self.writer = writer
 
     @classmethod
     def load(
-        cls, run: str | Path, intent_model: IntentModel | None = None, threads: int | None = None
+        cls,
+        run: str | Path,
+        intent_model: IntentModel | None = None,
+        threads: int | None = None,
+        writer: AnswerWriter | None | bool = True,
     ) -> Assistant:
+        """The run's assistant. `writer`: True = the run's `generation.run` if it has one (a
+        grounded generated answer), False/None = extractive answers, or a writer object."""
         root = Path(run)
         meta = read_support_json(root)
         if intent_model is None:
@@ -115,79 +162,92 @@ class Assistant:
         answers = {}
         if meta.get("answers"):
             answers = json.loads((root / meta["answers"]).read_text(encoding="utf-8"))
+        chosen: AnswerWriter | None = None
+        if writer is True:
+            if meta.get("generation"):
+                from tailorml.apps.support.grounded import GroundedWriter
+
+                chosen = GroundedWriter.load(meta["generation"], threads=threads)
+        elif writer is not False:
+            chosen = writer
         return cls(
             intent_model,
             threshold=meta["confidence_threshold"],
             answers=answers,
             retriever=retriever,
             min_retrieval_score=meta["min_retrieval_score"],
+            retrieval_threshold=meta.get("retrieval_threshold"),
             sources=meta["sources"],
             handoff_message=meta["handoff_message"],
+            writer=chosen,
         )
 
     def answer(self, message: str) -> dict[str, Any]:
         return self.answer_many([message])[0]
 
-    def answer_many(self, messages: list[str]) -> list[dict[str, Any]]:
-        """One reply per message: {answer, intent, confidence, sources, handoff, path}; `path`
-        says which branch answered (`template`, `retrieval` or `handoff`)."""
+    def signals(self, messages: list[str]) -> list[Signals]:
+        """The intent, confidence, filled template and retrieved documents of each message
+        (the knowledge base is searched for every message: the decision needs its score)."""
         if not messages:
             return []
         labels = list(self.intent_model.labels or [])
         top, prob = max_softmax(self.intent_model.predict_sorted(list(messages)))
-        # (message) intent and confidence: the max softmax probability, unrounded, as the
-        # threshold was calibrated on it
-        said: list[dict[str, Any]] = [
-            {"intent": labels[int(t)], "confidence": float(p)}
-            for t, p in zip(top, prob, strict=True)
-        ]
-        out: list[dict[str, Any] | None] = [None] * len(messages)
-        need_search = []
-        for j, msg in enumerate(messages):
-            reply = said[j]
-            confident = reply["confidence"] >= self.threshold
-            template = self.answers.get(reply["intent"]) if confident else None
-            text = fill_slots(template, msg) if template is not None else None
-            if text is not None:
-                out[j] = {
-                    **reply,
-                    "answer": text,
-                    "sources": [],
-                    "handoff": False,
-                    "path": "template",
-                }
-            else:
-                need_search.append(j)
         hits = (
-            self.retriever.search_many([messages[j] for j in need_search], k=self.sources)
-            if self.retriever is not None and need_search
-            else [[] for _ in need_search]
+            self.retriever.search_many(list(messages), k=self.sources)
+            if self.retriever is not None
+            else [[] for _ in messages]
         )
-        for j, found in zip(need_search, hits, strict=True):
-            reply = said[j]
-            if found and found[0].score >= self.min_retrieval_score:
-                best = found[0]
+        out = []
+        for msg, t, p, found in zip(messages, top, prob, hits, strict=True):
+            intent = labels[int(t)]
+            template = self.answers.get(intent)
+            out.append(
+                # the confidence is the max softmax probability, unrounded, as the thresholds
+                # were calibrated on it
+                Signals(intent, float(p), fill_slots(template, msg) if template else None, found)
+            )
+        return out
+
+    def decide(self, sig: Signals) -> str:
+        """`template`, `retrieval` or `handoff` (the rule in the class docstring)."""
+        confident = sig.confidence >= self.threshold
+        if confident and sig.template is not None:
+            return "template"
+        bar = self.min_retrieval_score if confident else self.retrieval_threshold
+        return "retrieval" if sig.score >= bar else "handoff"
+
+    def answer_many(
+        self, messages: list[str], history: list[list[dict[str, str]]] | None = None
+    ) -> list[dict[str, Any]]:
+        """One reply per message: {answer, intent, confidence, sources, handoff, path}; `path`
+        says which branch answered (`template`, `retrieval` or `handoff`). `history`: earlier
+        turns of each message's conversation ({"message", "answer"}), for a writer."""
+        out = []
+        for j, sig in enumerate(self.signals(messages)):
+            path = self.decide(sig)
+            reply: dict[str, Any] = {"intent": sig.intent, "confidence": sig.confidence}
+            if path == "template":
+                assert sig.template is not None
+                out.append({**reply, "answer": sig.template, "sources": [], "handoff": False})
+            elif path == "retrieval":
+                # sources: every retrieved article over the floor (the best one passed the bar)
+                used = [sig.hits[0]] + [
+                    h for h in sig.hits[1:] if h.score >= self.min_retrieval_score
+                ]
                 sources = [
                     {"doc_id": h.doc_id, "title": h.title, "score": round(float(h.score), 4)}
-                    for h in found
-                    if h.score >= self.min_retrieval_score
+                    for h in used
                 ]
-                out[j] = {
-                    **reply,
-                    "answer": best.text,
-                    "sources": sources,
-                    "handoff": False,
-                    "path": "retrieval",
-                }
+                text = used[0].text
+                if self.writer is not None:
+                    text = self.writer.write(messages[j], used, history[j] if history else [])
+                out.append({**reply, "answer": text, "sources": sources, "handoff": False})
             else:
-                out[j] = {
-                    **reply,
-                    "answer": self.handoff_message,
-                    "sources": [],
-                    "handoff": True,
-                    "path": "handoff",
-                }
-        return [o for o in out if o is not None]
+                out.append(
+                    {**reply, "answer": self.handoff_message, "sources": [], "handoff": True}
+                )
+            out[-1]["path"] = path
+        return out
 
 
 def read_support_json(root: Path) -> dict[str, Any]:

@@ -61,12 +61,42 @@ def train(
         res = train_support(cfg, config, overwrite=overwrite)
     except TailorError as exc:
         _fail(exc)
-    c = res["calibration"]
+    typer.echo(f"support run: {cfg.output_dir}")
+    _print_calibration(res)
+
+
+def _print_calibration(meta: dict[str, Any]) -> None:
+    c = meta["calibration"]
+    a = c["assistant"]
     typer.echo(
-        f"support run: {cfg.output_dir} (threshold {res['confidence_threshold']:.4f}; eval: "
-        f"in-scope accuracy {c['in_scope_accuracy']}, out-of-scope recall {c['oos_recall']}, "
-        f"hand-off rate {c['handoff_rate']})"
+        f"thresholds: intent confidence {meta['confidence_threshold']:.4f}, retrieval score "
+        f"{meta['retrieval_threshold']:.4f} when unsure (min {meta['min_retrieval_score']}); "
+        f"eval split, whole assistant: in-scope accuracy {a['in_scope_accuracy']}, "
+        f"out-of-scope recall {a['oos_recall']}, hand-off rate {a['handoff_rate']}"
     )
+
+
+@app.command()
+def calibrate(
+    run: Annotated[Path, typer.Argument(help="A support run folder (output_dir).")],
+    target: Annotated[
+        float | None,
+        typer.Option(
+            help="Out-of-scope recall to calibrate for (default: the run's own).", min=0.01, max=1.0
+        ),
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
+) -> None:
+    """Calibrate the run's thresholds again on its eval split (no retraining)."""
+    from tailorml import env
+    from tailorml.apps.support.calibrate import calibrate_run
+
+    env.setup()
+    try:
+        meta = calibrate_run(run, target=target, threads=threads)
+    except TailorError as exc:
+        _fail(exc)
+    _print_calibration(meta)
 
 
 @app.command()
@@ -75,6 +105,10 @@ def evaluate(
     data: Annotated[Path, typer.Option(help="Labelled messages, the columns of `intents`.")],
     threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
     model: IntentModelOpt = None,
+    doc_column: Annotated[
+        str | None,
+        typer.Option(help="Column of --data naming each message's article (retrieval recall@k)."),
+    ] = None,
 ) -> None:
     """Score the assistant on labelled messages; writes RUN/support_eval.json."""
     from tailorml import env
@@ -83,8 +117,11 @@ def evaluate(
 
     env.setup()
     try:
-        bot = Assistant.load(run, intent_model=_intent_model(model, threads), threads=threads)
-        res = evaluate_support(run, data, assistant=bot)
+        # the decisions and figures do not depend on the answer's words: no generation here
+        bot = Assistant.load(
+            run, intent_model=_intent_model(model, threads), threads=threads, writer=False
+        )
+        res = evaluate_support(run, data, assistant=bot, doc_column=doc_column)
     except TailorError as exc:
         _fail(exc)
     rows = [
@@ -95,6 +132,14 @@ def evaluate(
         ("oos_precision", res["oos_precision"]),
         ("handoff_rate", res["handoff_rate"]),
         *((f"answered by {p}", n) for p, n in res["paths"].items()),
+        ("confidence_threshold", round(res["confidence_threshold"], 4)),
+        ("retrieval_threshold", round(res["retrieval_threshold"], 4)),
+        *((f"intent only: {k}", v) for k, v in res["intent_only"].items()),
+        *(
+            (f"retrieval {k}", round(v, 4))
+            for k, v in res.get("retrieval", {}).items()
+            if isinstance(v, float)
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -118,3 +163,224 @@ def ask(
     except TailorError as exc:
         _fail(exc)
     typer.echo(json.dumps(reply, ensure_ascii=False, indent=2))
+
+
+Db = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Database URL for conversations and tickets (default sqlite:///RUN/support.db; "
+        "postgresql+psycopg://USER@HOST:PORT/DB for PostgreSQL).",
+    ),
+]
+
+
+def _store(run: Path, db: str | None) -> Any:
+    from tailorml.apps.support.assistant import read_support_json
+    from tailorml.apps.support.store import Store, default_url
+
+    read_support_json(run)  # a clear error when RUN is not a support run
+    return Store(db or default_url(run))
+
+
+@app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="A support run folder (output_dir).")],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="Require it on /v1/* and /metrics. Also read from $TAILORML_API_KEY."),
+    ] = None,
+    db: Db = None,
+    model: IntentModelOpt = None,
+    extractive: Annotated[
+        bool, typer.Option(help="Answer with the best passage even if generation is set.")
+    ] = False,
+    generation: Annotated[
+        str | None,
+        typer.Option(
+            help="Write retrieval answers with this causal LM (a generation run, a causal-LM "
+            "folder or `smollm2`) instead of the run's `generation.run`."
+        ),
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="With --generation.")] = 96,
+    threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 64 * 1024,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the assistant: POST /v1/chat, tickets, and a chat page at /."""
+    import contextlib
+    import os
+
+    import uvicorn
+
+    from tailorml import env
+    from tailorml.apps.support.assistant import Assistant
+    from tailorml.apps.support.server import create_app
+    from tailorml.serve.kit import freeze_startup_objects, warn_if_open
+    from tailorml.serve.settings import ENV_API_KEY
+    from tailorml.serve.wire import WireLimits, uvicorn_config
+
+    env.setup()
+    key = api_key or os.environ.get(ENV_API_KEY) or None
+    warn_if_open(host, key, "chat with the assistant and read every conversation")
+    try:
+        writer: Any = not extractive
+        if generation and not extractive:
+            from tailorml.apps.support.grounded import GroundedWriter
+            from tailorml.predictors.generator import resolve_causal_folder
+
+            resolve_causal_folder(generation)  # a clear error for a wrong path
+            settings = {"run": generation, "max_new_tokens": max_new_tokens}
+            writer = GroundedWriter.load(settings, threads=threads)
+        bot = Assistant.load(
+            run, intent_model=_intent_model(model, threads), threads=threads, writer=writer
+        )
+        store = _store(run, db)
+    except TailorError as exc:
+        _fail(exc)
+    bot.answer("hello")  # warm up: the first request is not the slow one
+    freeze_startup_objects()
+    config = uvicorn_config(
+        create_app(bot, store, api_key=key, max_body_bytes=max_body_bytes),
+        limits=WireLimits(hint="`tailor support serve`"),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=40,
+        server_header=False,
+    )
+    typer.echo(f"support assistant on http://{host}:{port}/", err=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run()
+    store.close()
+
+
+@app.command()
+def chat(
+    run: Annotated[Path, typer.Argument(help="A support run folder (output_dir).")],
+    session: Annotated[
+        str | None, typer.Option(help="Continue this session (default: a new one).")
+    ] = None,
+    db: Db = None,
+    model: IntentModelOpt = None,
+) -> None:
+    """A conversation in the terminal: one message per line on stdin (Ctrl+D ends it); every
+    turn is logged as the service logs it, hand-offs open tickets."""
+    import sys
+    import uuid
+
+    from tailorml import env
+    from tailorml.apps.support.assistant import Assistant
+
+    env.setup()
+    try:
+        bot = Assistant.load(run, intent_model=_intent_model(model, None))
+        store = _store(run, db)
+    except TailorError as exc:
+        _fail(exc)
+    sid = session or f"cli-{uuid.uuid4().hex[:12]}"
+    typer.echo(f"session {sid} (one message per line; Ctrl+D to end)", err=True)
+    for line in sys.stdin:
+        message = line.strip()
+        if not message:
+            continue
+        history = store.history(sid) if bot.writer is not None else []
+        reply = bot.answer_many([message], history=[history])[0]
+        logged = store.log_turn(sid, message, reply)
+        typer.echo(f"assistant: {reply['answer']}")
+        for s in reply["sources"]:
+            typer.echo(f"  source: {s['title']} ({s['doc_id']})")
+        if reply["handoff"]:
+            typer.echo(f"  [handed off: ticket #{logged['ticket_id']}]")
+        else:
+            typer.echo(f"  [{reply['path']}: {reply['intent']} {reply['confidence']:.2f}]")
+    store.close()
+
+
+@app.command()
+def tickets(
+    run: Annotated[Path, typer.Argument(help="A support run folder (output_dir).")],
+    status: Annotated[str, typer.Option(help="open, resolved or all.")] = "open",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    db: Db = None,
+) -> None:
+    """List hand-offs (newest first) with their conversations."""
+    if status not in ("open", "resolved", "all"):
+        _fail(TailorError(f"--status {status!r}: use open, resolved or all."))
+    try:
+        store = _store(run, db)
+    except TailorError as exc:
+        _fail(exc)
+    found = store.list_tickets(None if status == "all" else status, limit=1000)
+    store.close()
+    if as_json:
+        typer.echo(json.dumps(found, ensure_ascii=False, indent=2))
+        return
+    if not found:
+        typer.echo(f"no {'' if status == 'all' else status + ' '}tickets")
+    for t in found:
+        typer.echo(f"#{t['id']} {t['status']} session {t['session_id']} (turn {t['turn']})")
+        for turn in t["conversation"]:
+            typer.echo(f"  customer: {turn['message']}")
+            typer.echo(f"  assistant: {turn['answer'][:200]}")
+
+
+@app.command()
+def resolve(
+    run: Annotated[Path, typer.Argument(help="A support run folder (output_dir).")],
+    ticket: Annotated[int, typer.Argument(help="The ticket's number.")],
+    intent: Annotated[
+        str | None,
+        typer.Option(help="What the customer wanted (exported as the turn's label)."),
+    ] = None,
+    note: Annotated[str | None, typer.Option(help="A note kept with the ticket.")] = None,
+    db: Db = None,
+) -> None:
+    """Close an open ticket, with the intent a person gave it."""
+    try:
+        store = _store(run, db)
+        if not store.resolve(ticket, intent, note):
+            raise TailorError(
+                f"no open ticket #{ticket}; `tailor support tickets {run}` lists them."
+            )
+    except TailorError as exc:
+        _fail(exc)
+    store.close()
+    typer.echo(f"ticket #{ticket} resolved" + (f" as {intent}" if intent else ""))
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A support run folder (output_dir).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="CSV to write (text,label).")],
+    db: Db = None,
+) -> None:
+    """Write the logged messages people labelled (resolved tickets) as text,label rows that
+    `tailor finetune` / `tailor support train` accept."""
+    import csv
+    import io
+
+    from tailorml.files import atomic_write_text, writable
+
+    try:
+        writable(output)
+        store = _store(run, db)
+        rows = store.corrected()
+        store.close()
+        if not rows:
+            raise TailorError(
+                f"{run}: no labelled messages to export yet. Resolve hand-offs with an intent "
+                f"(`tailor support resolve {run} TICKET --intent INTENT`, or POST "
+                "/v1/tickets/ID/resolve) first."
+            )
+    except TailorError as exc:
+        _fail(exc)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["text", "label"])
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(output, buf.getvalue())
+    typer.echo(f"wrote {len(rows)} rows to {output}")

@@ -5,6 +5,7 @@ every problem reported at once with its field and fix.
     output_dir: runs/support
     intents: {train, eval, test, text_column, label_column, out_of_scope_label, held_out}
     knowledge: {documents, retriever}    # optional
+    generation: {run, max_new_tokens}    # optional: answers written by a causal LM
     answers: configs/support-answers.yaml  # optional: intent -> template
     support: {target_oos_recall, min_retrieval_score, ...}
     model: {...}  train: {...}    # the run config's sections, as `tailor finetune` reads them
@@ -52,6 +53,12 @@ class IntentsConfig(_Section):
         0.1, gt=0, lt=0.5, description="Share of train held out as eval when `eval` is absent."
     )
     max_length: int = Field(64, ge=8, le=8192, description="Tokens per message.")
+    doc_column: str | None = Field(
+        None,
+        description="Column naming the article (knowledge document id) that answers each "
+        "message, if the data has one: `support evaluate` then reports retrieval recall@k. "
+        "Absent: the intent is used when the articles are named after the intents.",
+    )
 
 
 class KnowledgeConfig(_Section):
@@ -64,6 +71,14 @@ class KnowledgeConfig(_Section):
         "minilm", description="Dense encoder: `minilm` (packaged), a local folder, `tiny` (tests)."
     )
     max_words: int = Field(200, ge=10, description="Longest passage in words.")
+
+
+class GenerationConfig(_Section):
+    run: str = Field(
+        description="A causal-LM run folder, its model/ folder, or `smollm2`: it writes "
+        "retrieval answers from the retrieved passages, citing them."
+    )
+    max_new_tokens: int = Field(96, ge=1, le=2048, description="Longest generated answer.")
 
 
 class SupportSettings(_Section):
@@ -100,6 +115,9 @@ class SupportConfig(_Section):
     intents: IntentsConfig = Field(description="The labelled questions.")
     knowledge: KnowledgeConfig | None = Field(None, description="The help articles (optional).")
     answers: Path | None = Field(None, description="YAML file: intent -> answer template.")
+    generation: GenerationConfig | None = Field(
+        None, description="Grounded generated answers (optional; extractive without it)."
+    )
     support: SupportSettings = Field(default_factory=SupportSettings)  # type: ignore[arg-type]
     model: ModelConfig = Field(default_factory=ModelConfig)  # type: ignore[arg-type]
     train: TrainConfig = Field(default_factory=TrainConfig)  # type: ignore[arg-type]
@@ -158,6 +176,17 @@ def file_problems(raw: dict[str, Any]) -> list[str]:
                 read_answers(answers)
             except ConfigError as exc:
                 out.extend(exc.problems)
+    gen = _section(raw, "generation").get("run")
+    if isinstance(gen, str | Path) and str(gen) != "smollm2":
+        from tailorml.predictors.generator import is_causal_lm
+
+        if not is_causal_lm(gen):
+            out.append(
+                f"`generation.run` = {str(gen)!r} is not a causal language model (no "
+                "config.json naming a *ForCausalLM, in it or in its model/). Give a generation "
+                "run (`tailor finetune` with task.type generation), a causal-LM folder or "
+                "`smollm2`, or remove `generation` for extractive answers."
+            )
     oos = intents.get("out_of_scope_label", "out_of_scope")
     held = intents.get("held_out")
     if isinstance(held, list) and oos in held:

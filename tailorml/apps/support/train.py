@@ -159,6 +159,7 @@ def train_support(
     if cfg.answers is not None:
         answers = read_answers(cfg.answers)
         problems += answer_problems(answers, intents, cfg.answers)
+        warn_unfilled_slots(answers, train_rows, cfg.answers)
     passages = None
     if cfg.knowledge is not None:
         from tailorml.apps.support.knowledge import load_passages
@@ -199,27 +200,13 @@ def train_support(
     )
     res = finetune(run, overwrite=overwrite)
 
-    # ---- calibration on the whole eval split (out-of-scope rows included) -----------------
-    predictor = load_predictor(out / "intent")
-    labels = list(predictor.labels or [])
-    logits = predictor.predict_sorted([r["text"] for r in eval_rows])
-    pred, conf = max_softmax(logits)
-    is_oos = np.array([r["label"] == oos for r in eval_rows])
-    if s.target_oos_recall is not None:
-        threshold = calibrate_threshold(conf[is_oos], s.target_oos_recall)
-    else:
-        threshold = s.confidence_threshold
-    gold = [r["label"] for r in eval_rows]
-    named = [labels[p] for p in pred]
-    cal = intent_scores(gold, named, conf >= threshold, oos)
-
     # ---- the retrieval index --------------------------------------------------------------
-    index = None
+    index = retriever = None
     if passages is not None and cfg.knowledge is not None:
         from tailorml.apps.support.retrieval import BM25Retriever, DenseRetriever, HybridRetriever
 
         k = cfg.knowledge
-        retriever: Any = (
+        retriever = (
             BM25Retriever()
             if k.retriever == "bm25"
             else DenseRetriever(base=k.encoder)
@@ -232,33 +219,92 @@ def train_support(
     if answers:
         atomic_json(out / "answers.json", answers)
 
+    # ---- both thresholds, calibrated on the whole eval split (out-of-scope rows included) --
+    from tailorml.apps.support.assistant import Assistant
+    from tailorml.apps.support.calibrate import calibrate
+
+    predictor = load_predictor(out / "intent")
+    labels = list(predictor.labels or [])
+    bot = Assistant(
+        predictor,
+        threshold=s.confidence_threshold,
+        answers=answers,
+        retriever=retriever,
+        min_retrieval_score=s.min_retrieval_score,
+        sources=s.sources,
+    )
+    cal = calibrate(bot, eval_rows, oos, s.target_oos_recall)
+
     summary = {
         "format": FORMAT,
         "name": cfg.name,
         "intent_model": "intent",
         "index": index,
+        "retriever": cfg.knowledge.retriever if cfg.knowledge else None,
         "answers": "answers.json" if answers else None,
+        "generation": _generation(cfg),
         "intents": labels,
         "out_of_scope_label": oos,
         "held_out": i.held_out,
         "text_column": i.text_column,
         "label_column": i.label_column,
-        "confidence_threshold": threshold,
+        "doc_column": i.doc_column,
+        "confidence_threshold": cal.pop("confidence_threshold"),
+        "retrieval_threshold": cal.pop("retrieval_threshold"),
         "target_oos_recall": s.target_oos_recall,
         "min_retrieval_score": s.min_retrieval_score,
         "sources": s.sources,
         "handoff_message": s.handoff_message,
-        "calibration": {
-            "split": "eval",
-            "rows": len(eval_rows),
-            "oos_rows": int(is_oos.sum()),
-            **cal,
-        },
+        "calibration": cal,
         "intent_eval": {k: v for k, v in res.get("eval", {}).items() if isinstance(v, int | float)},
     }
-    atomic_json(out / "support.json", summary)
-    atomic_write_text(out / "report.md", _report(summary, cfg))
+    write_summary(out, summary)
     return summary
+
+
+def _generation(cfg: SupportConfig) -> dict[str, Any] | None:
+    """support.json's `generation`: its run as an absolute path (the run is used from anywhere)."""
+    if cfg.generation is None:
+        return None
+    g = cfg.generation.model_dump()
+    if g["run"] != "smollm2":
+        g["run"] = str(Path(g["run"]).resolve())
+    return g
+
+
+def warn_unfilled_slots(
+    answers: dict[str, str], rows: list[dict[str, str]], path: Path | str
+) -> list[str]:
+    """Warn (and return the intents) when a template's slots are filled by none of its intent's
+    training messages: the assistant would never use that template (a message that does not
+    fill a slot goes to retrieval)."""
+    import logging
+
+    from tailorml.apps.support.assistant import fill_slots
+    from tailorml.apps.support.config import template_slots
+
+    never = []
+    for intent, template in sorted(answers.items()):
+        slots = sorted(set(template_slots(template)))
+        texts = [r["text"] for r in rows if r["label"] == intent]
+        if slots and texts and not any(fill_slots(template, t) is not None for t in texts):
+            never.append(intent)
+            logging.getLogger("tailorml.support").warning(
+                "`answers` (%s): the template of %r has %s, which none of its %d training "
+                "messages fills, so it will rarely if ever be used. Write it without the slot, "
+                "or check the slot (amount: a number; currency: a symbol, code or name).",
+                path,
+                intent,
+                ", ".join("{" + s + "}" for s in slots),
+                len(texts),
+            )
+    return never
+
+
+def write_summary(out: Path, summary: dict[str, Any]) -> None:
+    """support.json (what the Assistant loads) and report.md (what a person reads)."""
+    atomic_json(out / "support.json", summary)
+    atomic_write_text(out / "report.md", _report(summary))
 
 
 def intent_scores(
@@ -283,37 +329,42 @@ def intent_scores(
     }
 
 
-def _report(summary: dict[str, Any], cfg: SupportConfig) -> str:
+def _report(summary: dict[str, Any]) -> str:
     c = summary["calibration"]
-    target = cfg.support.target_oos_recall
+    target = summary.get("target_oos_recall")
     how = (
-        f"calibrated on the eval split for out-of-scope recall {target}"
+        f"calibrated on the eval split for out-of-scope recall {target} of the whole assistant"
         if target is not None
-        else "set by hand (support.confidence_threshold)"
+        else "set by hand (support.confidence_threshold, support.min_retrieval_score)"
     )
-    index = f"`index/` ({cfg.knowledge.retriever})" if cfg.knowledge else "none"
-    n_templates = len(read_answers(cfg.answers)) if cfg.answers else 0
-    figures = [c[k] for k in ("in_scope_accuracy", "oos_recall", "oos_precision", "handoff_rate")]
+    index = f"`index/` ({summary.get('retriever')})" if summary.get("index") else "none"
+    keys = ("in_scope_accuracy", "oos_recall", "oos_precision", "handoff_rate")
+    whole = c.get("assistant", {})
     lines = [
-        f"# Support assistant: {cfg.name}",
+        f"# Support assistant: {summary['name']}",
         "",
         f"- Intent model: `intent/` ({len(summary['intents'])} intents), trained by the engine "
         "(its own report: intent/report.md).",
-        f"- Confidence threshold (max softmax probability): "
-        f"{summary['confidence_threshold']:.4f}, {how}.",
+        f"- Thresholds, {how}: intent confidence (max softmax probability) "
+        f"{summary['confidence_threshold']:.4f}; best article's retrieval score when the intent "
+        f"is not confident {summary.get('retrieval_threshold', summary['min_retrieval_score']):.4f}"
+        f", when it is {summary['min_retrieval_score']:.4f} (`support.min_retrieval_score`).",
         f"- Knowledge index: {index}.",
-        f"- Answer templates: {n_templates}.",
+        f"- Answer templates: {'answers.json' if summary.get('answers') else 'none'}.",
+        f"- Generated answers: {summary.get('generation') or 'no (extractive: the best passage)'}.",
         "",
         f"## On the eval split ({c['rows']} rows, {c['oos_rows']} out of scope)",
         "",
-        "| in-scope accuracy | out-of-scope recall | out-of-scope precision | hand-off rate |",
-        "|---|---|---|---|",
-        "| " + " | ".join(str(f) for f in figures) + " |",
+        "| judged | in-scope accuracy | out-of-scope recall | out-of-scope precision | "
+        "hand-off rate |",
+        "|---|---|---|---|---|",
+        "| whole assistant | " + " | ".join(str(whole.get(k)) for k in keys) + " |",
+        f"| intent threshold alone ({c.get('intent_threshold', 0):.4f}) | "
+        + " | ".join(str(c[k]) for k in keys)
+        + " |",
         "",
-        "Judged on the intent and threshold alone (templates and retrieval not involved). "
         "In-scope accuracy counts a row right when it gets its intent and is not handed off. "
-        "The eval split chose the threshold, so these figures are optimistic: measure on "
+        "The eval split chose the thresholds, so these figures are optimistic: measure on "
         "held-out data with `tailor support evaluate`.",
-        "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
