@@ -12,7 +12,7 @@ Data: scikit-learn's digits (1,797 8x8 images, bundled; a stratified 70/30 split
 a Fashion-MNIST subset read from --fashion (idx gz: the first --train images of the official
 train set, the official 10,000 test images), pixels scaled to [0, 1].
 
-    flock /work/heavy.lock python benchmarks/foundations_vs_sklearn.py --threads 2
+    flock /tmp/tailorml-heavy.lock python benchmarks/foundations_vs_sklearn.py --threads 2
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ generation path against the extractive retrieval path of the run's own model).
 The generation path: the same service with `--generation smollm2` (SmolLM2-135M writes the
 retrieval answer, `--max-new-tokens`), on --gen-n messages that retrieval answered.
 
-    flock /work/heavy.lock python benchmarks/support_latency.py --run runs/support \
+    flock /tmp/tailorml-heavy.lock python benchmarks/support_latency.py --run runs/support \
         --variant runs/support/intent/compressed/onnx-int8 --generation smollm2
 """
 
