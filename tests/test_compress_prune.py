@@ -51,6 +51,7 @@ def test_parameter_target_sets_the_shares_and_is_checked() -> None:
         prune.fraction_for_params(tiny_model(), 10)
 
 
+@pytest.mark.slow  # three prune-and-recover rounds (~25 s); the schedule is tested above
 def test_iterative_pruning_end_to_end(run: Path) -> None:  # noqa: F811
     """Two steps, each pruning and recovering; the second step's importance is computed on the
     recovered model of the first; the target parameter count is reached."""

@@ -232,6 +232,7 @@ def test_evaluate_one_head_of_a_multitask_run(mt_run: Path, tmp_path: Path) -> N
     assert m["accuracy"] >= 0.9 and m["labels"] == ["sports", "tech"]
 
 
+@pytest.mark.slow  # the finwatch trainer as a child process (~15 s); trained in-process above
 def test_finwatch_train_cli(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -492,6 +492,7 @@ def test_client_backoff_is_capped(monkeypatch: Any) -> None:
     assert slept == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
 
 
+@pytest.mark.slow  # several server processes (~15 s); one process is tested throughout this file
 def test_workers_client_and_predict_url(cls_model: Path, tmp_path: Path) -> None:
     """Two workers behind one port, the Python client, and `tailor predict --url`."""
     from tailorml.client import Client, ServiceError

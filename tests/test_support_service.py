@@ -333,6 +333,7 @@ class SupportServer(ProcessServer):
         self.cmd.insert(self.cmd.index("support") + 1, "serve")
 
 
+@pytest.mark.slow  # a `tailor support serve` process (~10 s); its app is tested in-process above
 def test_support_serve_process_answers_and_drains(tiny_run: Path, tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'p.db'}"
     args = ("--db", db, "--threads", "1", "--log-level", "warning")
