@@ -278,6 +278,7 @@ def test_selector_never_chooses_over_budget(
 # ---- the whole command --------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # every variant built and timed (~35 s); trimmed ones: test_compress_vocab
 def test_compress_all_variants_end_to_end(run: Path) -> None:
     result = compress(run, CompressOptions(budget=1.0, prune_heads=0.5, **FAST))  # type: ignore[arg-type]
     variants = json.loads((run / "compression.json").read_text())

@@ -559,6 +559,7 @@ def test_lora_sft_trains_only_the_adapters(lora_run: tuple[Path, dict[str, Any]]
     assert merged["lm_head.weight"].data_ptr() == merged["model.embed_tokens.weight"].data_ptr()
 
 
+@pytest.mark.slow  # a fresh process (~11 s)
 def test_lora_sft_folder_reloads_in_a_fresh_process_and_merges(
     lora_run: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:

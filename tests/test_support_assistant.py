@@ -223,6 +223,7 @@ def test_slots_are_filled_from_the_message_or_not_at_all() -> None:
 # ---- train + evaluate end to end --------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~28 s; `tailor support train` also runs in test_support_service
 def test_train_and_evaluate_end_to_end(tmp_path: Path) -> None:
     kb = tmp_path / "kb"
     kb.mkdir()

@@ -100,6 +100,7 @@ def test_bad_studies_are_refused_before_any_trial(tmp_path: Path) -> None:
     assert not list((tmp_path / "study").glob("trial-*"))
 
 
+@pytest.mark.slow  # a PostgreSQL server and two worker processes (~20 s)
 def test_two_workers_share_one_study_on_postgresql(tmp_path: Path, postgres: Any) -> None:  # noqa: F811
     url = postgres.fresh_db("tune_shared")
     path = write_config(tmp_path, study_config(tmp_path, storage=url, trials=4))
