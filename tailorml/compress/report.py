@@ -3,11 +3,14 @@ with its Pareto front (standard-error bars on accuracy)."""
 
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
 from typing import Any
 
 from tailorml.compress.select import TEST_Z
-from tailorml.files import atomic_write_text
+from tailorml.files import atomic_json, atomic_write_text
+from tailorml.train.progress import console
 
 COLUMNS = [
     ("variant", "name", "{}"),
@@ -254,3 +257,54 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ---- what `tailor compress` writes and prints (every kind of run) ----
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def write_outputs(run: Path, result: dict[str, Any]) -> None:
+    # compression.json is the list of variants (each with `chosen`); the run-level summary
+    # (choice, message, machine, tolerances) sits beside it.
+    atomic_json(run / "compression.json", result["variants"])
+    atomic_json(
+        run / "compression_summary.json", {k: v for k, v in result.items() if k != "variants"}
+    )
+    write_markdown(run / "compression.md", result)
+    plot(run / "compression.png", result)
+
+
+def print_table(
+    result: dict[str, Any], columns: list[tuple[str, str, str]] | None = None, serve: str = ""
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = columns or COLUMNS
+    table = Table(
+        title=f"Compression ({result['threads']} thread(s), {result['machine']})", show_edge=False
+    )
+    for head, _, _ in columns:
+        left = head in ("variant", "runtime", "chosen")
+        table.add_column(head, justify="left" if left else "right", no_wrap=True)
+    for r in rows(result["variants"], columns):
+        table.add_row(*r)
+    # The table is wide; off a terminal rich would fold it to 80 columns.
+    Console(stderr=True, width=max(console.width, 250)).print(table)
+    console.print(result["message"], highlight=False)
+    if serve == "generate":
+        console.print(f'Run it: tailor generate {result["chosen_path"]} -p "..."', highlight=False)
+    else:
+        console.print(f"Serve it: tailor serve {result['chosen_path']}", highlight=False)
+    console.print(f"Report: {result['run_dir']}/compression.md", highlight=False)

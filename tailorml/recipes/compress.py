@@ -17,7 +17,6 @@ fp32 and torch-int8, perplexity and greedy tokens/s, a perplexity budget; its fo
 
 from __future__ import annotations
 
-import platform
 import shutil
 import time
 from datetime import UTC, datetime
@@ -26,8 +25,10 @@ from typing import Any
 
 from tailorml import env
 from tailorml.compress.folders import folder_size, staged
+from tailorml.compress.generation import cpu_flags
 from tailorml.compress.inputs import DEPENDS, TRIMMED, check_inputs
 from tailorml.compress.measure import all_logits, latency_texts, time_predictor
+from tailorml.compress.report import machine, print_table, write_outputs
 from tailorml.compress.select import (
     REFERENCE,
     TEST_Z,
@@ -199,13 +200,13 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
             "int8_agreement_applies_to": list(PARITY_RULED),
             "test_rule": f"test drop - {TEST_Z:g} * SE <= budget",
         },
-        "machine": _machine(),
-        "cpu_flags": _cpu_flags(),
+        "machine": machine(),
+        "cpu_flags": cpu_flags(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "variants": variants,
     }
-    _write_outputs(run, result)
-    _print_table(result)
+    write_outputs(run, result)
+    print_table(result)
     return result
 
 
@@ -310,7 +311,7 @@ def compress_generation(run_dir: str | Path, opts: CompressOptions) -> dict[str,
         "eval_rows": len(inp.chats),
         "eval_tokens": ref["tokens"],
         "eval_source": inp.chats.source,
-        "machine": _machine(),
+        "machine": machine(),
         "cpu_flags": gen_c.cpu_flags(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "variants": variants,
@@ -322,7 +323,7 @@ def compress_generation(run_dir: str | Path, opts: CompressOptions) -> dict[str,
         run / "compression_summary.json", {k: v for k, v in result.items() if k != "variants"}
     )
     write_generation_markdown(run / "compression.md", result)
-    _print_table(result, GEN_COLUMNS, serve="generate")
+    print_table(result, GEN_COLUMNS, serve="generate")
     return result
 
 
@@ -434,15 +435,15 @@ def compress_images(run_dir: str | Path, opts: CompressOptions) -> dict[str, Any
         "eval_examples": len(xs["eval"]),
         "test_examples": len(xs["test"]),
         "latency_texts": len(sample),
-        "machine": _machine(),
+        "machine": machine(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "tolerances": {
             "onnx-int8": f"agreement >= {INT8_MIN_AGREEMENT:g} with fp32 on eval to be eligible"
         },
         "variants": entries,
     }
-    _write_outputs(run, result)
-    _print_table(result)
+    write_outputs(run, result)
+    print_table(result)
     return result
 
 
@@ -569,39 +570,6 @@ def _time_all(predictors: dict[str, Any], texts: list[str], repeats: int) -> dic
     return out
 
 
-def _cpu_flags() -> str:
-    from tailorml.compress.generation import cpu_flags
-
-    return cpu_flags()
-
-
-def _machine() -> str:
-    import os
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
-def _write_outputs(run: Path, result: dict[str, Any]) -> None:
-    from tailorml.compress.report import plot, write_markdown
-
-    # compression.json is the list of variants (each with `chosen`); the run-level summary
-    # (choice, message, machine, tolerances) sits beside it.
-    atomic_json(run / "compression.json", result["variants"])
-    atomic_json(
-        run / "compression_summary.json", {k: v for k, v in result.items() if k != "variants"}
-    )
-    write_markdown(run / "compression.md", result)
-    plot(run / "compression.png", result)
-
-
 def _step(i: int, n: int, name: str, what: str) -> None:
     console.print(f"[bold cyan][{i}/{n}] {name}[/]: {what}", highlight=False)
 
@@ -615,30 +583,3 @@ def _done(e: dict[str, Any], ref_acc: float) -> None:
         f"{e['build_s']:.0f}s{warn}",
         highlight=False,
     )
-
-
-def _print_table(
-    result: dict[str, Any], columns: list[tuple[str, str, str]] | None = None, serve: str = ""
-) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from tailorml.compress.report import COLUMNS, rows
-
-    columns = columns or COLUMNS
-    table = Table(
-        title=f"Compression ({result['threads']} thread(s), {result['machine']})", show_edge=False
-    )
-    for head, _, _ in columns:
-        left = head in ("variant", "runtime", "chosen")
-        table.add_column(head, justify="left" if left else "right", no_wrap=True)
-    for r in rows(result["variants"], columns):
-        table.add_row(*r)
-    # The table is wide; off a terminal rich would fold it to 80 columns.
-    Console(stderr=True, width=max(console.width, 250)).print(table)
-    console.print(result["message"], highlight=False)
-    if serve == "generate":
-        console.print(f'Run it: tailor generate {result["chosen_path"]} -p "..."', highlight=False)
-    else:
-        console.print(f"Serve it: tailor serve {result['chosen_path']}", highlight=False)
-    console.print(f"Report: {result['run_dir']}/compression.md", highlight=False)
