@@ -1,5 +1,6 @@
-"""`tailor pretrain` (causal LM from scratch) against the Hugging Face Trainer (`run_clm.py`'s
-recipe), in one run.
+"""`tailor pretrain` against the Hugging Face Trainer, in one run: a causal LM from scratch
+(`run_clm.py`'s recipe, the default config) or masked-LM pretraining continued from the packaged
+MiniLM (`run_mlm.py`'s recipe: `--config configs/pretrain-mlm-fin.yaml`).
 
 Ours: `tailor pretrain configs/pretrain-clm-shakespeare.yaml` in a child process, with overrides
 (a temporary output_dir and cache, --steps steps, --threads threads, no evaluation before the
@@ -19,9 +20,17 @@ Loss: both models are scored after training on the same held-out blocks (the eve
 `pretrain.max_eval_blocks` = 100 of them that our run scores), token-weighted mean next-token
 cross-entropy; and the last logged training loss (mean of the last 20 steps).
 
+Masked LM (objective mlm in the config): the peer is `AutoModelForMaskedLM` loaded from the same
+base folder (its fresh MLM head drawn under the same seed), fed our run's blocks wrapped as ours
+reads them ([CLS] block [SEP]) through `DataCollatorForLanguageModeling` at the same mask_prob
+(run_mlm.py's 80/10/10 masking). Held-out loss: both models scored on the same held-out blocks with
+the same masks (our run's evaluation masks), token-weighted cross-entropy over the masked tokens.
+
 Runs alternate (ours, peer, ours, peer, ...); the table reports medians and the per-repeat ratio.
 
     python benchmarks/pretrain_vs_hf.py --steps 100 --repeats 3 --json benchmarks/results/X.json
+    python benchmarks/pretrain_vs_hf.py --config configs/pretrain-mlm-fin.yaml --steps 40 \
+        --batch-size 16 --repeats 3
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, help="override train.batch_size on both sides")
     ap.add_argument("--json", help="write the raw results here")
     ap.add_argument("--peer-child", help=argparse.SUPPRESS)  # internal: run the peer, write JSON
     ap.add_argument("--ours-run", help=argparse.SUPPRESS)
@@ -61,12 +71,20 @@ def child_env() -> dict[str, str]:
     return e
 
 
+def overrides(args: argparse.Namespace) -> list[str]:
+    """Config overrides both sides apply (the peer reads the same config)."""
+    out = [f"train.max_steps={args.steps}"]
+    if args.batch_size:
+        out.append(f"train.batch_size={args.batch_size}")
+    return out
+
+
 def run_ours(args: argparse.Namespace, out: Path, cache: Path) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "tailorml.cli", "pretrain", args.config,
-        f"output_dir={out}", f"pretrain.cache_dir={cache}", f"train.max_steps={args.steps}",
+        f"output_dir={out}", f"pretrain.cache_dir={cache}",
         f"train.threads={args.threads}", "train.eval_every_steps=1000000",
-        "train.log_every_steps=20", "pretrain.samples=0",
+        "train.log_every_steps=20", "pretrain.samples=0", *overrides(args),
     ]  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     with (out.parent / f"{out.name}.log").open("w") as log:
@@ -91,38 +109,60 @@ def run_peer(args: argparse.Namespace, ours_run: Path, out: Path) -> dict[str, A
         "--steps", str(args.steps), "--threads", str(args.threads),
         "--peer-child", str(out), "--ours-run", str(ours_run),
     ]  # fmt: skip
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
     with (out / "trainer.log").open("w") as log:
         subprocess.run(cmd, check=True, cwd=REPO, env=child_env(), stdout=log, stderr=log)
     return json.loads((out / "peer.json").read_text())
 
 
 def peer_child(args: argparse.Namespace) -> None:
-    """The Trainer run (run_clm.py's recipe) on our run's blocks and model shape."""
+    """The Trainer run (run_clm.py's or run_mlm.py's recipe) on our run's blocks and model."""
     import numpy as np
     import torch
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
+        DataCollatorForLanguageModeling,
         Trainer,
         TrainingArguments,
         default_data_collator,
         set_seed,
     )
 
-    from tailorml.config.load import read_yaml, validate_mapping
+    from tailorml.config.load import load_config
+    from tailorml.data.masking import Masker, eval_rng
+    from tailorml.data.sft import IGNORE
     from tailorml.data.shards import Blocks, Shards, eval_block_ids
+    from tailorml.models.pretrain import load_base
+    from tailorml.train.optim import warmup_steps
 
     torch.set_num_threads(args.threads)
-    cfg, problems = validate_mapping(read_yaml(args.config))
-    assert cfg is not None, problems
+    cfg = load_config(args.config, overrides(args))
     p, t = cfg.pretrain, cfg.train
-    assert p is not None
+    assert p is not None and t.lr is not None
+    mlm = p.objective == "mlm"
     ours = Path(args.ours_run)
     folder = Path(json.loads((ours / "data_summary.json").read_text())["shards"])
     shards = Shards(folder, json.loads((folder / "index.json").read_text()), hit=True)
     train_blocks = Blocks(shards, "train", p.block_size)
     eval_blocks = Blocks(shards, "eval", p.block_size)
     eval_ids = eval_block_ids(len(eval_blocks), p.max_eval_blocks)
+
+    set_seed(t.seed)
+    if mlm:  # the same base and tokenizer ours continued from; a fresh head under the same seed
+        model, tok = load_base(cfg.model.base, "mlm")
+        head = np.asarray([tok.cls_token_id], np.int64)
+        tail = np.asarray([tok.sep_token_id], np.int64)
+
+        def wrap(b: np.ndarray) -> np.ndarray:
+            return np.concatenate([head, b, tail])
+    else:
+        config = AutoConfig.from_pretrained(str(ours / "model"))
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+
+        def wrap(b: np.ndarray) -> np.ndarray:
+            return b
 
     class DS(torch.utils.data.Dataset):
         def __init__(self, blocks: Blocks):
@@ -132,29 +172,34 @@ def peer_child(args: argparse.Namespace) -> None:
             return len(self.blocks)
 
         def __getitem__(self, i: int) -> dict[str, Any]:
-            ids = self.blocks[i].tolist()
+            ids = wrap(np.asarray(self.blocks[i])).tolist()
+            if mlm:  # run_mlm.py: the collator masks (80/10/10) and makes the labels
+                return {"input_ids": ids}
             return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)}
 
-    # Blocks passed through the collator: an epoch's last batch is partial (2,838 % 16). An upper
-    # bound on those trained: accelerate's loader fetches one batch ahead, so the last one fetched
-    # (16 blocks) is collated but not trained (0.5% at 200 steps, in the peer's favour).
+    # Blocks passed through the collator: an epoch's last batch can be partial. An upper bound
+    # on those trained: accelerate's loader fetches one batch ahead, so the last one fetched is
+    # collated but not trained (in the peer's favour).
     rows_fed = [0]
+    base_collate: Any = (
+        DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=p.mask_prob)
+        if mlm
+        else default_data_collator
+    )
 
     def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
         rows_fed[0] += len(features)
-        return default_data_collator(features)
+        return dict(base_collate(features))
 
-    set_seed(t.seed)
-    config = AutoConfig.from_pretrained(str(ours / "model"))
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     out = Path(args.peer_child)
+    schedule = t.schedule if t.schedule in ("linear", "cosine") else "linear"
     targs = TrainingArguments(
         output_dir=str(out / "trainer"),
         per_device_train_batch_size=t.batch_size,
         max_steps=args.steps,
         learning_rate=t.lr,
-        warmup_steps=t.warmup_steps,
-        lr_scheduler_type="cosine",
+        warmup_steps=warmup_steps(t, args.steps),
+        lr_scheduler_type=schedule,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         adam_beta1=0.9,
@@ -181,12 +226,28 @@ def peer_child(args: argparse.Namespace) -> None:
     model.eval()
     total, count = 0.0, 0
     with torch.inference_mode():
-        for k in range(0, len(eval_ids), 128):
-            x = torch.as_tensor(np.stack([eval_blocks[int(i)] for i in eval_ids[k : k + 128]]))
-            loss = model(input_ids=x, labels=x).loss  # mean over the shifted tokens
-            n = x.shape[0] * (x.shape[1] - 1)
-            total += float(loss) * n
-            count += n
+        if mlm:  # our run's evaluation masks, block by block
+            vocab = len(tok)
+            masker = Masker(p.mask_prob, tok.mask_token_id, tok.all_special_ids, vocab)
+            for k in range(0, len(eval_ids), 64):
+                pairs = [
+                    masker.mask(wrap(np.asarray(eval_blocks[int(i)])), eval_rng(t.seed, int(i)))
+                    for i in eval_ids[k : k + 64]
+                ]
+                x = torch.as_tensor(np.stack([a for a, _ in pairs]))
+                y = torch.as_tensor(np.stack([b for _, b in pairs]))
+                logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits
+                sel = y != IGNORE
+                ce = torch.nn.functional.cross_entropy(logits[sel].float(), y[sel], reduction="sum")
+                total += float(ce)
+                count += int(sel.sum())
+        else:
+            for k in range(0, len(eval_ids), 128):
+                x = torch.as_tensor(np.stack([eval_blocks[int(i)] for i in eval_ids[k : k + 128]]))
+                loss = model(input_ids=x, labels=x).loss  # mean over the shifted tokens
+                n = x.shape[0] * (x.shape[1] - 1)
+                total += float(loss) * n
+                count += n
     tokens = rows_fed[0] * p.block_size
     loss = total / count
     res = {
