@@ -201,7 +201,7 @@ def peer_child(args: argparse.Namespace) -> None:
         warmup_steps=warmup_steps(t, args.steps),
         lr_scheduler_type=schedule,
         weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
+        max_grad_norm=t.max_grad_norm or 0.0,  # 0 = no clipping, as our None
         adam_beta1=0.9,
         adam_beta2=0.999,
         adam_epsilon=1e-8,
