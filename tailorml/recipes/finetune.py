@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from tailorml import env
-from tailorml.config.load import dump_config
 from tailorml.config.schema import RunConfig
 from tailorml.data.batching import collate, encode
 from tailorml.data.prepare import Splits, prepare_splits
 from tailorml.errors import ConfigError, DataError
-from tailorml.files import atomic_json, atomic_write_text
+from tailorml.files import atomic_json
 from tailorml.models import build_model, model_family
 from tailorml.models.base import load_tokenizer, resolve_base
 from tailorml.models.lora import task_fields as lora_task_fields
@@ -45,7 +44,7 @@ from tailorml.train.distributed import distributed_logits, replica_max_diff, sta
 from tailorml.train.loop import initial_state, load_best, resume_state, train_loop
 from tailorml.train.optim import build_optimizer, build_scheduler
 from tailorml.train.progress import console
-from tailorml.train.run_folder import prepare_run_dir, resume_point, save_model_folder
+from tailorml.train.run_folder import prepare_run_dir, record_plan, resume_point, save_model_folder
 from tailorml.train.summary import data_summary, model_size, peak_memory, print_results
 
 # A training loss in place of the task's: (logits, targets, inputs, example indices into the
@@ -159,10 +158,7 @@ def finetune(
         t = t.model_copy(update={"precision": procs.precision})
         cfg = cfg.model_copy(update={"train": t})
     if main:
-        for key, c in chosen.items():
-            console.print(f"  {key} = {c['value']} (chosen: {c['why']})", highlight=False)
-        atomic_write_text(out / "config.yaml", dump_config(cfg))  # the values used
-        atomic_json(out / "auto.json", chosen)
+        record_plan(out, cfg, chosen)
     assert t.epochs is not None and t.lr is not None
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     optimizer = build_optimizer(model, t)

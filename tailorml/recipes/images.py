@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from tailorml import env
-from tailorml.config.load import dump_config
 from tailorml.config.schema import RunConfig
 from tailorml.data.image_splits import ImageSplits, prepare_image_splits
 from tailorml.data.images import augment, channel_stats, to_float
@@ -35,7 +34,7 @@ from tailorml.train.distributed import gather_objects, replica_max_diff, start_p
 from tailorml.train.loop import initial_state, load_best, resume_state, train_loop
 from tailorml.train.optim import build_optimizer, build_scheduler
 from tailorml.train.progress import console
-from tailorml.train.run_folder import prepare_run_dir, resume_point
+from tailorml.train.run_folder import prepare_run_dir, record_plan, resume_point
 from tailorml.train.summary import model_size, peak_memory, print_results
 
 DEFAULT_LR = 2e-3  # a usual AdamW rate for a small network trained from scratch (not tuned)
@@ -126,10 +125,7 @@ def train_images(
     chosen.update({k: v for k, v in more.items() if k != "train.lr"})
     cfg = cfg.model_copy(update={"train": t})
     if main:
-        for key, c in chosen.items():
-            console.print(f"  {key} = {c['value']} (chosen: {c['why']})", highlight=False)
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
-        atomic_json(out / "auto.json", chosen)
+        record_plan(out, cfg, chosen)
     total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * steps_per_epoch))
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t, total_steps)

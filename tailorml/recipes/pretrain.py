@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from tailorml import env
-from tailorml.config.load import dump_config
 from tailorml.config.schema import PretrainConfig, RunConfig
 from tailorml.data.corpus import CorpusFile, expand_corpus, iter_documents
 from tailorml.data.masking import Masker, eval_rng, train_rng
@@ -59,7 +58,7 @@ from tailorml.train.loop import initial_state, load_best, resume_state, train_lo
 from tailorml.train.optim import build_optimizer, build_scheduler
 from tailorml.train.progress import console
 from tailorml.train.report import write_pretrain_report
-from tailorml.train.run_folder import prepare_run_dir, resume_point, save_model_folder
+from tailorml.train.run_folder import prepare_run_dir, record_plan, resume_point, save_model_folder
 from tailorml.train.summary import model_size, peak_memory
 
 FAMILY = {"mlm": "masked-lm", "clm": "causal-lm"}
@@ -143,12 +142,7 @@ def pretrain(
     t, chosen = auto.resolve(cfg.train, steps_per_epoch, getattr(model.config, "hidden_size", None))
     cfg = cfg.model_copy(update={"train": t})
     if main:
-        for key, c in chosen.items():
-            console.print(f"  {key} = {c['value']} (chosen: {c['why']})", highlight=False)
-        from tailorml.files import atomic_write_text
-
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
-        atomic_json(out / "auto.json", chosen)
+        record_plan(out, cfg, chosen)
     assert t.lr is not None and (t.epochs is not None or t.max_steps is not None)
     total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * steps_per_epoch))
     metric = t.metric_for_best or "loss"

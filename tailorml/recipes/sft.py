@@ -22,12 +22,11 @@ from typing import Any
 import numpy as np
 
 from tailorml import env
-from tailorml.config.load import dump_config
 from tailorml.config.schema import RunConfig
 from tailorml.data.sft import ChatEncoded, collate_lm, encode_chats, prepare_chat_splits, units_of
 from tailorml.errors import ConfigError
 from tailorml.evaluate.lm import loss_sum, perplexity_metrics
-from tailorml.files import atomic_json, atomic_write_text
+from tailorml.files import atomic_json
 from tailorml.models import build_model
 from tailorml.models.causal_lm import (
     causal_base_folder,
@@ -46,7 +45,7 @@ from tailorml.train.loop import initial_state, load_best, resume_state, train_lo
 from tailorml.train.optim import build_optimizer, build_scheduler
 from tailorml.train.progress import console
 from tailorml.train.report import write_generation_report
-from tailorml.train.run_folder import prepare_run_dir, resume_point, save_model_folder
+from tailorml.train.run_folder import prepare_run_dir, record_plan, resume_point, save_model_folder
 from tailorml.train.summary import model_size, peak_memory
 
 DATA_KEYS = ("prompt_column", "response_column", "messages_column", "max_length")
@@ -123,10 +122,7 @@ def sft(
     t, chosen = auto.resolve(cfg.train, steps_per_epoch, hidden, lora=cfg.model.lora is not None)
     cfg = cfg.model_copy(update={"train": t})
     if main:
-        for key, c in chosen.items():
-            console.print(f"  {key} = {c['value']} (chosen: {c['why']})", highlight=False)
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
-        atomic_json(out / "auto.json", chosen)
+        record_plan(out, cfg, chosen)
     assert t.lr is not None and (t.epochs is not None or t.max_steps is not None)
     total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * steps_per_epoch))
     optimizer = build_optimizer(model, t)
