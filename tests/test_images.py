@@ -341,3 +341,32 @@ def test_max_steps_alone_sets_the_length(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, data={"train": str(npz)}, train={"max_steps": 2})
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": None})})
     assert train_images(cfg)["train"]["steps"] == 2
+
+
+def test_flip_tta_averages_the_mirror_and_travels_with_the_model(tmp_path: Path) -> None:
+    import copy
+
+    import onnxruntime as ort
+    import torch
+
+    from tailorml.compress.images import export_image_onnx
+    from tailorml.models.images import ImageClassifier, load_image_classifier
+
+    torch.manual_seed(0)
+    net = ImageClassifier("resnet", 1, 3, [4, 8], [1, 1]).eval()
+    x = torch.rand(5, 1, 8, 8)
+    plain = net(x)
+    net.tta_flip = True
+    with torch.inference_mode():
+        both = net(x)
+        want = 0.5 * (net._logits(x) + net._logits(x.flip(-1)))
+    assert torch.allclose(both, want) and not torch.allclose(both, plain)
+    trained = copy.deepcopy(net).train()  # training never averages (a copy: BN stats move)
+    assert torch.allclose(trained(x), trained._logits(x))
+    net.save_pretrained(tmp_path / "m")
+    again = load_image_classifier(tmp_path / "m")
+    assert again.tta_flip and torch.allclose(again(x), both, atol=1e-6)
+    export_image_onnx(again, (8, 8, 1), tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert np.allclose(got, both.numpy(), atol=1e-5)

@@ -363,6 +363,11 @@ class ImagesConfig(_Section):
     label_smoothing: float = Field(
         0.0, ge=0, lt=1, description="Training loss: label smoothing (eval loss is plain)."
     )
+    tta_flip: bool = Field(
+        False,
+        description="Test-time augmentation: predict with the mean logits of the image and its "
+        "mirror (evaluation, predict, serve, ONNX; twice the inference cost).",
+    )
     channels_last: bool = Field(True, description="Run convolutions in channels-last layout.")
 
 

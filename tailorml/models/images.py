@@ -83,8 +83,24 @@ class ImageClassifier(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[-1], classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def tta_flip(self) -> bool:
+        """Test-time augmentation: in eval mode, average the logits of the image and its mirror
+        (`images.tta_flip`; saved in arch.json, so evaluation, predict, serve and the ONNX
+        export all use it). Training is unchanged."""
+        return bool(self.arch.get("tta_flip", False))
+
+    @tta_flip.setter
+    def tta_flip(self, on: bool) -> None:
+        self.arch["tta_flip"] = bool(on)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tta_flip and not self.training:
+            return 0.5 * (self._logits(x) + self._logits(x.flip(-1)))  # (n, c, h, w): mirror w
+        return self._logits(x)
 
     def save_pretrained(self, folder: str | Path, safe_serialization: bool = True) -> None:
         """The weights as safetensors and the architecture as arch.json (what checkpoints and
@@ -174,6 +190,7 @@ def load_image_classifier(folder: str | Path) -> ImageClassifier:
             arch["blocks"],
         )  # fmt: skip
         model.load_state_dict(state)
+        model.tta_flip = bool(arch.get("tta_flip", False))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ConfigError(
             f"{folder} does not hold a readable image model ({type(exc).__name__}: "

@@ -98,6 +98,7 @@ def train_images(
 
     model = build_model(cfg.model, [head], channels)
     img = cfg.images
+    model.tta_flip = img.tta_flip
     fmt = torch.channels_last if img.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     size = model_size(model) if main else {}
