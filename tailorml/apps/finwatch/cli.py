@@ -376,18 +376,21 @@ def evaluate(
 
     cfg = _config(config, overrides)
     logging.getLogger("tailorml.finwatch").setLevel(logging.ERROR)
-    res = evaluate_grid(
-        cfg,
-        intensities=_floats(intensities, "intensities"),
-        seeds=[int(x) for x in _floats(seeds, "seeds")],
-        with_labels=labels,
-        progress=lambda line: typer.echo(line, err=True),
-        streams=streams,
-        hours=hours,
-        surges_per_stream=surges,
-        rate_per_min=rate,
-        minutes=minutes,
-    )
+    try:
+        res = evaluate_grid(
+            cfg,
+            intensities=_floats(intensities, "intensities"),
+            seeds=[int(x) for x in _floats(seeds, "seeds")],
+            with_labels=labels,
+            progress=lambda line: typer.echo(line, err=True),
+            streams=streams,
+            hours=hours,
+            surges_per_stream=surges,
+            rate_per_min=rate,
+            minutes=minutes,
+        )
+    except TailorError as exc:
+        _fail(exc)
     js, png = save_grid(res, out)
     typer.echo(grid_table(res))
     typer.echo(f"wrote {js}, {js.with_suffix('.md')} and {png}", err=True)

@@ -35,6 +35,7 @@ from tailorml.apps.finwatch.replay import (
 )
 from tailorml.apps.finwatch.scorer import Scorer, make_scorer
 from tailorml.apps.finwatch.store import make_engine
+from tailorml.errors import TailorError
 from tailorml.files import atomic_json
 
 
@@ -211,18 +212,23 @@ def evaluate(
     w = cfg.detect_window
     topics_for_surges: list[str] | None = None
     topic_csv, sent_csv = TOPIC_CSV, SENT_CSV
-    if cfg.models.scorer == "model" and pools is not None:
-        topic_csv, sent_csv = TOPIC_HELDOUT_CSV, SENT_HELDOUT_CSV
-        topics_for_surges = sorted(t for t, v in pools.items() if len(v) >= MIN_POOL)
-    elif cfg.models.scorer == "model":
+    if cfg.models.scorer == "model" and pools is None:
         # Replay texts the models were not trained on (the valid splits). Score every text a
         # stream can carry once (the models are deterministic per text), then inject, as surges
         # on T, texts the models themselves score as topic T and negative: the truth is then
         # defined in the models' own terms, and the background carries their errors.
-        topic_csv, sent_csv = TOPIC_HELDOUT_CSV, SENT_HELDOUT_CSV
         say("scoring every held-out tweet once with the model (streams repeat them)")
         scorer, pools = model_surge_pools(scorer)
+    if cfg.models.scorer == "model":
+        assert pools is not None
+        topic_csv, sent_csv = TOPIC_HELDOUT_CSV, SENT_HELDOUT_CSV
         topics_for_surges = sorted(t for t, v in pools.items() if len(v) >= MIN_POOL)
+        if not topics_for_surges:
+            raise TailorError(
+                f"the model scores fewer than {MIN_POOL} held-out texts as any one topic and "
+                "negative, so no surge can be made of its own negatives: is it trained? "
+                f"(texts per topic: { ({t: len(v) for t, v in pools.items()}) })"
+            )
     totals = {"surges": 0, "detected": 0, "alerts": 0, "true_alerts": 0, "false_alerts": 0}
     delays: list[float] = []
     per_stream = []
