@@ -522,6 +522,12 @@ def test_evaluate_with_models_injects_texts_the_models_score_negative(
     assert probs["scorer"] == "model" and probs["surges"] == argmax["surges"] == 2
     assert probs["per_stream"][0]["truth"] == argmax["per_stream"][0]["truth"]
     assert {t["topic"] for t in probs["per_stream"][0]["truth"]} <= set(TOPIC_NAMES)
+    stats = grid["score_stats"]  # how the model scores each topic's background and surges
+    assert sum(t["background"] for t in stats.values()) == 4117  # topic_valid.csv's rows
+    for t in stats.values():
+        assert (
+            0 <= t["p_mean"] <= 1 and t["p_one_minus_p"] <= t["p_mean"] * (1 - t["p_mean"]) + 1e-3
+        )
     for res in (probs, argmax):
         assert res["true_alerts"] + res["false_alerts"] == res["alerts"]
         assert res["recall"] is not None and 0 <= res["recall"] <= 1

@@ -77,6 +77,34 @@ def model_surge_pools(scorer: Scorer) -> tuple[CachedScorer, dict[str, list[str]
     return cached, pools
 
 
+def score_stats(cached: CachedScorer, pools: dict[str, list[str]]) -> dict[str, Any]:
+    """Per topic the model assigns: how its background (held-out topic tweets) scores and how
+    the texts a surge on it is made of score: count, argmax-negative share, mean and std of
+    p_negative, mean p (1 - p). What decides how far a surge moves the topic's windows."""
+    import csv
+
+    with TOPIC_HELDOUT_CSV.open(encoding="utf-8", newline="") as fh:
+        background = [r["text"] for r in csv.DictReader(fh)]
+    by: dict[str, list[tuple[str, float]]] = {}
+    for text in background:
+        topic, sent, p = cached.cache[text]
+        by.setdefault(topic, []).append((sent, p))
+    out = {}
+    for topic in sorted(by):
+        ps = np.asarray([p for _, p in by[topic]])
+        pool = np.asarray([cached.cache[t][2] for t in pools.get(topic, [])])
+        out[topic] = {
+            "background": len(ps),
+            "argmax_negative_share": round(sum(s == "negative" for s, _ in by[topic]) / len(ps), 4),
+            "p_mean": round(float(ps.mean()), 4),
+            "p_std": round(float(ps.std()), 4),
+            "p_one_minus_p": round(float((ps * (1 - ps)).mean()), 4),
+            "surge_texts": len(pool),
+            "surge_p_mean": round(float(pool.mean()), 4) if len(pool) else None,
+        }
+    return out
+
+
 def match(alerts: list[dict[str, Any]], truth: list[dict[str, Any]], w: int) -> dict[str, Any]:
     used: set[int] = set()
     delays: list[float] = []
@@ -408,6 +436,9 @@ def evaluate_grid(
         "detector": cfg.detector.model_dump(),
         "models": first["models"] if cfg.models.scorer == "model" else None,
         "temperature": getattr(getattr(scorer, "base", None), "temperature", None),
+        "score_stats": score_stats(scorer, pools)
+        if isinstance(scorer, CachedScorer) and pools is not None
+        else None,
         "rows": rows,
         "runs": runs,
     }
