@@ -74,6 +74,9 @@ def main() -> None:
     ap.add_argument("--intensities", default="0.5,1,2,5")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--set", action="append", default=[], help="extra training override")
+    ap.add_argument(
+        "--no-labels", action="store_true", help="skip the replay-label rows (run separately)"
+    )
     a = ap.parse_args()
     out = a.out if a.out.is_absolute() else REPO / a.out
     t0 = time.time()
@@ -103,6 +106,7 @@ def main() -> None:
         str(out / "finwatch.yaml"),
         *["--streams", str(a.streams), "--hours", str(a.hours), "--surges", str(a.surges)],
         *["--intensities", a.intensities, "--seeds", a.seeds, "--out", str(out / "eval")],
+        *(["--no-labels"] if a.no_labels else []),
     )
     eval_json = json.loads((out / "run" / "eval.json").read_text(encoding="utf-8"))
     print(json.dumps({"eval": eval_json, "seconds": round(time.time() - t0)}, indent=1)[:3000])
