@@ -4,7 +4,7 @@
 #   make test    create .venv with dev tools, run the default test suite
 #   make check   ruff lint + format check, mypy, tests
 #   make finwatch  train the finwatch model (one encoder, topic + sentiment heads), compress it to
-#                ONNX int8, replay a day with a negative surge through the watcher (~40 min, 2 cores)
+#                ONNX int8, calibrate it, replay a day with a negative surge (~40 min, 2 cores)
 #   make support   train the support assistant on Banking77 (5 intents held out), evaluate it on
 #                the test set, answer one message (~20 min, 2 cores)
 PY ?= python3
@@ -47,6 +47,7 @@ demo: $(BIN)/.installed
 finwatch: $(BIN)/.installed
 	$(BIN)/tailor finwatch train configs/finwatch-train.yaml --overwrite
 	$(BIN)/tailor compress runs/finwatch-model --variants onnx-int8
+	$(BIN)/tailor finwatch calibrate configs/finwatch.yaml
 	$(BIN)/tailor finwatch demo configs/finwatch.yaml
 
 support: $(BIN)/.installed

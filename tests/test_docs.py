@@ -128,6 +128,12 @@ REWRITES = [
         "~15 minutes; 60 users, the tiny encoder and two epochs take seconds",
     ),
     Rule(
+        r"(\btailor finwatch evaluate configs/finwatch-replay\.yaml\b.*)$",
+        r"\1 --streams 1 --hours 15 --surges 2 --intensities 5 --seeds 0",
+        "a grid of replayed streams takes minutes; one 15-hour stream, one intensity and seed "
+        "show the table and files (the last of a repeated option counts)",
+    ),
+    Rule(
         r"--speed \d+",
         "--speed 86400",
         "a simulated day in a second instead of minutes",
@@ -205,9 +211,10 @@ SKIPS = [
         "a benchmark: minutes to hours on the full-size models; its figures are in the doc",
     ),
     Rule(
-        r"\[--intensity I\]",
+        r"^tailor finwatch evaluate configs/finwatch\.yaml",
         "",
-        "a template ([--intensity I]) on the full-size finwatch model",
+        "the model-scored grid needs the trained finwatch model (`make finwatch`, ~40 min); "
+        "tests/test_finwatch_sources.py runs the grid with tiny models",
     ),
     Rule(
         r"^tailor generate smollm2\b",

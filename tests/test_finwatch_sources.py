@@ -350,36 +350,6 @@ def test_replay_cli_is_deterministic_and_marks_surges(tmp_path: Path) -> None:
     assert 6 * 60 * 20 * 0.5 < len(evs) - len(surge) < 6 * 60 * 20 * 1.5
 
 
-def test_evaluate_reports_detection_figures(tmp_path: Path) -> None:
-    r = subprocess.run(
-        [
-            *CLI,
-            "evaluate",
-            "configs/finwatch-replay.yaml",
-            "--streams",
-            "1",
-            "--hours",
-            "24",
-            "--surges",
-            "4",
-            "--out",
-            str(tmp_path),
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "stream 1/1: " in r.stderr and "surges detected" in r.stderr  # progress per stream
-    res = json.loads((tmp_path / "finwatch_eval.json").read_text())
-    assert res["surges"] == 4 and res["simulated_days"] == 1
-    assert res["true_alerts"] + res["false_alerts"] == res["alerts"]
-    assert res["recall"] >= 0.75 and res["false_alerts_per_day"] <= 3
-    assert (tmp_path / "finwatch_eval.png").stat().st_size > 5000
-
-
 def test_demo_command_fires_the_alert_and_its_dashboard_shows_it(tmp_path: Path) -> None:
     """Run where a user would (the default folder under runs/), then the dashboard command the
     demo prints; a second run starts from an empty database and finds the surge again."""
@@ -528,16 +498,85 @@ def test_file_follower_survives_a_huge_line(tmp_path: Path) -> None:
 def test_evaluate_with_models_injects_texts_the_models_score_negative(
     tiny_models: dict[str, Path],
 ) -> None:
-    from tailorml.apps.finwatch.evaluate import evaluate
+    from tailorml.apps.finwatch.evaluate import evaluate_grid
 
     c = FinwatchConfig(
         models={"topic": tiny_models["topic"], "sentiment": tiny_models["sentiment"], "threads": 1}
     )
-    res = evaluate(c, streams=1, hours=18, surges_per_stream=2, rate_per_min=10)
-    assert res["scorer"] == "model" and res["surges"] == 2
-    assert {t["topic"] for t in res["per_stream"][0]["truth"]} <= set(TOPIC_NAMES)
-    assert res["true_alerts"] + res["false_alerts"] == res["alerts"]
-    assert res["recall"] is not None and 0 <= res["recall"] <= 1
+    # The grid: the model's probabilities and its argmax labels on the same scored streams.
+    lines: list[str] = []
+    grid = evaluate_grid(
+        c,
+        [1.0],
+        [0],
+        with_labels=False,
+        progress=lines.append,
+        streams=1,
+        hours=18,
+        surges_per_stream=2,
+        rate_per_min=10,
+    )
+    assert [r["variant"] for r in grid["rows"]] == ["model", "model-argmax"]
+    assert sum("scoring every held-out tweet once" in x for x in lines) == 1  # scored once
+    probs, argmax = grid["runs"]
+    assert probs["scorer"] == "model" and probs["surges"] == argmax["surges"] == 2
+    assert probs["per_stream"][0]["truth"] == argmax["per_stream"][0]["truth"]
+    assert {t["topic"] for t in probs["per_stream"][0]["truth"]} <= set(TOPIC_NAMES)
+    stats = grid["score_stats"]  # how the model scores each topic's background and surges
+    assert sum(t["background"] for t in stats.values()) == 4117  # topic_valid.csv's rows
+    for t in stats.values():
+        assert (
+            0 <= t["p_mean"] <= 1 and t["p_one_minus_p"] <= t["p_mean"] * (1 - t["p_mean"]) + 1e-3
+        )
+    for res in (probs, argmax):
+        assert res["true_alerts"] + res["false_alerts"] == res["alerts"]
+        assert res["recall"] is not None and 0 <= res["recall"] <= 1
+
+
+def test_calibration_is_written_beside_the_model_and_used_by_the_scorer(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """`tailor finwatch calibrate` fits the sentiment head's temperature on labeled texts and
+    writes calibration.json into the model folder; the scorer divides the logits by it (the
+    argmax is unchanged), and `models.calibrated: false` turns it off."""
+    import shutil
+
+    import numpy as np
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_models["multitask"], folder)  # the fixture's folder stays uncalibrated
+    labeled = [
+        {"text": r["text"], "label": r["label"]} for r in make_rows(150, 7)
+    ]  # noisy labels: a third flipped, so the confident tiny model is over-confident
+    for k, r in enumerate(labeled):
+        if k % 3 == 0:
+            r["label"] = ["negative", "neutral", "positive"][(k // 3) % 3]
+    data = write_csv(tmp_path / "cal.csv", labeled)
+    cfg = write_cfg(tmp_path, "sqlite:///x.db", models={"model": str(folder), "threads": 1})
+    r = subprocess.run(
+        [*CLI, "calibrate", str(cfg), "--data", str(data)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = json.loads((folder / "calibration.json").read_text())
+    assert info == json.loads(r.stdout) and info["examples"] == 150
+    assert info["temperature"] > 1.2 and info["nll_after"] < info["nll_before"]
+    texts = [x["text"] for x in labeled[:20]]
+    evs = [Event(id=str(k), time=0.0, text=t) for k, t in enumerate(texts)]
+    m = FinwatchConfig(models={"model": folder, "threads": 1}).models
+    cal, raw = ModelScorer(m), ModelScorer(m.model_copy(update={"calibrated": False}))
+    assert cal.temperature == pytest.approx(info["temperature"]) and raw.temperature == 1.0
+    logits = raw.joint.predict(texts)[:, raw._s_cols]
+    got = [p for _, _, p in cal.score(evs)]
+    neg = [i for i, s in enumerate(cal._sent) if s == "negative"]
+    z = logits / info["temperature"]
+    want = (np.exp(z) / np.exp(z).sum(axis=1, keepdims=True))[:, neg].sum(axis=1)
+    assert got == pytest.approx(want.tolist(), abs=1e-5)
+    assert [s for _, s, _ in cal.score(evs)] == [s for _, s, _ in raw.score(evs)]
+    assert got != pytest.approx([p for _, _, p in raw.score(evs)], abs=1e-3)
 
 
 def test_scoring_through_tailor_serve_matches_local(

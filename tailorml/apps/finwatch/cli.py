@@ -1,4 +1,4 @@
-"""`tailor finwatch train|watch|replay|evaluate|dashboard|demo` — thin: parse, then call the app."""
+"""`tailor finwatch train|calibrate|watch|replay|evaluate|dashboard|demo`: parse, call the app."""
 
 from __future__ import annotations
 
@@ -339,42 +339,61 @@ def replay(
     typer.echo(f"{len(events)} events, {len(surges)} surges", err=True)
 
 
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        vals = []
+    if not vals:
+        _fail(TailorError(f"--{what} {text!r}: give comma-separated numbers, e.g. 0.5,1,2,5."))
+    return vals
+
+
 @app.command()
 def evaluate(
     config: Annotated[Path | None, typer.Argument(help="finwatch YAML (detector, scorer).")] = None,
     overrides: Overrides = None,
-    streams: Annotated[int, typer.Option(help="Independent replayed streams.")] = 5,
+    streams: Annotated[int, typer.Option(help="Independent replayed streams per run.")] = 5,
     hours: Annotated[float, typer.Option(help="Simulated hours per stream.")] = 48.0,
     surges: Annotated[int, typer.Option(help="Injected surges per stream.")] = 8,
     rate: Annotated[float, typer.Option(help="Background events per simulated minute.")] = 20.0,
-    intensity: Annotated[float, typer.Option(help="Surge rate x the topic's rate.")] = 1.0,
+    intensities: Annotated[
+        str, typer.Option(help="Surge rates x the topic's rate, comma-separated.")
+    ] = "0.5,1,2,5",
     minutes: Annotated[float, typer.Option(help="Surge length in minutes.")] = 30.0,
-    seed: Annotated[int, typer.Option()] = 0,
-    out: Annotated[Path, typer.Option(help="Folder for finwatch_eval.json and .png.")] = Path(
+    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated (mean ± std).")] = "0,1,2",
+    labels: Annotated[
+        bool, typer.Option(help="With a model, also run the replay labels (the detector alone).")
+    ] = True,
+    out: Annotated[Path, typer.Option(help="Folder for finwatch_eval.json, .md and .png.")] = Path(
         "runs/finwatch-eval"
     ),
 ) -> None:
-    """Replay streams with injected surges; report precision, recall, delay, false alerts/day."""
-    from tailorml.apps.finwatch.evaluate import evaluate as run
-    from tailorml.apps.finwatch.evaluate import save
+    """Replay streams with injected surges at each intensity and seed; report recall, precision,
+    false alerts per day and median delay (mean ± std over the seeds), with the labels and with
+    the model's probabilities (and its argmax labels), and how separable surge windows are."""
+    from tailorml.apps.finwatch.evaluate import evaluate_grid, grid_table, save_grid
 
     cfg = _config(config, overrides)
     logging.getLogger("tailorml.finwatch").setLevel(logging.ERROR)
-    res = run(
-        cfg,
-        streams=streams,
-        hours=hours,
-        surges_per_stream=surges,
-        rate_per_min=rate,
-        intensity=intensity,
-        minutes=minutes,
-        seed=seed,
-        progress=lambda line: typer.echo(line, err=True),
-    )
-    js, png = save(res, out)
-    shown = {k: v for k, v in res.items() if k not in ("per_stream", "detector")}
-    typer.echo(json.dumps(shown, indent=2))
-    typer.echo(f"wrote {js} and {png}", err=True)
+    try:
+        res = evaluate_grid(
+            cfg,
+            intensities=_floats(intensities, "intensities"),
+            seeds=[int(x) for x in _floats(seeds, "seeds")],
+            with_labels=labels,
+            progress=lambda line: typer.echo(line, err=True),
+            streams=streams,
+            hours=hours,
+            surges_per_stream=surges,
+            rate_per_min=rate,
+            minutes=minutes,
+        )
+    except TailorError as exc:
+        _fail(exc)
+    js, png = save_grid(res, out)
+    typer.echo(grid_table(res))
+    typer.echo(f"wrote {js}, {js.with_suffix('.md')} and {png}", err=True)
 
 
 DEMO_DIR = Path("runs/finwatch-demo")
@@ -508,6 +527,34 @@ def train(
 
     try:
         res = train_model(config, overrides or [], overwrite=overwrite, resume=resume)
+    except TailorError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(res, indent=2))
+
+
+@app.command()
+def calibrate(
+    config: Annotated[Path, typer.Argument(help="finwatch YAML whose models.model to calibrate.")],
+    overrides: Overrides = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Labeled sentiment CSV (text,label); default: the eval split."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N rows.")] = None,
+) -> None:
+    """Fit the sentiment head's temperature on labeled data; write calibration.json beside it."""
+    from tailorml.apps.finwatch.calibrate import calibrate_folder
+    from tailorml.apps.finwatch.replay import SENT_HELDOUT_CSV
+
+    cfg = _config(config, overrides)
+    m = cfg.models
+    folder, head = (m.model, m.sentiment_head) if m.model is not None else (m.sentiment, "")
+    if folder is None:
+        _fail(TailorError("models.model (or models.sentiment) is not set: nothing to calibrate."))
+    try:
+        res = calibrate_folder(
+            folder, data or SENT_HELDOUT_CSV, head, threads=m.threads, limit=limit
+        )
     except TailorError as exc:
         _fail(exc)
     typer.echo(json.dumps(res, indent=2))

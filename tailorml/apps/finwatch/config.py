@@ -26,6 +26,12 @@ class DetectorParams(_Section):
     cooldown: int = Field(4, ge=0, description="Windows after an alert during which none fires.")
     warmup: int = Field(6, ge=0, description="Judged windows needed before any alert.")
     min_std: float = Field(0.03, gt=0, description="Floor of the baseline std of negative share.")
+    prior_windows: float = Field(
+        3.0,
+        ge=0,
+        description="Weight, in judged windows, of the pooled baseline (all topics) in a topic's "
+        "own baseline: the prior of a topic with little history.",
+    )
 
     @model_validator(mode="after")
     def _hysteresis(self) -> DetectorParams:
@@ -78,6 +84,11 @@ class ModelsConfig(_Section):
     chunk_size: int = Field(
         4, ge=1, description="Texts per model call: a micro-batch is sorted by length and cut."
     )
+    calibrated: bool = Field(
+        True,
+        description="Divide the sentiment logits by the temperature in the model folder's "
+        "calibration.json (`tailor finwatch calibrate`); false = the raw softmax.",
+    )
 
 
 class FinwatchConfig(_Section):
@@ -87,6 +98,12 @@ class FinwatchConfig(_Section):
         [900, 3600], description="Trend window lengths in seconds (e.g. 15 min and 1 h)."
     )
     detect_window: int = Field(900, gt=0, description="Window length (s) the surge detector uses.")
+    detect_on: Literal["probability", "label"] = Field(
+        "probability",
+        description="`probability`: the detector judges the expected negative count and share "
+        "(sums of the model's p_negative, with their variance); `label`: the count of events "
+        "whose top sentiment is negative (argmax). Replayed labels give the same either way.",
+    )
     lateness_s: float = Field(
         60.0, ge=0, description="A window closes this long after the newest event passes its end."
     )

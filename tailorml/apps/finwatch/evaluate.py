@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tailorml.apps.finwatch.config import FinwatchConfig
 from tailorml.apps.finwatch.events import Event
 from tailorml.apps.finwatch.pipeline import Watcher
@@ -33,6 +35,7 @@ from tailorml.apps.finwatch.replay import (
 )
 from tailorml.apps.finwatch.scorer import Scorer, make_scorer
 from tailorml.apps.finwatch.store import make_engine
+from tailorml.errors import TailorError
 from tailorml.files import atomic_json
 
 
@@ -74,6 +77,34 @@ def model_surge_pools(scorer: Scorer) -> tuple[CachedScorer, dict[str, list[str]
     return cached, pools
 
 
+def score_stats(cached: CachedScorer, pools: dict[str, list[str]]) -> dict[str, Any]:
+    """Per topic the model assigns: how its background (held-out topic tweets) scores and how
+    the texts a surge on it is made of score: count, argmax-negative share, mean and std of
+    p_negative, mean p (1 - p). What decides how far a surge moves the topic's windows."""
+    import csv
+
+    with TOPIC_HELDOUT_CSV.open(encoding="utf-8", newline="") as fh:
+        background = [r["text"] for r in csv.DictReader(fh)]
+    by: dict[str, list[tuple[str, float]]] = {}
+    for text in background:
+        topic, sent, p = cached.cache[text]
+        by.setdefault(topic, []).append((sent, p))
+    out = {}
+    for topic in sorted(by):
+        ps = np.asarray([p for _, p in by[topic]])
+        pool = np.asarray([cached.cache[t][2] for t in pools.get(topic, [])])
+        out[topic] = {
+            "background": len(ps),
+            "argmax_negative_share": round(sum(s == "negative" for s, _ in by[topic]) / len(ps), 4),
+            "p_mean": round(float(ps.mean()), 4),
+            "p_std": round(float(ps.std()), 4),
+            "p_one_minus_p": round(float((ps * (1 - ps)).mean()), 4),
+            "surge_texts": len(pool),
+            "surge_p_mean": round(float(pool.mean()), 4) if len(pool) else None,
+        }
+    return out
+
+
 def match(alerts: list[dict[str, Any]], truth: list[dict[str, Any]], w: int) -> dict[str, Any]:
     used: set[int] = set()
     delays: list[float] = []
@@ -100,15 +131,85 @@ def match(alerts: list[dict[str, Any]], truth: list[dict[str, Any]], w: int) -> 
     }
 
 
+def separability(
+    traces: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]],
+    w: int,
+    days: float,
+    z_on: float,
+    per_day: tuple[float, ...] = (1.0, 3.0),
+) -> dict[str, Any]:
+    """How far surge windows stand out from normal ones under the detector's share statistic.
+
+    Every judged topic-window of the streams is a surge window (its topic has a surge overlapping
+    it), a tail window (the 2 windows after a surge, left out) or a normal one. A surge's score is
+    the largest z_share of its windows. `recall_at[F]`: the share of surges whose score exceeds
+    the threshold that only F x days normal windows exceed, i.e. the recall of the best single
+    threshold on z_share at F false windows per day (no hysteresis, no minimum counts): what the
+    statistic allows, whatever the detector's settings. Also: the surge scores' quartiles, the
+    normal windows' top quantiles, and AUC (a surge's score above a normal window's z)."""
+    normal: list[float] = []
+    surge_z: list[float] = []
+    for trace, truth in traces:
+        by_key = {(r["topic"], r["window_start"]): r["z_share"] for r in trace}
+        skip: set[tuple[str, float]] = set()
+        for s in truth:
+            first = math.floor(s["start"] / w) * w
+            zs = [
+                by_key[(s["topic"], ws)]
+                for ws in _range(first, s["end"], w)
+                if (s["topic"], ws) in by_key
+            ]
+            surge_z.append(max(zs) if zs else float("-inf"))
+            skip.update((s["topic"], ws) for ws in _range(first, s["end"] + 2 * w, w))
+        normal += [z for key, z in by_key.items() if key not in skip]
+    normal.sort(reverse=True)
+    out: dict[str, Any] = {"surges": len(surge_z), "normal_windows": len(normal)}
+    if not surge_z or not normal:
+        return out
+    arr = np.asarray(normal)
+    sz = np.asarray(surge_z)
+    finite = sz[np.isfinite(sz)]
+    recall_at = {}
+    for f in per_day:
+        k = int(f * days)  # that many normal windows may exceed the threshold
+        thr = normal[k] if k < len(normal) else float("-inf")
+        recall_at[str(f)] = float((sz > thr).mean())
+    auc = float(np.mean([(arr < z).mean() + 0.5 * (arr == z).mean() for z in sz]))
+    return out | {
+        "recall_at_false_windows_per_day": recall_at,
+        "threshold_at_1_per_day": normal[int(days)] if int(days) < len(normal) else None,
+        "surge_z_quartiles": [round(float(q), 3) for q in np.quantile(finite, [0.25, 0.5, 0.75])]
+        if len(finite)
+        else None,
+        "surges_reaching_z_on": float((sz >= z_on).mean()),
+        "normal_z_quantiles": {
+            q: round(float(np.quantile(arr, float(q))), 3) for q in ("0.5", "0.99", "0.999")
+        },
+        "auc": round(auc, 4),
+    }
+
+
+def _range(lo: float, hi: float, step: int) -> list[float]:
+    out, x = [], float(lo)
+    while x < hi:
+        out.append(x)
+        x += step
+    return out
+
+
 def run_stream(
     cfg: FinwatchConfig,
     events: list[dict[str, Any]],
     scorer: Scorer,
     db_dir: Path,
     chunk: int = 500,
+    trace: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """`trace`, when given, receives the detector's figures for every judged topic-window."""
     engine = make_engine(f"sqlite:///{db_dir / 'eval.db'}")
     watcher = Watcher(cfg.model_copy(update={"db": str(engine.url)}), engine, scorer).open()
+    assert watcher.detector is not None
+    watcher.detector.trace = trace
     alerts: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for i in range(0, len(events), chunk):
@@ -130,26 +231,36 @@ def evaluate(
     seed: int = 0,
     scorer: Scorer | None = None,
     progress: Callable[[str], None] | None = None,
+    pools: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """`progress`, when given, gets a line per step (scoring the texts, then each stream)."""
+    """`progress`, when given, gets a line per step (scoring the texts, then each stream).
+    `scorer` + `pools` (from `model_surge_pools`) reuse scores across evaluations."""
     say = progress or (lambda _line: None)
     scorer = scorer or make_scorer(cfg.models)
     w = cfg.detect_window
-    pools: dict[str, list[str]] | None = None
     topics_for_surges: list[str] | None = None
     topic_csv, sent_csv = TOPIC_CSV, SENT_CSV
-    if cfg.models.scorer == "model":
+    if cfg.models.scorer == "model" and pools is None:
         # Replay texts the models were not trained on (the valid splits). Score every text a
         # stream can carry once (the models are deterministic per text), then inject, as surges
         # on T, texts the models themselves score as topic T and negative: the truth is then
         # defined in the models' own terms, and the background carries their errors.
-        topic_csv, sent_csv = TOPIC_HELDOUT_CSV, SENT_HELDOUT_CSV
         say("scoring every held-out tweet once with the model (streams repeat them)")
         scorer, pools = model_surge_pools(scorer)
+    if cfg.models.scorer == "model":
+        assert pools is not None
+        topic_csv, sent_csv = TOPIC_HELDOUT_CSV, SENT_HELDOUT_CSV
         topics_for_surges = sorted(t for t, v in pools.items() if len(v) >= MIN_POOL)
+        if not topics_for_surges:
+            raise TailorError(
+                f"the model scores fewer than {MIN_POOL} held-out texts as any one topic and "
+                "negative, so no surge can be made of its own negatives: is it trained? "
+                f"(texts per topic: { ({t: len(v) for t, v in pools.items()}) })"
+            )
     totals = {"surges": 0, "detected": 0, "alerts": 0, "true_alerts": 0, "false_alerts": 0}
     delays: list[float] = []
     per_stream = []
+    traces: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = []
     ev_total, sec_total = 0.0, 0.0
     for k in range(streams):
         rng = random.Random(seed * 1000 + k)
@@ -175,9 +286,11 @@ def evaluate(
             sent_csv=sent_csv,
         )
         truth = truth_json(surges)
+        trace: list[dict[str, Any]] = []
         with tempfile.TemporaryDirectory() as tmp:
-            alerts, perf = run_stream(cfg, events, scorer, Path(tmp))
+            alerts, perf = run_stream(cfg, events, scorer, Path(tmp), trace=trace)
         m = match(alerts, truth, w)
+        traces.append((trace, truth))
         say(
             f"stream {k + 1}/{streams}: {perf['events']} events in {perf['seconds']:.0f} s, "
             f"{m['detected']}/{m['surges']} surges detected, {m['false_alerts']} false alert(s)"
@@ -229,11 +342,132 @@ def evaluate(
         "false_alerts_per_day": totals["false_alerts"] / days,
         "events": int(ev_total),
         "pipeline_events_per_s": ev_total / sec_total if sec_total else None,
+        "separability": separability(traces, w, days, cfg.detector.z_on),
         "per_stream": per_stream,
     }
 
 
-def save(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+METRICS = ("recall", "precision", "false_alerts_per_day", "median_delay_windows")
+
+
+def _mean_std(values: list[float | None]) -> dict[str, Any]:
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return {"mean": statistics.fmean(vals), "std": std, "n": len(vals)}
+
+
+def evaluate_grid(
+    cfg: FinwatchConfig,
+    intensities: list[float],
+    seeds: list[int],
+    with_labels: bool = True,
+    progress: Callable[[str], None] | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
+    """`evaluate` for every surge intensity x seed, for the config's scorer and (with a model,
+    `with_labels`) for the replay labels too, and for the model's argmax labels (`detect_on:
+    label`: what the detector judged before it read probabilities). Each row: mean and std over
+    the seeds of recall, precision, false alerts per day, median delay and the separability
+    figures. With a model, the held-out texts are scored once for all runs."""
+    say = progress or (lambda _line: None)
+    variants: list[tuple[str, FinwatchConfig]] = []
+    scorer: Scorer | None = None
+    pools: dict[str, list[str]] | None = None
+    if cfg.models.scorer == "model":
+        if with_labels:
+            lab = cfg.model_copy(
+                update={"models": cfg.models.model_copy(update={"scorer": "labels"})}
+            )
+            variants.append(("labels", lab))
+        variants.append(("model", cfg.model_copy(update={"detect_on": "probability"})))
+        variants.append(("model-argmax", cfg.model_copy(update={"detect_on": "label"})))
+        say("scoring every held-out tweet once with the model (all runs reuse the scores)")
+        scorer, pools = model_surge_pools(make_scorer(cfg.models))
+    else:
+        variants.append(("labels", cfg))
+    rows, runs = [], []
+    for name, c in variants:
+        for inten in intensities:
+            res_seeds = []
+            for seed in seeds:
+                t0 = time.perf_counter()
+                model = c.models.scorer == "model"
+                r = evaluate(
+                    c,
+                    intensity=inten,
+                    seed=seed,
+                    scorer=scorer if model else None,
+                    pools=pools if model else None,
+                    **kw,
+                )
+                say(
+                    f"{name} {inten:g}x seed {seed}: recall {r['recall']:.3f}, "
+                    f"{r['false_alerts_per_day']:.2f} false/day ({time.perf_counter() - t0:.0f} s)"
+                )
+                res_seeds.append(r)
+                runs.append({"variant": name} | r)
+            sep = [r["separability"] for r in res_seeds]
+            row: dict[str, Any] = {"variant": name, "intensity": inten, "seeds": seeds}
+            row |= {m: _mean_std([r[m] for r in res_seeds]) for m in METRICS}
+            row["surges"] = sum(r["surges"] for r in res_seeds)
+            row["separable_recall_at_1_per_day"] = _mean_std(
+                [x.get("recall_at_false_windows_per_day", {}).get("1.0") for x in sep]
+            )
+            row["surge_median_z"] = _mean_std(
+                [(x.get("surge_z_quartiles") or [None] * 3)[1] for x in sep]
+            )
+            row["normal_z_999"] = _mean_std(
+                [x.get("normal_z_quantiles", {}).get("0.999") for x in sep]
+            )
+            row["auc"] = _mean_std([x.get("auc") for x in sep])
+            rows.append(row)
+    first = runs[0]
+    return {
+        "kind": "grid",
+        "intensities": intensities,
+        "seeds": seeds,
+        "streams": first["streams"],
+        "hours_per_stream": first["hours_per_stream"],
+        "simulated_days_per_run": first["simulated_days"],
+        "surge_minutes": first["surge_minutes"],
+        "detect_window_s": first["detect_window_s"],
+        "detector": cfg.detector.model_dump(),
+        "models": first["models"] if cfg.models.scorer == "model" else None,
+        "temperature": getattr(getattr(scorer, "base", None), "temperature", None),
+        "score_stats": score_stats(scorer, pools)
+        if isinstance(scorer, CachedScorer) and pools is not None
+        else None,
+        "rows": rows,
+        "runs": runs,
+    }
+
+
+def _pm(cell: dict[str, Any], digits: int = 3) -> str:
+    if cell["mean"] is None:
+        return "-"
+    return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
+
+
+def grid_table(res: dict[str, Any]) -> str:
+    """The grid as a Markdown table (what `tailor finwatch evaluate` prints)."""
+    head = (
+        "| scorer | surge | recall | precision | false alerts / day | median delay (windows) "
+        "| separable recall @ 1 false/day | surge median z | normal z 99.9% | AUC |"
+    )
+    lines = [head, "|---|---|" + "---:|" * 8]
+    for r in res["rows"]:
+        lines.append(
+            f"| {r['variant']} | {r['intensity']:g}× | {_pm(r['recall'])} | {_pm(r['precision'])} "
+            f"| {_pm(r['false_alerts_per_day'], 2)} | {_pm(r['median_delay_windows'], 2)} "
+            f"| {_pm(r['separable_recall_at_1_per_day'])} | {_pm(r['surge_median_z'], 2)} "
+            f"| {_pm(r['normal_z_999'], 2)} | {_pm(r['auc'])} |"
+        )
+    return "\n".join(lines)
+
+
+def save_grid(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -241,33 +475,27 @@ def save(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     js = out_dir / "finwatch_eval.json"
-    atomic_json(js, result)
+    atomic_json(js, res)
+    (out_dir / "finwatch_eval.md").write_text(grid_table(res) + "\n", encoding="utf-8")
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    ps = result["per_stream"][0]
-    w = result["detect_window_s"]
-    t0 = ps["start"]
-    for s in ps["truth"]:
-        axes[0].axvspan(
-            (s["start"] - t0) / 3600, (s["end"] - t0) / 3600, color="tab:red", alpha=0.25
-        )
-    for a in ps["alerts"]:
-        axes[0].axvline((a["window_start"] + w - t0) / 3600, color="k", lw=1)
-    axes[0].set_xlim(0, result["hours_per_stream"])
-    axes[0].set_title("stream 1: injected surges (red) and alerts (black, at window end)")
-    axes[0].set_xlabel("hours")
-    axes[0].set_yticks([])
-    names = ["precision", "recall"]
-    vals = [result["precision"] or 0, result["recall"] or 0]
-    axes[1].bar(
-        names + ["false/day", "median delay"],
-        vals + [result["false_alerts_per_day"], result["median_delay_windows"] or 0],
-        color=["tab:blue", "tab:green", "tab:red", "tab:gray"],
-    )
-    axes[1].set_title(f"{result['streams']} streams, {result['simulated_days']:.0f} simulated days")
-    for i, v in enumerate(
-        vals + [result["false_alerts_per_day"], result["median_delay_windows"] or 0]
-    ):
-        axes[1].text(i, v, f"{v:.2f}", ha="center", va="bottom")
+    names = list(dict.fromkeys(r["variant"] for r in res["rows"]))
+    for name in names:
+        rs = [r for r in res["rows"] if r["variant"] == name]
+        x = [r["intensity"] for r in rs]
+        for ax, m in zip(axes, ("recall", "false_alerts_per_day"), strict=True):
+            ax.errorbar(
+                x,
+                [r[m]["mean"] or 0 for r in rs],
+                yerr=[r[m]["std"] or 0 for r in rs],
+                marker="o",
+                capsize=3,
+                label=name,
+            )
+    for ax, title in zip(axes, ("recall", "false alerts per simulated day"), strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("surge rate (x the topic's own rate)")
+        ax.set_title(f"{title}, mean ± std over {len(res['seeds'])} seeds")
+        ax.legend()
     fig.tight_layout()
     png = out_dir / "finwatch_eval.png"
     fig.savefig(png, dpi=110)

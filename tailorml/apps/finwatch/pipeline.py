@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tailorml.apps.finwatch import store
 from tailorml.apps.finwatch.config import FinwatchConfig
-from tailorml.apps.finwatch.detector import SurgeDetector
+from tailorml.apps.finwatch.detector import SurgeDetector, Window
 from tailorml.apps.finwatch.events import Event, Rejected, parse_event, shown, storable
 from tailorml.apps.finwatch.scorer import Scorer, is_outage
 from tailorml.apps.finwatch.trends import time_range, window_counts
@@ -378,7 +378,7 @@ class Watcher:
                         if row is None:
                             continue
                         judge_empty(topic, start)
-                        found = det.update((topic, start, row["volume"], row["negative"]))
+                        found = det.update(self._window(topic, start, row))
                         if found:
                             fired.append(self._store_alert(conn, found))
                     cursor = start + w
@@ -403,6 +403,14 @@ class Watcher:
                 a["figures"]["z_share"],
             )
         return fired
+
+    def _window(self, topic: str, start: float, row: dict[str, Any]) -> Window:
+        """What the detector judges of one topic-window: with `detect_on: probability` the sums
+        of p_negative and p_negative (1 - p_negative), else the argmax count alone."""
+        n, neg = int(row["volume"]), int(row["negative"])
+        if self.cfg.detect_on == "label":
+            return Window(topic, start, n, neg)
+        return Window(topic, start, n, neg, row["expected_negative"], row["var_negative"])
 
     def _store_alert(self, conn: Connection, a: dict[str, Any]) -> dict[str, Any]:
         w = self.cfg.detect_window

@@ -4,6 +4,8 @@
 two single-task folders through `tailorml.predictors.load_predictor`, so a torch run folder, a
 dynamic-int8 one or an ONNX export from the compression stage all plug in unchanged. Each
 micro-batch is sorted by length and cut into small chunks (little padding), run side by side.
+The sentiment head's logits are divided by the temperature the folder's calibration.json holds
+(calibrate.py), so p_negative is a probability the detector can sum.
 `LabelScorer` trusts the `labels` of replayed labeled events (to measure the detector alone).
 """
 
@@ -14,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from tailorml.apps.finwatch.calibrate import load_temperature
 from tailorml.apps.finwatch.config import ModelsConfig
 from tailorml.apps.finwatch.events import MAX_TOPIC_CHARS, Event
 from tailorml.errors import ConfigError
@@ -83,12 +86,16 @@ class ModelScorer:
             self._t_cols, self._s_cols = t_head.columns, s_head.columns
             self.topics = list(t_head.labels or [])
             labels = list(s_head.labels or [])
+            calibration = (cfg.model, cfg.sentiment_head)
         else:
             assert cfg.topic is not None and cfg.sentiment is not None
             self.topic = load_predictor(cfg.topic, threads=threads)
             self.sentiment = load_predictor(cfg.sentiment, threads=threads)
             self.topics = list(self.topic.labels or [])
             labels = list(self.sentiment.labels or [])
+            calibration = (cfg.sentiment, "")
+        # Temperature scaling of the sentiment head (calibrate.py): the detector sums p_negative.
+        self.temperature = load_temperature(*calibration) if cfg.calibrated else 1.0
         self._sent = [_norm(lab, cfg) for lab in labels]
         self._neg = [i for i, s in enumerate(self._sent) if s == "negative"]
 
@@ -108,7 +115,7 @@ class ModelScorer:
 
     def score(self, events: list[Event]) -> list[tuple[str, str, float]]:
         t_logits, s_logits = self._logits([e.text for e in events])
-        s_prob = _softmax(s_logits)
+        s_prob = _softmax(s_logits / self.temperature)
         topics = [self.topics[i] if self.topics else str(i) for i in t_logits.argmax(axis=1)]
         sents = [self._sent[i] for i in s_prob.argmax(axis=1)]
         p_neg = s_prob[:, self._neg].sum(axis=1) if self._neg else np.zeros(len(events))

@@ -1,4 +1,5 @@
-"""`tailor finwatch train`: one encoder, two heads (topic and sentiment), through the engine.
+"""`tailor finwatch train`: one encoder, two heads (topic and sentiment), through the engine;
+then the sentiment head's temperature is fitted on its eval split (calibrate.py).
 
 The config is an ordinary multi-task run config (`heads:` with a `topic` and a `sentiment` head);
 the two bundled tweet sets are disjoint collections (no tweet has both labels), and the engine's
@@ -30,7 +31,18 @@ def train_model(
             f"missing: {', '.join(f'heads.{h}' for h in missing)}. See configs/finwatch-train.yaml."
         )
     res = finetune(cfg, resume=resume, overwrite=overwrite)
+    model = Path(cfg.output_dir) / "model"
+    # Temperature scaling of the sentiment head on its eval split (calibrate.py), written into
+    # the model folder for the scorer; a compressed variant is calibrated by `finwatch calibrate`.
+    assert cfg.heads is not None
+    eval_file = cfg.heads["sentiment"].data.eval
+    calibration: dict[str, Any] | str = "skipped: heads.sentiment.data.eval is not set"
+    if eval_file is not None:
+        from tailorml.apps.finwatch.calibrate import calibrate_folder
+
+        calibration = calibrate_folder(model, eval_file, "sentiment", threads=cfg.train.threads)
     return {
+        "calibration": calibration,
         "model": str(Path(cfg.output_dir) / "model"),
         "heads": {
             h: {

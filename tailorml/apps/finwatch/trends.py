@@ -28,17 +28,30 @@ def window_counts(
     end: float,
     topic: str | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (topic, window) with events in [start, end): counts by sentiment and figures."""
+    """One row per (topic, window) with events in [start, end): counts by sentiment and figures.
+
+    Besides the counts of the hard labels, each row has the model's expected negative count
+    (`expected_negative`, the sum of p_negative) and the sum of p_negative (1 - p_negative)
+    (`var_negative`, the Poisson-binomial variance of the true negative count given the scores):
+    what the detector judges on. With replayed labels (p in {0, 1}) they are the count and 0."""
     bucket = _bucket(conn, window_s).label("window_start")
+    p = events.c.p_negative
     q = (
-        sa.select(events.c.topic, bucket, events.c.sentiment, sa.func.count().label("n"))
+        sa.select(
+            events.c.topic,
+            bucket,
+            events.c.sentiment,
+            sa.func.count().label("n"),
+            sa.func.sum(p),
+            sa.func.sum(p * (1 - p)),
+        )
         .where(events.c.ts >= start, events.c.ts < end)
         .group_by(events.c.topic, bucket, events.c.sentiment)
     )
     if topic is not None:
         q = q.where(events.c.topic == topic)
     rows: dict[tuple[str, float], dict[str, Any]] = {}
-    for t, ws, sent, n in conn.execute(q):
+    for t, ws, sent, n, sp, spq in conn.execute(q):
         r = rows.setdefault(
             (t, float(ws)),
             {
@@ -48,9 +61,13 @@ def window_counts(
                 "negative": 0,
                 "neutral": 0,
                 "positive": 0,
+                "expected_negative": 0.0,
+                "var_negative": 0.0,
             },
         )
         r[sent] = r.get(sent, 0) + int(n)
+        r["expected_negative"] += float(sp or 0.0)
+        r["var_negative"] += float(spq or 0.0)
     out = []
     for key in sorted(rows, key=lambda k: (k[1], k[0])):
         r = rows[key]
