@@ -49,6 +49,11 @@ class SentenceEncoder:
         self._load()
         return int(self._model.config.hidden_size)
 
+    def modules(self) -> tuple[Any, Any]:
+        """(tokenizer, model), loaded on first use: for a caller that trains the encoder."""
+        self._load()
+        return self._tok, self._model
+
     def _load(self) -> None:
         if self._model is not None:
             return

@@ -97,6 +97,31 @@ class ModelConfig(_Section):
         "minilm",
         description="Item-text encoder: `minilm` (packaged), a local folder, `tiny` (tests).",
     )
+    item_encoder: Literal["frozen", "lora", "finetune"] = Field(
+        "frozen",
+        description="`frozen`: item texts embedded once; `lora` / `finetune`: after the frozen "
+        "training, `encoder_epochs` more with LoRA adapters on (or full training of) the "
+        "encoder's top `encoder_layers` layers, the two-tower loss through the encoder.",
+    )
+    encoder_layers: int = Field(
+        1, ge=1, le=48, description="Top transformer layers of the encoder that train."
+    )
+    encoder_epochs: int = Field(
+        1, ge=1, le=100, description="Epochs of the encoder phase (lora / finetune)."
+    )
+    encoder_lr: float = Field(
+        5e-4,
+        gt=0,
+        description="AdamW learning rate of the encoder phase (it trains the encoder "
+        "and the adapter; the user tower and the id vectors stay as learnt).",
+    )
+    encoder_windows: Literal["last", "all"] = Field(
+        "last",
+        description="What the encoder phase trains on: each user's most recent `max_history` "
+        "events (`last`: one window a user, what 2 CPU cores afford) or every window (`all`).",
+    )
+    lora_r: int = Field(8, ge=1, le=256, description="LoRA rank (item_encoder: lora).")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scale alpha (update x alpha / r).")
     dim: int = Field(64, ge=8, le=1024, description="Width of item and user vectors.")
     layers: int = Field(2, ge=0, le=8, description="Transformer layers of the user tower.")
     heads: int = Field(2, ge=1, le=16, description="Attention heads of the user tower.")
@@ -105,6 +130,26 @@ class ModelConfig(_Section):
     )
     id_embeddings: bool = Field(
         True, description="Add a learned id vector to items with training events."
+    )
+    id_min_count: int = Field(
+        1,
+        ge=1,
+        description="Training events an item needs for an id vector; items with fewer are "
+        "scored through their text alone, in training as at serving (the cold items' path).",
+    )
+    id_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of id vectors dropped at random in each training step, so that "
+        "the text path learns to carry the score alone.",
+    )
+    text_only_max_count: int | None = Field(
+        None,
+        ge=0,
+        description="After training, items with at most this many training events are scored "
+        "through their text alone (their id vector, learnt from a few events, is dropped); "
+        "null: every item keeps its id vector.",
     )
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout of the user tower.")
     epochs: int = Field(60, ge=1, le=10_000, description="Passes over the training sequences.")

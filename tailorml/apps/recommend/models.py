@@ -34,6 +34,7 @@ class TwoTower(nn.Module):
         d = cfg.dim
         self.max_history = cfg.max_history
         self.heads = cfg.heads
+        self.id_dropout = cfg.id_dropout
         self.register_buffer("text", text.float())
         self.register_buffer("has_id", has_id.float())
         self.proj = nn.Linear(width, d)
@@ -60,17 +61,24 @@ class TwoTower(nn.Module):
     def n_items(self) -> int:
         return int(self.text.shape[0])
 
-    def item_vectors(self, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """Unnormalised item vectors (the pad index n gives zeros)."""
+    def item_vectors(
+        self, idx: torch.Tensor | None = None, text: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Unnormalised item vectors (the pad index n gives zeros). `text`: the item texts'
+        embeddings to use instead of the buffer (an encoder being trained). In training mode
+        each id vector is dropped with probability `id_dropout`."""
         n = self.n_items
         if idx is None:
             idx = torch.arange(n, device=self.text.device)
         safe = idx.clamp(max=n - 1)
-        z = self.proj(self.text[safe])
+        z = self.proj((self.text if text is None else text)[safe])
         z = z + self.adapter(z)
         if self.ids is not None:
             id_idx = torch.where(idx < self.n_ids, idx, torch.full_like(idx, self.n_ids))
-            z = z + self.ids(id_idx) * self.has_id[safe].unsqueeze(-1)
+            keep = self.has_id[safe]
+            if self.training and self.id_dropout > 0:
+                keep = keep * (torch.rand(keep.shape) >= self.id_dropout).to(keep.dtype)
+            z = z + self.ids(id_idx) * keep.unsqueeze(-1)
         return z * (idx < n).unsqueeze(-1).to(z.dtype)
 
     def extend(self, text: torch.Tensor) -> None:
@@ -78,10 +86,10 @@ class TwoTower(nn.Module):
         self.text: torch.Tensor = torch.cat([self.text, text.float()])
         self.has_id: torch.Tensor = torch.cat([self.has_id, torch.zeros(len(text))])
 
-    def users(self, seq: torch.Tensor) -> torch.Tensor:
+    def users(self, seq: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
         """(b, L) item indices, left-padded with n -> (b, L, d) states (position t saw <= t)."""
         b, length = seq.shape
-        x = self.item_vectors(seq) + self.pos(torch.arange(length, device=seq.device))[None]
+        x = self.item_vectors(seq, text) + self.pos(torch.arange(length, device=seq.device))[None]
         x = self.drop(x)
         if self.blocks is not None:
             x = self.blocks(x, mask=self.attention_mask(seq))
@@ -130,6 +138,7 @@ class TextRecommender:
         self.seed = seed
         self.net_: TwoTower | None = None
         self.item_vectors_: np.ndarray | None = None
+        self.encoder_: Any = None  # the trained ItemTextEncoder (item_encoder lora/finetune)
 
     def _net(self) -> TwoTower:
         if self.net_ is None:
@@ -143,64 +152,136 @@ class TextRecommender:
         counts: np.ndarray,
         validate: Callable[[TextRecommender], float] | None = None,
         log: Callable[[str], None] = print,
+        texts: list[str] | None = None,
     ) -> TextRecommender:
+        """Train on next-item prediction with the encoder frozen (`text`: its embedding of each
+        item); then, for `item_encoder` lora/finetune, `encoder_epochs` more with the encoder's
+        top layers trained too (`texts`: the item texts). Early-stopped on `validate`."""
         cfg = self.cfg
         torch.manual_seed(self.seed)
-        rng = np.random.default_rng(self.seed)
-        n = len(text)
-        self.net_ = net = TwoTower(torch.from_numpy(text), torch.from_numpy(counts > 0), cfg)
+        self._rng = np.random.default_rng(self.seed)
+        has_id = torch.from_numpy(counts >= cfg.id_min_count)
+        self.net_ = net = TwoTower(torch.from_numpy(text), has_id, cfg)
+        self._wins = windows(seqs, cfg.max_history)
+        self._pop = counts / max(1, counts.sum())
+        self._validate, self._log = validate, log
+        self._best: tuple[float, dict[str, Any]] | None = None
+        self.history_: list[dict[str, Any]] = []
+        self.encoder_ = None
+        self._started = time.time()
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        wins = windows(seqs, cfg.max_history)
-        pop = counts / max(1, counts.sum())
-        best: tuple[float, dict[str, torch.Tensor]] | None = None
-        bad_evals, self.history_ = 0, []
-        started = time.time()
-        for epoch in range(1, cfg.epochs + 1):
+        self._epochs(opt, cfg.epochs, cfg.eval_every, None)
+        if self._best is not None:
+            self._restore(self._best[1])
+        if cfg.item_encoder != "frozen":
+            self._train_encoder(texts, seqs)
+        if cfg.text_only_max_count is not None:
+            with torch.no_grad():
+                net.has_id[torch.from_numpy(counts <= cfg.text_only_max_count)] = 0.0
+        self.train_seconds_ = time.time() - self._started
+        self._refresh()
+        return self
+
+    def _train_encoder(self, texts: list[str] | None, seqs: list[np.ndarray]) -> None:
+        from tailorml.apps.recommend.encoder import ItemTextEncoder
+
+        cfg, net = self.cfg, self._net()
+        if texts is None or len(texts) != net.n_items:
+            raise TailorError("fit(): item_encoder lora/finetune needs every item's text.")
+        t0 = time.time()
+        enc = ItemTextEncoder(
+            cfg.encoder, texts, cfg.item_encoder, cfg.encoder_layers, cfg.lora_r, cfg.lora_alpha
+        )
+        self._log(
+            f"{cfg.item_encoder} item encoder: lower layers cached ({time.time() - t0:.0f} s)"
+        )
+        self.encoder_ = enc
+        if self._best is not None:  # the frozen phase's best, with the encoder as it was
+            self._best[1]["encoder"] = enc.trainable_state()
+        if cfg.encoder_windows == "last":
+            self._wins = [s[-cfg.max_history - 1 :] for s in seqs if len(s) >= 2]
+        # The item tower's text path trains; the user tower and the id vectors stay as learnt.
+        params = [*net.proj.parameters(), *net.adapter.parameters(), *enc.trainable()]
+        opt = torch.optim.AdamW(params, lr=cfg.encoder_lr, weight_decay=cfg.weight_decay)
+        self._epochs(opt, cfg.encoder_epochs, 1, enc)
+        if self._best is not None:
+            self._restore(self._best[1])
+
+    def _epochs(self, opt: Any, epochs: int, every: int, enc: Any) -> None:
+        """Train `epochs` passes (the encoder `enc` too, if given), validating every `every`."""
+        cfg, net = self.cfg, self._net()
+        phase = "" if enc is None else "encoder "
+        bad_evals = 0
+        for epoch in range(1, epochs + 1):
             net.train()
-            order = rng.permutation(len(wins))
+            order = self._rng.permutation(len(self._wins))
             total = 0.0
             for s in range(0, len(order), cfg.batch_size):
-                batch = [wins[i] for i in order[s : s + cfg.batch_size]]
-                # Padded to max_history as at scoring time: the same positions either way.
-                arr = torch.from_numpy(pad_left(batch, cfg.max_history + 1, n))
-                inp, tgt = arr[:, :-1], arr[:, 1:]
-                keep = (tgt < n) & (inp < n)
-                h = net.users(inp)[keep]  # (P, d)
-                t = tgt[keep]
-                cand, pos_of = torch.unique(t, return_inverse=True)
-                if cfg.negatives:
-                    extra = torch.from_numpy(rng.integers(0, n, cfg.negatives))
-                    cand = torch.unique(torch.cat([cand, extra]))
-                    pos_of = torch.searchsorted(cand, t)
-                # Expected count of each candidate in the set: batch targets + uniform draws.
-                q = len(t) * pop[cand.numpy()] + cfg.negatives / n
-                log_q = torch.from_numpy(np.log(np.clip(q, 1e-12, None))).float()
-                v = nn.functional.normalize(net.item_vectors(cand), dim=-1)
-                logits = nn.functional.normalize(h, dim=-1) @ v.T / cfg.temperature - log_q
-                loss = nn.functional.cross_entropy(logits, pos_of)
+                batch = [self._wins[i] for i in order[s : s + cfg.batch_size]]
+                loss = self._loss(batch, enc)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(batch)
-            msg = f"epoch {epoch}: loss {total / len(wins):.4f} ({time.time() - started:.0f} s)"
-            if validate is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            took = time.time() - self._started
+            msg = f"{phase}epoch {epoch}: loss {total / len(self._wins):.4f} ({took:.0f} s)"
+            if enc is not None:  # every item through the trained encoder
+                net.text = enc.encode_all()
+            if self._validate is not None and (epoch % every == 0 or epoch == epochs):
                 self._refresh()
-                ndcg = validate(self)
-                self.history_.append({"epoch": epoch, "valid_ndcg": ndcg})
+                ndcg = self._validate(self)
+                name = epoch if enc is None else f"encoder {epoch}"
+                self.history_.append({"epoch": name, "valid_ndcg": ndcg})
                 msg += f", valid ndcg {ndcg:.4f}"
-                if best is None or ndcg > best[0]:
-                    best = (ndcg, {k: v.clone() for k, v in net.state_dict().items()})
+                if self._best is None or ndcg > self._best[0]:
+                    self._best = (ndcg, self._snapshot())
                     bad_evals = 0
                 else:
                     bad_evals += 1
-            log(msg)
+            self._log(msg)
             if bad_evals >= cfg.patience:
                 break
-        if best is not None:
-            net.load_state_dict(best[1])
-        self.train_seconds_ = time.time() - started
-        self._refresh()
-        return self
+
+    def _loss(self, batch: list[np.ndarray], enc: Any) -> torch.Tensor:
+        cfg, net = self.cfg, self._net()
+        n = net.n_items
+        # Padded to max_history as at scoring time: the same positions either way.
+        arr = torch.from_numpy(pad_left(batch, cfg.max_history + 1, n))
+        text = None
+        if enc is not None:  # the step's items through the encoder, the others as last encoded
+            used = torch.unique(arr[arr < n])
+            text = net.text.index_copy(0, used, enc(used))
+        inp, tgt = arr[:, :-1], arr[:, 1:]
+        keep = (tgt < n) & (inp < n)
+        h = net.users(inp, text)[keep]  # (P, d)
+        t = tgt[keep]
+        cand, pos_of = torch.unique(t, return_inverse=True)
+        if cfg.negatives:
+            extra = torch.from_numpy(self._rng.integers(0, n, cfg.negatives))
+            cand = torch.unique(torch.cat([cand, extra]))
+            pos_of = torch.searchsorted(cand, t)
+        # Expected count of each candidate in the set: batch targets + uniform draws.
+        q = len(t) * self._pop[cand.numpy()] + cfg.negatives / n
+        log_q = torch.from_numpy(np.log(np.clip(q, 1e-12, None))).float()
+        v = nn.functional.normalize(net.item_vectors(cand, text), dim=-1)
+        logits = nn.functional.normalize(h, dim=-1) @ v.T / cfg.temperature - log_q
+        return nn.functional.cross_entropy(logits, pos_of)
+
+    def _snapshot(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"net": {k: v.clone() for k, v in self._net().state_dict().items()}}
+        if self.encoder_ is not None:
+            out["encoder"] = self.encoder_.trainable_state()
+        return out
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        self._net().load_state_dict(snap["net"])
+        if self.encoder_ is not None and "encoder" in snap:
+            self.encoder_.load_trainable_state(snap["encoder"])
+
+    @property
+    def text_(self) -> np.ndarray:
+        """The item texts' embeddings the model was trained to (the trained encoder's, if any)."""
+        return self._net().text.numpy().astype(np.float32)
 
     def _refresh(self) -> None:
         net = self._net()

@@ -201,7 +201,9 @@ def add_items(run: Path | str, path: Path | str) -> int:
     if dup:
         shown = ", ".join(repr(x) for x in dup[:10])
         raise DataError(f"{path}: item id(s) already in the run: {shown}. Give only new items.")
-    text = encode_texts(new.texts, rec.meta["config"]["model"]["encoder"])
+    trained = run / "encoder"  # the item encoder trained with the model, if it was
+    base = str(trained) if trained.is_dir() else rec.meta["config"]["model"]["encoder"]
+    text = encode_texts(new.texts, base)
     rec.model.add_items(text)
     all_text = np.vstack([rec.stats.text, text]).astype(np.float32)
     genres = genre_matrix(new.genres, rec.genre_vocab)

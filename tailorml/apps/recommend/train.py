@@ -5,7 +5,8 @@ model, the fusion ranker, all scored on one split; one run folder.
       recommend.json    the config (resolved) and the data's counts: what evaluate/serve read
       items.jsonl       id, title, text, genres of every item (add-items appends)
       users.npz         every user's full history (serving's GET by user id)
-      item_text.npy     the frozen encoder's embedding of each item's text
+      item_text.npy     the item encoder's embedding of each item's text
+      encoder/          the trained item encoder (item_encoder lora/finetune; LoRA merged)
       model/            the text-aware model (model.safetensors, model.json)
       item_vectors.npy  index.faiss    the served item vectors and their inner-product index
       item_stats.npz    ranker.json    the ranker's item features and weights
@@ -131,8 +132,9 @@ def train_recommend(
 
     counts = split.train_counts()
     model = TextRecommender(cfg.model, cfg.train.seed).fit(
-        split.train_sequences(), text, counts, validate=valid_ndcg, log=log
+        split.train_sequences(), text, counts, validate=valid_ndcg, log=log, texts=items.texts
     )
+    text = model.text_  # the trained encoder's embeddings (the frozen ones if it was frozen)
     variants: dict[str, Any] = {"text": _both(model, split, cfg, detail=True)}
     variants["text"]["seconds"] = round(model.train_seconds_, 2)
     stats = ItemStats.build(counts, first_times(split), items.genres, text, cf)
@@ -159,6 +161,7 @@ def train_recommend(
         "protocol": protocol(cfg),
         "data": data_counts(items, events, split),
         "text_model": {
+            "item_encoder": cfg.model.item_encoder,
             "epochs": model.history_,
             "train_seconds": round(model.train_seconds_, 2),
             "encode_seconds": round(encode_s, 2),
@@ -236,6 +239,8 @@ def write_run(
         save_users(tmp / "users.npz", events)
         np.save(tmp / "item_text.npy", text)
         model.save(tmp / "model")
+        if model.encoder_ is not None:
+            model.encoder_.save(tmp / "encoder")
         assert model.item_vectors_ is not None
         write_index(tmp, model.item_vectors_)
         np.savez(
