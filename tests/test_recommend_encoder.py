@@ -132,13 +132,48 @@ def test_text_only_max_count_scores_rare_items_by_their_text(tmp_path: Path) -> 
     assert np.abs(m.item_vectors_[~rare] - text_only[~rare]).max() > 1e-3
 
 
-def test_run_with_a_lora_encoder_adds_items_through_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("encoder_wins", [True, False])
+def test_the_encoder_is_kept_only_when_it_beats_the_frozen_model(
+    encoder_wins: bool, tmp_path: Path
+) -> None:
+    torch.set_num_threads(1)
+    ev, it = make_data(tmp_path, users=24)
+    items, events = load(data_cfg(ev, it))
+    split = split_leave_one_out(events, len(items))
+    cfg = ModelConfig(
+        encoder="tiny", dim=16, layers=1, max_history=8, epochs=2, eval_every=1,
+        negatives=8, batch_size=8, item_encoder="lora", encoder_epochs=2,
+    )  # fmt: skip
+    scores = iter([0.1, 0.2, 0.3, 0.4] if encoder_wins else [0.1, 0.2, 0.15, 0.05])
+    logged: list[str] = []
+    m = TextRecommender(cfg, seed=0).fit(
+        split.train_sequences(), encode_texts(items.texts, "tiny"), split.train_counts(),
+        validate=lambda r: next(scores), log=logged.append, texts=items.texts,
+    )  # fmt: skip
+    frozen_kept = any("frozen kept" in line for line in logged)
+    assert (m.encoder_ is not None) == encoder_wins and frozen_kept != encoder_wins
+    if not encoder_wins:  # the frozen phase's best is back: the packaged encoder's vectors
+        np.testing.assert_allclose(m.text_, encode_texts(items.texts, "tiny"), atol=1e-5)
+
+
+def test_run_with_a_lora_encoder_adds_items_through_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tailorml.apps.recommend.config import RecommendConfig
     from tailorml.apps.recommend.service import Recommender, add_items
     from tailorml.apps.recommend.train import train_recommend
     from tailorml.models.sentence import SentenceEncoder
 
     torch.set_num_threads(1)
+    # Validation improves at every call, so the encoder phase wins and RUN/encoder is written
+    # (on this tiny data the frozen model can win, and then the packaged encoder is used).
+    fit = TextRecommender.fit
+
+    def improving_fit(self: TextRecommender, *a: object, **kw: object) -> TextRecommender:
+        calls = iter(range(1, 1000))
+        return fit(self, *a, **{**kw, "validate": lambda m: float(next(calls))})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(TextRecommender, "fit", improving_fit)
     ev, it = make_data(tmp_path, users=24)
     cfg = RecommendConfig(
         output_dir=tmp_path / "run",

@@ -203,9 +203,15 @@ class TextRecommender:
         # The item tower's text path trains; the user tower and the id vectors stay as learnt.
         params = [*net.proj.parameters(), *net.adapter.parameters(), *enc.trainable()]
         opt = torch.optim.AdamW(params, lr=cfg.encoder_lr, weight_decay=cfg.weight_decay)
+        before = self._best
         self._epochs(opt, cfg.encoder_epochs, 1, enc)
         if self._best is not None:
             self._restore(self._best[1])
+        if before is not None and self._best is before:
+            # The frozen phase stays best: the encoder is back as packaged, so the run keeps
+            # the packaged one (no 88 MB copy of it in RUN/encoder; add-items uses the package).
+            self._log("encoder phase did not beat the frozen model on valid: frozen kept")
+            self.encoder_ = None
 
     def _epochs(self, opt: Any, epochs: int, every: int, enc: Any) -> None:
         """Train `epochs` passes (the encoder `enc` too, if given), validating every `every`."""

@@ -6,7 +6,7 @@ model, the fusion ranker, all scored on one split; one run folder.
       items.jsonl       id, title, text, genres of every item (add-items appends)
       users.npz         every user's full history (serving's GET by user id)
       item_text.npy     the item encoder's embedding of each item's text
-      encoder/          the trained item encoder (item_encoder lora/finetune; LoRA merged)
+      encoder/          the trained item encoder (lora/finetune, when it beat frozen on valid)
       model/            the text-aware model (model.safetensors, model.json)
       item_vectors.npy  index.faiss    the served item vectors and their inner-product index
       item_stats.npz    ranker.json    the ranker's item features and weights
