@@ -413,7 +413,11 @@ def main() -> None:
         "checks": checks,
         "tailorml": {"info": tailor_info, "eval": tailor} if tailor else None,
         "recbole": {
-            m: {key: v for key, v in r.items() if not key.endswith("_ranks")}
+            m: {
+                key: v
+                for key, v in r.items()
+                if not key.endswith("_ranks") and key != "train_item_counts"
+            }
             for m, r in recbole.items()
         },
         "ratio": ratio,
