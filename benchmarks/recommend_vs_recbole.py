@@ -15,7 +15,7 @@
    sides are read by the same metric code, the cold subset included.
 3. Checks: RecBole's valid and test targets are ours (user and item, every one), and RecBole's Pop
    gives exactly the ranks of tailorml's popularity baseline (same counts, masks, ties).
-4. Runs `tailor recommend train --config ...` on the same data (or, with --tailor-run, reads a
+4. Runs `tailor recommend train CONFIG` on the same data (or, with --tailor-run, reads a
    run folder: then the record says it is not the same run).
 5. Prints one table and the ratio text+fusion / best RecBole model (test NDCG@10); writes
    benchmarks/results/recommend_vs_recbole_<date>.json (--record) with the machine and commands.
