@@ -7,6 +7,8 @@
 #                ONNX int8, calibrate it, replay a day with a negative surge (~40 min, 2 cores)
 #   make support   train the support assistant on Banking77 (5 intents held out), evaluate it on
 #                the test set, answer one message (~20 min, 2 cores)
+#   make recbole-venv  .venv-recbole: RecBole 1.2.1 (pinned, CPU torch) for
+#                benchmarks/recommend_vs_recbole.py (docs/benchmarks.md, Recommender)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -20,7 +22,9 @@ DEMO_CONFIG ?= configs/finsent.yaml
 COMPRESS_OPTS ?= --variants onnx-int8
 DEMO_RUN ?= runs/finsent
 
-.PHONY: demo finwatch support test test-all check lint format typecheck install dev clean
+RECBOLE_VENV ?= .venv-recbole
+
+.PHONY: demo finwatch support recbole-venv test test-all check lint format typecheck install dev clean
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -54,6 +58,16 @@ support: $(BIN)/.installed
 	$(BIN)/tailor support train configs/support.yaml --overwrite
 	$(BIN)/tailor support evaluate runs/support --data data/banking77/test.csv
 	$(BIN)/tailor support ask runs/support "I ordered my card two weeks ago and it still has not arrived"
+
+$(RECBOLE_VENV)/.installed: benchmarks/recbole-requirements.txt
+	test -x $(RECBOLE_VENV)/bin/python || $(PY) -m venv $(RECBOLE_VENV)
+	$(RECBOLE_VENV)/bin/python -m pip --disable-pip-version-check install -q \
+		-r benchmarks/recbole-requirements.txt $(QUIET)
+	$(RECBOLE_VENV)/bin/python -c "import recbole, torch; assert recbole.__version__ == '1.2.1'; \
+		assert torch.version.cuda is None, 'a CUDA torch build'"
+	touch $@
+
+recbole-venv: $(RECBOLE_VENV)/.installed
 
 test: $(BIN)/.dev-installed
 	$(BIN)/python -m pytest -q -m "not slow" --timeout=900

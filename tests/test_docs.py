@@ -206,6 +206,12 @@ SKIPS = [
         doc="docs/benchmarks.md",
     ),
     Rule(
+        r"^make recbole-venv\b|\bbenchmarks/recommend_vs_recbole\.sh\b",
+        "",
+        "the RecBole side-by-side: a second venv with RecBole 1.2.1 (pip) and ~30 minutes of "
+        "training; the split writer it uses is tested in tests/test_recommend_export.py",
+    ),
+    Rule(
         r"\bpython benchmarks/",
         "",
         "a benchmark: minutes to hours on the full-size models; its figures are in the doc",
