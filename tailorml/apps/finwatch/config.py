@@ -99,10 +99,11 @@ class FinwatchConfig(_Section):
     )
     detect_window: int = Field(900, gt=0, description="Window length (s) the surge detector uses.")
     detect_on: Literal["probability", "label"] = Field(
-        "probability",
-        description="`probability`: the detector judges the expected negative count and share "
-        "(sums of the model's p_negative, with their variance); `label`: the count of events "
-        "whose top sentiment is negative (argmax). Replayed labels give the same either way.",
+        "label",
+        description="`label` (default): the count of events whose top sentiment is negative "
+        "(argmax); `probability`: the expected negative count and share (sums of the model's "
+        "p_negative, with their variance) — measured worse on a real model "
+        "(docs/benchmarks-finwatch.md). Replayed labels give the same either way.",
     )
     lateness_s: float = Field(
         60.0, ge=0, description="A window closes this long after the newest event passes its end."
