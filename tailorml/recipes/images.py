@@ -31,8 +31,7 @@ from tailorml.tasks.images import check_image_config
 from tailorml.track.logger import RunLogger
 from tailorml.train import auto
 from tailorml.train.distributed import gather_objects, replica_max_diff, start_processes
-from tailorml.train.loop import initial_state, load_best, resume_state, train_loop
-from tailorml.train.optim import build_optimizer, build_scheduler
+from tailorml.train.loop import load_best, start_training, train_loop
 from tailorml.train.progress import console
 from tailorml.train.run_folder import prepare_run_dir, record_plan, resume_point
 from tailorml.train.summary import model_size, peak_memory, print_results
@@ -128,17 +127,9 @@ def train_images(
     if main:
         record_plan(out, cfg, chosen)
     total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * steps_per_epoch))
-    optimizer = build_optimizer(model, t)
-    scheduler = build_scheduler(optimizer, t, total_steps)
-    model, optimizer = acc.prepare(model, optimizer)
-    raw_model = acc.unwrap_model(model)
-    if t.compile:
-        model = torch.compile(model)
-    state = initial_state(total_steps, metric)
-    resumed = has_checkpoint and resume_state(
-        state, ckpt_dir, raw_model, optimizer, scheduler, acc.process_index, main
-    )
-    logger = RunLogger(out, enabled=main, resume_step=state["global_step"] if resumed else None)
+    run = start_training(model, t, total_steps, metric, acc, out, ckpt_dir, has_checkpoint, main)
+    model, raw_model, optimizer, scheduler = run.model, run.raw_model, run.optimizer, run.scheduler
+    state, logger = run.state, run.logger
     rank = acc.process_index
 
     def split_logits(split: str) -> np.ndarray:

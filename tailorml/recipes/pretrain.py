@@ -51,11 +51,9 @@ from tailorml.models.pretrain import (
     tokenizer_hash,
     train_tokenizer,
 )
-from tailorml.track.logger import RunLogger
 from tailorml.train import auto
 from tailorml.train.distributed import all_reduce_sum, replica_max_diff, start_processes
-from tailorml.train.loop import initial_state, load_best, resume_state, train_loop
-from tailorml.train.optim import build_optimizer, build_scheduler
+from tailorml.train.loop import load_best, start_training, train_loop
 from tailorml.train.progress import console
 from tailorml.train.report import write_pretrain_report
 from tailorml.train.run_folder import prepare_run_dir, record_plan, resume_point, save_model_folder
@@ -147,16 +145,11 @@ def pretrain(
     total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * steps_per_epoch))
     metric = t.metric_for_best or "loss"
     loss_mod = loss_module(model, objective)
-    optimizer = build_optimizer(loss_mod, t)
-    scheduler = build_scheduler(optimizer, t, total_steps)
-    net, optimizer = acc.prepare(loss_mod, optimizer)
-    if t.compile:
-        net = torch.compile(net)
-    state = initial_state(total_steps, metric)
-    resumed = has_checkpoint and resume_state(
-        state, ckpt_dir, model, optimizer, scheduler, acc.process_index, main
-    )
-    logger = RunLogger(out, enabled=main, resume_step=state["global_step"] if resumed else None)
+    run = start_training(
+        loss_mod, t, total_steps, metric, acc, out, ckpt_dir, has_checkpoint, main, model
+    )  # checkpoints hold the language model, not its loss wrapper
+    net, optimizer, scheduler = run.model, run.optimizer, run.scheduler
+    state, logger = run.state, run.logger
 
     masker = None
     if objective == "mlm":

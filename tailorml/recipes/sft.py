@@ -38,11 +38,9 @@ from tailorml.models.causal_lm import (
 from tailorml.models.lora import task_fields as lora_task_fields
 from tailorml.predictors.generator import Generator, sample_scores
 from tailorml.tasks import find_task
-from tailorml.track.logger import RunLogger
 from tailorml.train import auto
 from tailorml.train.distributed import all_reduce_sum, replica_max_diff, start_processes
-from tailorml.train.loop import initial_state, load_best, resume_state, train_loop
-from tailorml.train.optim import build_optimizer, build_scheduler
+from tailorml.train.loop import load_best, start_training, train_loop
 from tailorml.train.progress import console
 from tailorml.train.report import write_generation_report
 from tailorml.train.run_folder import prepare_run_dir, record_plan, resume_point, save_model_folder
@@ -125,17 +123,9 @@ def sft(
         record_plan(out, cfg, chosen)
     assert t.lr is not None and (t.epochs is not None or t.max_steps is not None)
     total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * steps_per_epoch))
-    optimizer = build_optimizer(model, t)
-    scheduler = build_scheduler(optimizer, t, total_steps)
-    model, optimizer = acc.prepare(model, optimizer)
-    raw_model = acc.unwrap_model(model)
-    if t.compile:
-        model = torch.compile(model)
-    state = initial_state(total_steps, metric)
-    resumed = has_checkpoint and resume_state(
-        state, ckpt_dir, raw_model, optimizer, scheduler, acc.process_index, main
-    )
-    logger = RunLogger(out, enabled=main, resume_step=state["global_step"] if resumed else None)
+    run = start_training(model, t, total_steps, metric, acc, out, ckpt_dir, has_checkpoint, main)
+    model, raw_model, optimizer, scheduler = run.model, run.raw_model, run.optimizer, run.scheduler
+    state, logger = run.state, run.logger
     learned = {"tokens": 0}
 
     def evaluate_split(split: str) -> dict[str, Any]:

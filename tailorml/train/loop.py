@@ -85,6 +85,53 @@ def resume_state(
     return True
 
 
+@dataclass
+class Started:
+    """What `start_training` prepared for `train_loop`."""
+
+    model: Any  # the module the loop steps (wrapped by accelerate, compiled if asked)
+    raw_model: Any  # the unwrapped module: what checkpoints save and load
+    optimizer: Any
+    scheduler: Any
+    state: dict[str, Any]  # the loop's counters, a checkpoint's if the run resumed
+    logger: RunLogger
+
+
+def start_training(
+    module: Any,
+    t: TrainConfig,
+    total_steps: int,
+    metric: str,
+    acc: Any,
+    out: Path,
+    ckpt_dir: Path,
+    has_checkpoint: bool,
+    main: bool,
+    resume_into: Any = None,
+) -> Started:
+    """The set-up every recipe shares before `train_loop`: optimizer and schedule over
+    `module`'s parameters, accelerate's prepare, torch.compile when `train.compile`, the loop's
+    counters, the latest intact checkpoint loaded (into `resume_into`, default the unwrapped
+    module), and the run's metric logger."""
+    import torch
+
+    from tailorml.train.optim import build_optimizer, build_scheduler
+
+    optimizer = build_optimizer(module, t)
+    scheduler = build_scheduler(optimizer, t, total_steps)
+    model, optimizer = acc.prepare(module, optimizer)
+    raw_model = acc.unwrap_model(model)
+    if t.compile:
+        model = torch.compile(model)
+    state = initial_state(total_steps, metric)
+    target = raw_model if resume_into is None else resume_into
+    resumed = has_checkpoint and resume_state(
+        state, ckpt_dir, target, optimizer, scheduler, acc.process_index, main
+    )
+    logger = RunLogger(out, enabled=main, resume_step=state["global_step"] if resumed else None)
+    return Started(model, raw_model, optimizer, scheduler, state, logger)
+
+
 def train_loop(
     *,
     model: Any,
