@@ -18,12 +18,9 @@ train set, the official 10,000 test images), pixels scaled to [0, 1].
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gzip
 import json
 import os
-import platform
-import re
 import statistics
 import sys
 import time
@@ -44,23 +41,9 @@ from tailorml.foundations import MLPClassifier  # noqa: E402  (this checkout's)
 
 
 def machine() -> dict[str, Any]:
-    flags, name = "", None
-    with contextlib.suppress(OSError):
-        info = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"^flags\s*:\s*(.*)$", info, re.M)
-        flags = " ".join(
-            f for f in (m.group(1).split() if m else []) if f.startswith(("avx", "amx"))
-        )
-        name = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
-    return {
-        "cpu": name.group(1) if name else platform.processor(),
-        "cores": os.cpu_count(),
-        "cpu_flags": flags,
-        "load_average_at_start": os.getloadavg(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
+    from tailorml.env import machine_info
+
+    return {**machine_info(), "numpy": np.__version__}
 
 
 def read_idx(path: Path) -> np.ndarray:

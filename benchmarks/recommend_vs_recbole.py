@@ -30,8 +30,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
-import re
 import subprocess
 import sys
 import time
@@ -62,21 +60,9 @@ NAME = "ml"  # the RecBole dataset name (folder and file stem)
 
 
 def machine() -> dict[str, Any]:
-    flags, name = "", None
-    with contextlib.suppress(OSError):
-        info = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"^flags\s*:\s*(.*)$", info, re.M)
-        flags = " ".join(
-            f for f in (m.group(1).split() if m else []) if f.startswith(("avx", "amx"))
-        )
-        name = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
-    return {
-        "cpu": name.group(1) if name else platform.processor(),
-        "cores": os.cpu_count(),
-        "cpu_flags": flags,
-        "load_average_at_start": os.getloadavg(),
-        "python": platform.python_version(),
-    }
+    from tailorml.env import machine_info
+
+    return machine_info()
 
 
 def git_commit() -> str:

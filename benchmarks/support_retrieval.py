@@ -13,11 +13,9 @@ batches of --batch) for each.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import os
-import platform
 import re
 import statistics
 import sys
@@ -32,22 +30,9 @@ sys.path.insert(0, str(REPO))
 
 
 def machine() -> dict[str, Any]:
-    flags, name = "", None
-    with contextlib.suppress(OSError):
-        info = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"^flags\s*:\s*(.*)$", info, re.M)
-        flags = " ".join(
-            f for f in (m.group(1).split() if m else []) if f.startswith(("avx", "amx"))
-        )
-        name = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
-    return {
-        "cpu": name.group(1) if name else platform.processor(),
-        "cores": os.cpu_count(),
-        "cpu_flags": flags,
-        "load_average_at_start": os.getloadavg(),
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
+    from tailorml.env import machine_info
+
+    return machine_info()
 
 
 def intent_file(intent: str) -> str:

@@ -61,5 +61,41 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def speed_flags(flags: set[str] | None = None) -> str:
+    """The CPU features that decide int8 and bf16 speed (AVX*, AVX-512, VNNI, AMX), sorted, as
+    benchmarks and compression reports print them; '' where they cannot be read."""
+    flags = cpu_flags() if flags is None else flags
+    return " ".join(sorted(f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f))
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what `platform` knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, object]:
+    """What a benchmark records of the machine it ran on, taken at its start."""
+    import platform
+    import time
+
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "cpu_flags": speed_flags(),
+        "load_average_at_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
 # CPU features that compute bf16 matrix products natively (AMX tiles, AVX-512 BF16 dot products).
 NATIVE_BF16 = ("amx_bf16", "avx512_bf16")

@@ -241,16 +241,3 @@ def time_generators(
         }
         for n in gens
     }
-
-
-def cpu_flags() -> str:
-    """The CPU features that decide int8 and bf16 speed (AVX2, AVX-512, VNNI, AMX), from
-    /proc/cpuinfo; '' where it cannot be read."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
-    flags = line.split(":", 1)[-1].split()
-    keep = [f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f]
-    return " ".join(sorted(set(keep)))

@@ -4,7 +4,6 @@ with its Pareto front (standard-error bars on accuracy)."""
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -263,15 +262,9 @@ def plot(path: Path, result: dict[str, Any]) -> None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    from tailorml import env
+
+    return f"{env.cpu_name()}, {os.cpu_count()} cores"
 
 
 def write_outputs(run: Path, result: dict[str, Any]) -> None:

@@ -25,7 +25,6 @@ from typing import Any
 
 from tailorml import env
 from tailorml.compress.folders import folder_size, staged
-from tailorml.compress.generation import cpu_flags
 from tailorml.compress.inputs import DEPENDS, TRIMMED, check_inputs
 from tailorml.compress.measure import all_logits, latency_texts, time_predictor
 from tailorml.compress.report import machine, print_table, write_outputs
@@ -201,7 +200,7 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
             "test_rule": f"test drop - {TEST_Z:g} * SE <= budget",
         },
         "machine": machine(),
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": env.speed_flags(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "variants": variants,
     }
@@ -312,7 +311,7 @@ def compress_generation(run_dir: str | Path, opts: CompressOptions) -> dict[str,
         "eval_tokens": ref["tokens"],
         "eval_source": inp.chats.source,
         "machine": machine(),
-        "cpu_flags": gen_c.cpu_flags(),
+        "cpu_flags": env.speed_flags(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "variants": variants,
     }
