@@ -116,6 +116,22 @@ def test_augment_crops_and_flips_without_changing_the_images_elsewhere() -> None
     assert all(a or b for a, b in zip(flipped, kept, strict=True)) and any(flipped) and any(kept)
 
 
+def test_random_erasing_changes_one_rectangle_in_the_chosen_share_of_images() -> None:
+    import torch
+
+    x = torch.full((400, 12, 12, 1), 7, dtype=torch.uint8)
+    assert torch.equal(augment(x, 0, False, erase=0.0), x)
+    out = augment(x, 0, False, torch.Generator().manual_seed(3), erase=0.5)
+    changed = (out != x)[..., 0]
+    touched = changed.flatten(1).any(1)
+    assert 0.35 < touched.float().mean().item() < 0.65  # about half the images
+    for m in changed[touched][:50]:  # each change lies inside one rectangle of <= 25% area
+        ys, xs = m.nonzero(as_tuple=True)
+        box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+        assert box <= 0.25 * 144 + 12
+    assert torch.equal(out[~touched], x[~touched])
+
+
 def test_onecycle_schedule_rises_then_falls_to_zero() -> None:
     from tailorml.train.optim import WarmupDecay
 

@@ -360,6 +360,13 @@ class ImagesConfig(_Section):
         False,
         description="Augment: random horizontal flip (off by default: wrong for digits, text).",
     )
+    erase: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Augment: random erasing, the share of training images given a rectangle "
+        "of noise over 2-25% of their area; 0 = off.",
+    )
     label_smoothing: float = Field(
         0.0, ge=0, lt=1, description="Training loss: label smoothing (eval loss is plain)."
     )

@@ -282,9 +282,17 @@ def to_float(x: torch.Tensor, mean: list[float], std: list[float], channels_last
     )
 
 
-def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator | None = None) -> Any:
-    """A batch of uint8 images (n, h, w, c), each randomly cropped after zero padding by `pad`
-    and (with `flip`) flipped left-right with probability 1/2. One gather, no Python loop."""
+def augment(
+    x: torch.Tensor,
+    pad: int,
+    flip: bool,
+    gen: torch.Generator | None = None,
+    erase: float = 0.0,
+) -> Any:
+    """A batch of uint8 images (n, h, w, c), each randomly cropped after zero padding by `pad`,
+    (with `flip`) flipped left-right with probability 1/2, and (with `erase` > 0) given, with
+    that probability, a rectangle of random noise covering 2-25% of its area with an aspect ratio
+    between 1/3 and 3 (random erasing). Whole-batch tensor operations, no Python loop."""
     import torch
     import torch.nn.functional as F
 
@@ -299,7 +307,31 @@ def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator | None =
     if flip:
         mask = torch.rand(n, generator=gen) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(2), x)
+    if erase > 0:
+        x = _erase(x, erase, gen)
     return x
+
+
+def _erase(x: torch.Tensor, p: float, gen: torch.Generator | None) -> Any:
+    import math
+
+    import torch
+
+    n, h, w, c = x.shape
+    area = torch.empty(n).uniform_(0.02, 0.25, generator=gen) * h * w
+    log_r = torch.empty(n).uniform_(math.log(1 / 3), math.log(3), generator=gen)
+    eh = (area * log_r.exp()).sqrt().round().clamp(1, h).long()
+    ew = (area / log_r.exp()).sqrt().round().clamp(1, w).long()
+    y0 = (torch.rand(n, generator=gen) * (h - eh + 1)).long()
+    x0 = (torch.rand(n, generator=gen) * (w - ew + 1)).long()
+    rows = torch.arange(h)[None, :]
+    cols = torch.arange(w)[None, :]
+    in_y = (rows >= y0[:, None]) & (rows < (y0 + eh)[:, None])  # (n, h)
+    in_x = (cols >= x0[:, None]) & (cols < (x0 + ew)[:, None])  # (n, w)
+    on = torch.rand(n, generator=gen) < p
+    mask = (in_y[:, :, None] & in_x[:, None, :] & on[:, None, None])[..., None]  # (n, h, w, 1)
+    noise = torch.randint(0, 256, x.shape, generator=gen, dtype=torch.uint8)
+    return torch.where(mask, noise, x)
 
 
 def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:

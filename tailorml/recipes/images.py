@@ -156,7 +156,7 @@ def train_images(
     def step_loss(net: Any, head_name: str, idx: Any) -> Any:
         """Per-example loss of one micro-batch, its images augmented here."""
         ix = torch.as_tensor(idx, dtype=torch.long)
-        xb = augment(x["train"][ix], img.crop_padding, img.flip)
+        xb = augment(x["train"][ix], img.crop_padding, img.flip, erase=img.erase)
         inputs = to_float(xb, mean, std, img.channels_last).to(acc.device)
         targets = y_train[ix].to(acc.device)
         with acc.autocast():
