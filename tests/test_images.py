@@ -244,6 +244,16 @@ def test_compress_to_onnx_fp32_and_int8(trained: Any) -> None:
     assert by["onnx-int8"]["agreement"] >= 0.9
     assert by["fp32"]["test_accuracy"] == pytest.approx(results["test"]["accuracy"])
     assert (run / "compression.md").is_file() and sum(e["chosen"] for e in by.values()) == 1
+    # the keys every compress run writes (docs/compress.md, Outputs), with values that add up
+    assert {"pareto", "cpu_flags", "machine"} <= set(result)
+    fp32, onnx = by["fp32"], by["onnx-fp32"]
+    assert fp32["test_accuracy_drop_points"] == 0 and fp32["test_drop_se_points"] == 0
+    assert onnx["test_agreement"] == 1.0 and onnx["test_accuracy_drop_points"] == 0
+    n = len(np.load(test)["x"])
+    acc = fp32["test_accuracy"]
+    assert fp32["test_accuracy_se"] == pytest.approx((acc * (1 - acc) / (n - 1)) ** 0.5, abs=1e-6)
+    assert result["pareto"]["size"][0] == "onnx-int8"  # the smallest is always on its front
+    assert all(isinstance(e["pareto_latency"], bool) for e in by.values())
     x = np.load(test)["x"]
     onnx = load_predictor(run / "compressed" / "onnx-int8", threads=1)
     assert onnx.runtime == "onnxruntime" and onnx.predict(x).shape == (40, 2)  # type: ignore[arg-type]

@@ -116,3 +116,34 @@ class AsTexts:
 
     def predict(self, items: list[np.ndarray], pairs: Any = None) -> np.ndarray:
         return np.asarray(self.pred.predict(np.stack(items)))
+
+
+def split_stats(
+    head: Any,
+    logits: dict[str, np.ndarray],
+    ref: dict[str, np.ndarray],
+    ys: dict[str, list[int]],
+) -> dict[str, Any]:
+    """A variant's accuracy on eval and test with their standard errors, its test drop against
+    fp32 with the standard error of the paired difference, and its test agreement with fp32:
+    the keys a text run's variants carry (docs/compress.md, Outputs)."""
+    out: dict[str, Any] = {}
+    for split, prefix in (("eval", ""), ("test", "test_")):
+        y = np.asarray(ys[split], dtype=np.int64)
+        got = logits[split][:, head.columns]
+        m = head.kind.compute_metrics(got, ys[split], head.labels)
+        correct = (got.argmax(-1) == y).astype(np.float64)
+        ref_correct = (ref[split][:, head.columns].argmax(-1) == y).astype(np.float64)
+        n = max(len(y), 1)
+        out[f"{prefix}accuracy"] = m["accuracy"]
+        out[f"{prefix}macro_f1"] = m["macro_f1"]
+        se = float(correct.std(ddof=1) / n**0.5) if n > 1 else 0.0
+        out[f"{prefix}accuracy_se"] = round(se, 6)
+        if split == "test":
+            diff = ref_correct - correct
+            se = float(diff.std(ddof=1) / n**0.5) if n > 1 else 0.0
+            out["test_accuracy_drop_points"] = round(100 * (ref_correct.mean() - correct.mean()), 4)
+            out["test_drop_se_points"] = round(100 * se, 4)
+            same = got.argmax(-1) == ref[split][:, head.columns].argmax(-1)
+            out["test_agreement"] = round(float(same.mean()), 6)
+    return out

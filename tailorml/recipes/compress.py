@@ -338,7 +338,7 @@ def compress_images(run_dir: str | Path, opts: CompressOptions) -> dict[str, Any
 
     from tailorml.compress import images as img_c
     from tailorml.errors import ConfigError
-    from tailorml.evaluate.images import read_labeled, score
+    from tailorml.evaluate.images import read_labeled
     from tailorml.models.images import load_image_classifier
     from tailorml.predictors.images import load_image_predictor
     from tailorml.tasks.folder import resolve_model_dir, variant_task_json
@@ -362,7 +362,7 @@ def compress_images(run_dir: str | Path, opts: CompressOptions) -> dict[str, Any
         f"{len(xs['test'])} test images, {opts.threads} thread(s), budget {opts.budget:g} points)"
     )
     preds: dict[str, Any] = {REFERENCE: ref}
-    ref_logits = ref.predict(xs["eval"])
+    ref_logits = {s: ref.predict(xs[s]) for s in ("eval", "test")}
     for name in names:
         t0 = time.perf_counter()
         with staged(run / "compressed" / name) as tmp:
@@ -385,19 +385,16 @@ def compress_images(run_dir: str | Path, opts: CompressOptions) -> dict[str, Any
     timings = _time_all({n: img_c.AsTexts(p) for n, p in preds.items()}, sample, opts.repeats)
     entries = []
     for name, pred in preds.items():
-        logits = pred.predict(xs["eval"])
-        m = score(pred, xs["eval"], ys["eval"])
+        logits = {s: pred.predict(xs[s]) for s in ("eval", "test")}
         e = {
             "name": name,
             "path": "model" if name == REFERENCE else f"compressed/{name}",
             "runtime": pred.runtime,
             "size_bytes": folder_size(pred.folder),
             **timings[name],
-            "accuracy": m["accuracy"],
-            "macro_f1": m["macro_f1"],
-            "test_accuracy": score(pred, xs["test"], ys["test"])["accuracy"],
-            "agreement": float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()),
-            "max_abs_logit_diff": float(np.abs(logits - ref_logits).max()),
+            **img_c.split_stats(ref.heads[0], logits, ref_logits, ys),
+            "agreement": float((logits["eval"].argmax(-1) == ref_logits["eval"].argmax(-1)).mean()),
+            "max_abs_logit_diff": float(np.abs(logits["eval"] - ref_logits["eval"]).max()),
             "notes": {"built": img_c.DESCRIBE.get(name, "the PyTorch model (reference)")},
         }
         e["parity_passed"] = name != "onnx-int8" or e["agreement"] >= INT8_MIN_AGREEMENT
@@ -410,6 +407,7 @@ def compress_images(run_dir: str | Path, opts: CompressOptions) -> dict[str, Any
     for e in entries:
         e["accuracy_drop_points"] = accuracy_drop(base["accuracy"], e["accuracy"])
         e["speedup_b1"] = round(base["latency_ms_b1_p50"] / e["latency_ms_b1_p50"], 3)
+        e["speedup_b32"] = round(base["latency_ms_b32_p50"] / e["latency_ms_b32_p50"], 3)
         e["size_ratio"] = round(base["size_bytes"] / e["size_bytes"], 3)
         console.print(
             f"  {e['name']}: {e['size_bytes'] / 1e6:.2f} MB, eval accuracy {e['accuracy']:.4f}, "
@@ -419,8 +417,14 @@ def compress_images(run_dir: str | Path, opts: CompressOptions) -> dict[str, Any
         )
     ok = [e for e in entries if e["parity_passed"] and e["accuracy_drop_points"] <= opts.budget]
     best = min(ok, key=lambda e: e["latency_ms_b1_p50"])  # fp32 itself is always within budget
+    fronts = {
+        "latency": pareto_front(entries, "latency_ms_b1_p50"),
+        "size": pareto_front(entries, "size_bytes"),
+    }
     for e in entries:
         e["chosen"] = e is best
+        e["pareto_latency"] = e["name"] in fronts["latency"]
+        e["pareto_size"] = e["name"] in fronts["size"]
     result = {
         "run_dir": str(run),
         "family": IMAGE_CLASSIFIER,
@@ -434,7 +438,9 @@ def compress_images(run_dir: str | Path, opts: CompressOptions) -> dict[str, Any
         "eval_examples": len(xs["eval"]),
         "test_examples": len(xs["test"]),
         "latency_texts": len(sample),
+        "pareto": fronts,
         "machine": machine(),
+        "cpu_flags": env.speed_flags(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "tolerances": {
             "onnx-int8": f"agreement >= {INT8_MIN_AGREEMENT:g} with fp32 on eval to be eligible"
