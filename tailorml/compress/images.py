@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from tailorml.compress.select import accuracy_drop
 from tailorml.errors import ConfigError
 
 IMAGE_VARIANTS = ("onnx-fp32", "onnx-int8")
@@ -133,16 +134,16 @@ def split_stats(
         got = logits[split][:, head.columns]
         m = head.kind.compute_metrics(got, ys[split], head.labels)
         correct = (got.argmax(-1) == y).astype(np.float64)
-        ref_correct = (ref[split][:, head.columns].argmax(-1) == y).astype(np.float64)
         n = max(len(y), 1)
         out[f"{prefix}accuracy"] = m["accuracy"]
         out[f"{prefix}macro_f1"] = m["macro_f1"]
         se = float(correct.std(ddof=1) / n**0.5) if n > 1 else 0.0
         out[f"{prefix}accuracy_se"] = round(se, 6)
         if split == "test":
+            ref_correct = (ref[split][:, head.columns].argmax(-1) == y).astype(np.float64)
             diff = ref_correct - correct
             se = float(diff.std(ddof=1) / n**0.5) if n > 1 else 0.0
-            out["test_accuracy_drop_points"] = round(100 * (ref_correct.mean() - correct.mean()), 4)
+            out["test_accuracy_drop_points"] = accuracy_drop(ref_correct.mean(), correct.mean())
             out["test_drop_se_points"] = round(100 * se, 4)
             same = got.argmax(-1) == ref[split][:, head.columns].argmax(-1)
             out["test_agreement"] = round(float(same.mean()), 6)

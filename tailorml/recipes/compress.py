@@ -362,7 +362,8 @@ def compress_images(run_dir: str | Path, opts: CompressOptions) -> dict[str, Any
         f"{len(xs['test'])} test images, {opts.threads} thread(s), budget {opts.budget:g} points)"
     )
     preds: dict[str, Any] = {REFERENCE: ref}
-    ref_logits = {s: ref.predict(xs[s]) for s in ("eval", "test")}
+    xs_scored = ("eval", "test")
+    ref_logits = {s: ref.predict(xs[s]) for s in xs_scored}
     for name in names:
         t0 = time.perf_counter()
         with staged(run / "compressed" / name) as tmp:
@@ -385,7 +386,7 @@ def compress_images(run_dir: str | Path, opts: CompressOptions) -> dict[str, Any
     timings = _time_all({n: img_c.AsTexts(p) for n, p in preds.items()}, sample, opts.repeats)
     entries = []
     for name, pred in preds.items():
-        logits = {s: pred.predict(xs[s]) for s in ("eval", "test")}
+        logits = ref_logits if name == REFERENCE else {s: pred.predict(xs[s]) for s in xs_scored}
         e = {
             "name": name,
             "path": "model" if name == REFERENCE else f"compressed/{name}",
