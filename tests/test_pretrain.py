@@ -21,6 +21,7 @@ from tailorml.data.masking import Masker, train_rng
 from tailorml.data.sft import IGNORE
 from tailorml.data.shards import Shards, build_shards
 from tailorml.errors import DataError
+from tailorml.train.flops import flops_per_token
 
 from .conftest import assert_same_weights, make_rows, tiny_config, write_config, write_csv
 
@@ -257,7 +258,8 @@ def clm_run(tmp_path_factory: pytest.TempPathFactory, corpus: Path, shard_cache:
     from tailorml.recipes.pretrain import pretrain
 
     tmp = tmp_path_factory.mktemp("clm")
-    cfg = _cfg(_raw(tmp, corpus, shard_cache, "clm"))
+    # A stated device peak (as for a GPU not in the table): MFU is logged against it.
+    cfg = _cfg(_raw(tmp, corpus, shard_cache, "clm", pretrain={"peak_tflops": 0.25}))
     pretrain(cfg)
     return Path(cfg.output_dir)
 
@@ -291,7 +293,15 @@ def test_tiny_clm_from_scratch_learns_and_writes_a_causal_lm_folder(clm_run: Pat
     with torch.inference_mode():
         out = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == ids.shape[1] + 4
+    # MFU: the logged tokens/s x model FLOPs per token over the stated 0.25 TFLOPS.
+    tr, per = ev["train"], flops_per_token(model, 32)
+    assert tr["flops_per_token"] == per and tr["peak_source"] == "pretrain.peak_tflops"
+    assert tr["mfu"] == pytest.approx(tr["train_tokens_per_s"] * per / 0.25e12, rel=1e-3)
+    rows = [json.loads(x) for x in (clm_run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert all(r["mfu"] == pytest.approx(r["tokens_per_s"] * per / 0.25e12) for r in train)
     report = (clm_run / "report.md").read_text()
+    assert "MFU" in report and "pretrain.peak_tflops" in report
     assert "Greedy continuations" in report and (clm_run / "plots" / "loss.png").is_file()
     # The same held-out prompt continued at each evaluation (steps 20 and 40), in the report.
     assert [e["step"] for e in ev["samples_by_step"]] == [20, 40]
@@ -311,7 +321,10 @@ def test_tiny_mlm_from_scratch_learns_and_is_a_classifier_base(
     assert np.mean(losses[-3:]) < 0.8 * losses[0] and np.mean(losses[-3:]) < 3.2, losses
     model = AutoModelForMaskedLM.from_pretrained(str(mlm_run / "model"))
     assert type(model).__name__ == "BertForMaskedLM"
+    tr = json.loads((mlm_run / "eval.json").read_text())["train"]
+    assert tr["mfu"] is None and "set pretrain.peak_tflops" in tr["peak_source"]  # a CPU
     report = (mlm_run / "report.md").read_text()
+    assert "MFU not computed" in report
     assert "Masked-token predictions" in report and "masked sample at each evaluation" in report
     # `tailor finetune` takes the folder as model.base (its tokenizer and encoder).
     train = write_csv(tmp_path / "train.csv", make_rows(48, 0))
@@ -324,6 +337,42 @@ def test_tiny_mlm_from_scratch_learns_and_is_a_classifier_base(
     )
     res = finetune(_cfg(raw))
     assert res["train"]["steps"] == 3 and "accuracy" in res["test"]
+
+
+def test_flops_per_token_counts_every_linear_and_the_attention() -> None:
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
+
+    from tailorml.train.flops import device_peak_flops, mfu
+
+    # BERT, 2 layers of width 64, intermediate 128, vocabulary 100: per layer q, k, v, output
+    # (4 x 64 x 64), the feed-forward (2 x 64 x 128); the MLM head's transform (64 x 64) and its
+    # decoder over the vocabulary (64 x 100, tied to the embedding: still a matmul).
+    bert = BertForMaskedLM(
+        BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   intermediate_size=128, max_position_embeddings=64)
+    )  # fmt: skip
+    linear = 2 * (4 * 64 * 64 + 2 * 64 * 128) + 64 * 64 + 64 * 100
+    assert flops_per_token(bert, 32) == 6 * linear + 12 * 2 * 64 * 32
+    # Llama with grouped-query attention (k, v of 2 heads x 16) and a gated feed-forward.
+    llama = LlamaForCausalLM(
+        LlamaConfig(vocab_size=100, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                    num_key_value_heads=2, intermediate_size=96, tie_word_embeddings=True)
+    )  # fmt: skip
+    linear = 3 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 96) + 64 * 100
+    assert flops_per_token(llama, 128) == 6 * linear + 12 * 3 * 64 * 128
+    # GPT-2 small (its matmuls are transformers' Conv1D): 85M weights in the 12 layers and the
+    # 38.6M tied head; ~0.85 GFLOPs a token at block 1024. Built on the meta device: no memory.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    with torch.device("meta"):
+        gpt2 = GPT2LMHeadModel(GPT2Config())
+    linear = 12 * (768 * 2304 + 768 * 768 + 2 * 768 * 3072) + 768 * 50257
+    assert linear == 123_532_032
+    assert flops_per_token(gpt2, 1024) == 6 * linear + 12 * 12 * 768 * 1024
+    assert mfu(1000.0, 1e9, 1e12, processes=2) == pytest.approx(0.5)  # 1e12 of 2e12
+    assert device_peak_flops(torch.device("cpu"), None)[0] is None
+    assert device_peak_flops(torch.device("cpu"), 2.0) == (2e12, "pretrain.peak_tflops")
 
 
 def test_second_run_reuses_the_shards(

@@ -328,6 +328,12 @@ class PretrainConfig(_Section):
         le=32,
         description="Report: greedy continuations (clm) or masked predictions (mlm).",
     )
+    peak_tflops: float | None = Field(
+        None,
+        gt=0,
+        description="Peak dense TFLOPS of one device, for the logged model FLOPs utilisation "
+        "(`mfu`); null = known GPUs by name (H100/H200 989, A100 312, ...), none on a CPU.",
+    )
 
 
 class TokenizerConfig(_Section):

@@ -53,6 +53,7 @@ from tailorml.models.pretrain import (
 )
 from tailorml.train import auto
 from tailorml.train.distributed import all_reduce_sum, replica_max_diff, start_processes
+from tailorml.train.flops import device_peak_flops, flops_per_token, mfu
 from tailorml.train.loop import load_best, start_training, train_loop
 from tailorml.train.progress import console
 from tailorml.train.report import write_pretrain_report
@@ -101,6 +102,8 @@ def pretrain(
         model, tokenizer = load_base(cfg.model.base, objective)
         base_name = cfg.model.base
     size = model_size(model) if main else {}
+    per_token = flops_per_token(model, p.block_size)  # model FLOPs, forward + backward
+    peak, peak_source = device_peak_flops(acc.device, p.peak_tflops)
 
     # ---- token shards and blocks ----------------------------------------------------------------
     shards = _shards(p, files, tokenizer, acc, main)
@@ -220,10 +223,11 @@ def pretrain(
         return {**perplexity_metrics(total, tokens), "tokens": tokens, "blocks": len(eval_ids)}
 
     def log_extra(row: dict[str, float]) -> dict[str, float]:
-        return {
-            "perplexity": math.exp(min(row["loss"], 50.0)),
-            "tokens_per_s": row["samples_per_s"] * p.block_size,
-        }
+        tokens_per_s = row["samples_per_s"] * p.block_size
+        extra = {"perplexity": math.exp(min(row["loss"], 50.0)), "tokens_per_s": tokens_per_s}
+        if peak:
+            extra["mfu"] = mfu(tokens_per_s, per_token, peak, world)
+        return extra
 
     # ---- the loop -----------------------------------------------------------------------------
     loop = train_loop(
@@ -250,6 +254,7 @@ def pretrain(
     results: dict[str, Any] = {"eval": evaluate(record=False)}
     replica_diff = replica_max_diff(model, world)
     tokens_seen = state["samples_seen"] * p.block_size
+    tokens_per_s = loop.samples * p.block_size / max(loop.train_seconds, 1e-9)
     results["train"] = {
         "objective": objective,
         "replicas_identical": replica_diff == 0.0,
@@ -261,7 +266,11 @@ def pretrain(
         "processes": world,
         "tokens_seen": tokens_seen,
         "train_seconds": round(loop.train_seconds, 3),
-        "train_tokens_per_s": round(loop.samples * p.block_size / max(loop.train_seconds, 1e-9), 1),
+        "train_tokens_per_s": round(tokens_per_s, 1),
+        "flops_per_token": per_token,
+        "peak_flops_per_device": peak,
+        "peak_source": peak_source,
+        "mfu": round(mfu(tokens_per_s, per_token, peak, world), 4) if peak else None,
         "threads_per_process": procs.threads,
         **size,
         **peak_memory(torch.cuda.is_available()),

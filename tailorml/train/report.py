@@ -268,6 +268,17 @@ def write_generation_report(
     return path
 
 
+def _mfu_line(tr: dict[str, Any]) -> str:
+    """Model FLOPs per token and, when a device peak is known, the utilisation."""
+    per = tr.get("flops_per_token")
+    if not per:
+        return "- model FLOPs per token: not recorded"
+    head = f"- model FLOPs per token (forward + backward): {per / 1e6:,.1f} M"
+    if tr.get("mfu") is None:
+        return f"{head}; MFU not computed ({tr.get('peak_source', 'no device peak')})"
+    return f"{head}; **MFU {100 * tr['mfu']:.1f}%** of {tr['peak_source']}"
+
+
 def write_pretrain_report(run_dir: Path, name: str, base: str, results: dict[str, Any]) -> Path:
     """report.md of a pretraining run: loss and perplexity curves, held-out loss, tokens seen,
     throughput, the data, and samples (greedy continuations or masked-token predictions)."""
@@ -284,6 +295,7 @@ def write_pretrain_report(run_dir: Path, name: str, base: str, results: dict[str
         f" stopped by: {tr['stopped_by']}, processes: {tr['processes']}",
         f"- tokens seen: {tr['tokens_seen']:,}; throughput {tr['train_tokens_per_s']:,.0f} "
         "tokens/s (training time only)",
+        _mfu_line(tr),
         f"- corpus: {d['files']} file(s); train {d['documents']['train']:,} documents, "
         f"{d['tokens']['train']:,} tokens, {d['blocks']['train']:,} blocks of {d['block_size']}; "
         f"held out {d['documents']['eval']:,} documents, {d['blocks']['eval']:,} blocks "
