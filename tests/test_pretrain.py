@@ -354,6 +354,11 @@ def test_flops_per_token_counts_every_linear_and_the_attention() -> None:
     )  # fmt: skip
     linear = 2 * (4 * 64 * 64 + 2 * 64 * 128) + 64 * 64 + 64 * 100
     assert flops_per_token(bert, 32) == 6 * linear + 12 * 2 * 64 * 32
+    # Masked-LM pretraining: the head (transform + decoder) on 15% of the rows.
+    head = 64 * 64 + 64 * 100
+    assert flops_per_token(bert, 32, 0.15) == pytest.approx(
+        6 * (linear - 0.85 * head) + 12 * 2 * 64 * 32
+    )
     # Llama with grouped-query attention (k, v of 2 heads x 16) and a gated feed-forward.
     llama = LlamaForCausalLM(
         LlamaConfig(vocab_size=100, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,

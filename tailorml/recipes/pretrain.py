@@ -102,7 +102,8 @@ def pretrain(
         model, tokenizer = load_base(cfg.model.base, objective)
         base_name = cfg.model.base
     size = model_size(model) if main else {}
-    per_token = flops_per_token(model, p.block_size)  # model FLOPs, forward + backward
+    # Model FLOPs, forward + backward; an mlm head runs on the masked rows only.
+    per_token = flops_per_token(model, p.block_size, p.mask_prob if objective == "mlm" else 1.0)
     peak, peak_source = device_peak_flops(acc.device, p.peak_tflops)
 
     # ---- token shards and blocks ----------------------------------------------------------------

@@ -10,7 +10,9 @@ trainers report:
 Every `nn.Linear` (and GPT-2's `Conv1D`) counts, a tied language-model head too (it is a
 matmul over the vocabulary even when it shares the embedding's weights); embedding lookups,
 norms and activations do not.
-The attention term counts the whole block (no causal halving), as is usual. Recomputation
+The attention term counts the whole block (no causal halving), as is usual. Masked-LM
+pretraining runs the head (BERT's `cls`: transform + vocabulary projection) on the masked rows
+only, so there the head counts `mask_prob` of a token. Recomputation
 (activation checkpointing) is not counted: that is *model* FLOPs, not hardware FLOPs.
 
 MFU = (tokens/s of all processes) * FLOPs per token / (processes * peak FLOPs of one device).
@@ -50,12 +52,18 @@ def linear_weights(model: Any) -> int:
     )
 
 
-def flops_per_token(model: Any, block_size: int) -> float:
-    """Training (forward + backward) model FLOPs per token of a transformers model."""
+def flops_per_token(model: Any, block_size: int, head_share: float = 1.0) -> float:
+    """Training (forward + backward) model FLOPs per token of a transformers model.
+    `head_share`: the share of tokens the language-model head runs on (masked-LM pretraining
+    projects only the masked rows onto the vocabulary: `pretrain.mask_prob`); 1 = every token."""
     cfg = model.config
     layers = int(getattr(cfg, "num_hidden_layers", 0) or 0)
     hidden = int(getattr(cfg, "hidden_size", 0) or 0)
-    return 6.0 * linear_weights(model) + 12.0 * layers * hidden * block_size
+    weights = float(linear_weights(model))
+    head = getattr(model, "cls", None) or getattr(model, "lm_head", None)
+    if head is not None and head_share != 1.0:
+        weights -= (1.0 - head_share) * linear_weights(head)
+    return 6.0 * weights + 12.0 * layers * hidden * block_size
 
 
 def device_peak_flops(device: Any, configured_tflops: float | None) -> tuple[float | None, str]:
