@@ -7,7 +7,12 @@ dense (packaged all-MiniLM-L6-v2 + faiss) and their reciprocal-rank fusion (k=60
 run; index build time and query throughput (median of --repeats passes over all queries, in
 batches of --batch) for each.
 
+`--tune-queries` adds dense and hybrid with the query encoder tuned contrastively on Banking77's
+*training* questions, each toward its intent's article (apps/support/query_tuning.py; the
+passages keep the packaged encoder's vectors), and records the tuning's time and loss.
+
     flock /tmp/tailorml-heavy.lock python benchmarks/support_retrieval.py --threads 2
+    flock /tmp/tailorml-heavy.lock python benchmarks/support_retrieval.py --threads 2 --tune-queries
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per retriever")
     ap.add_argument("--max-words", type=int, default=200, help="passage size (words)")
     ap.add_argument("--out", type=Path, default=None, help="JSON results (default: results/)")
+    ap.add_argument("--tune-queries", action="store_true", help="add query-tuned dense/hybrid")
+    ap.add_argument("--train", type=Path, default=REPO / "data/banking77/train.csv")
+    ap.add_argument("--tune-epochs", type=float, default=2.0)
+    ap.add_argument("--tune-lr", type=float, default=3e-5)
     args = ap.parse_args()
 
     import torch
@@ -76,14 +85,32 @@ def main() -> None:
     encoder.encode(["warm-up"])  # loads the weights: timed apart from the index build
     load_s = time.perf_counter() - t0
 
+    tuning, query_base = None, None
+    if args.tune_queries:
+        import tempfile
+
+        from tailorml.apps.support.query_tuning import tune_query_encoder
+
+        with args.train.open(encoding="utf-8", newline="") as fh:
+            train = list(csv.DictReader(fh))
+        query_base = tempfile.mkdtemp(prefix="qenc-")
+        tuning = tune_query_encoder(
+            "minilm", passages, [r["text"] for r in train],
+            [intent_file(r["category"]) for r in train], query_base,
+            epochs=args.tune_epochs, lr=args.tune_lr, threads=args.threads, log=print,
+        )  # fmt: skip
+        print(f"query tuning: {tuning}", flush=True)
+
     def build(name: str) -> Any:
         if name == "bm25":
             return BM25Retriever()
-        dense = DenseRetriever(threads=args.threads, encoder=encoder)
-        return dense if name == "dense" else HybridRetriever(BM25Retriever(), dense)
+        tuned = query_base if name.endswith("tuned") else None
+        dense = DenseRetriever(threads=args.threads, encoder=encoder, query_base=tuned)
+        return dense if name.startswith("dense") else HybridRetriever(BM25Retriever(), dense)
 
+    names = ["bm25", "dense", "hybrid"] + (["dense-tuned", "hybrid-tuned"] if tuning else [])
     results: dict[str, Any] = {}
-    for name in ("bm25", "dense", "hybrid"):
+    for name in names:
         t0 = time.perf_counter()
         retriever = build(name).fit(passages)
         build_s = time.perf_counter() - t0
@@ -116,6 +143,7 @@ def main() -> None:
         "batch": args.batch,
         "repeats": args.repeats,
         "encoder_load_s": round(load_s, 2),
+        "query_tuning": tuning,
         "results": results,
     }
     print()

@@ -317,6 +317,49 @@ def test_train_and_evaluate_end_to_end(tmp_path: Path) -> None:
         Assistant.load(run, intent_model=other)
 
 
+def test_query_tuning_in_support_train(tmp_path: Path) -> None:
+    from tailorml.apps.support.train import train_support
+
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    (kb / "pin_blocked.md").write_text("# Blocked PIN\n\nUnblock your PIN in the app settings.\n")
+    (kb / "card_arrival.md").write_text("# Where is my card\n\nCards come by post in a week.\n")
+    (kb / "fees.md").write_text("# Fees\n\nDeposits and top-ups by bank transfer are free.\n")
+    tune = {"epochs": 2, "lr": 1e-3, "batch_size": 16}
+    # Refused before anything is trained: bm25 has no query encoder; no article named after
+    # an intent leaves nothing to tune toward.
+    for knowledge, expect in (
+        ({"retriever": "bm25"}, "but `knowledge.retriever` is bm25"),
+        ({"documents": str(tmp_path)}, "no intent of `intents.train` has an article named"),
+    ):
+        cfg = support_config(
+            tmp_path,
+            knowledge={"documents": str(kb), "encoder": "tiny", "tune_queries": tune, **knowledge},
+        )
+        (tmp_path / "elsewhere.md").write_text("# Other\n\nNot an intent.\n")
+        path = write(tmp_path, cfg)
+        with pytest.raises(ConfigError, match=expect):
+            train_support(load_support_config(path), path)
+        assert not (tmp_path / "run").exists()
+    cfg = support_config(
+        tmp_path, knowledge={"documents": str(kb), "encoder": "tiny", "tune_queries": tune}
+    )
+    path = write(tmp_path, cfg)
+    meta = train_support(load_support_config(path), path)
+    run = tmp_path / "run"
+    t = meta["query_tuning"]
+    # the in-scope questions of the two intents with an article (top_up has none)
+    rows = intent_rows(150, 0, 0.1)
+    n = sum(r["intent"] in ("pin_blocked", "card_arrival") for r in rows)
+    assert t["questions"] == n and t["skipped"] == sum(r["intent"] == "top_up" for r in rows)
+    assert (run / "index" / "query-encoder" / "model.safetensors").is_file()
+    assert not (run / "query-encoder").exists()  # moved into the index, not kept twice
+    assert "Query encoder: tuned on" in (run / "report.md").read_text()
+    bot = Assistant.load(run)
+    assert bot.retriever.query_encoder_ is not None
+    assert bot.answer("my pin is locked")["intent"] in KEYWORDS
+
+
 def test_the_demo_config_is_valid() -> None:
     cfg = load_support_config(REPO / "configs" / "support.yaml")
     assert cfg.intents.held_out and cfg.knowledge is not None and cfg.answers is not None

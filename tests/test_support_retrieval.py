@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -273,6 +274,71 @@ def test_save_and_load_give_the_same_results_without_pickle(tmp_path: Path) -> N
         load_retriever(tmp_path / "idx-DenseRetriever")
     with pytest.raises(ConfigError, match="not a saved retriever"):
         load_retriever(tmp_path / "kb")
+
+
+# Questions in two wordings: the query encoder trains on the first, is judged on the second.
+TOPICS = {
+    "card_arrival": (["card", "post", "envelope", "delivery"], ["still waiting", "not arrived"]),
+    "pin_blocked": (["pin", "code", "attempts", "unblock"], ["locked out", "blocked"]),
+    "exchange/fees": (["exchange", "currency", "rate", "markup"], ["fee", "charged"]),
+    "close_account": (["close", "account", "leave", "profile"], ["want to", "how do i"]),
+}
+
+
+def _questions(which: int) -> tuple[list[str], list[str]]:
+    """(questions, their articles): every keyword of a topic with each of its phrases, in the
+    training wording (0) or another one (1)."""
+    texts, docs = [], []
+    for doc, (words, phrases) in TOPICS.items():
+        for w in words:
+            for p in phrases:
+                texts.append(f"{p} my {w} please" if which == 0 else f"hello, {w} - {p}?")
+                docs.append(doc)
+    return texts, docs
+
+
+def test_tuned_query_encoder_finds_the_articles_and_is_saved_with_the_index(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from tailorml.apps.support.query_tuning import tune_query_encoder
+
+    passages = load_passages(write_kb(tmp_path / "kb"))
+    train_q, train_d = _questions(0)
+    test_q, test_d = _questions(1)
+    before = retrieval_scores(DenseRetriever(base="tiny").fit(passages), test_q, test_d)
+    info = tune_query_encoder(
+        "tiny", passages, [*train_q, "not about anything"], [*train_d, None],
+        tmp_path / "qenc", epochs=25, lr=2e-3, batch_size=8, threads=1,
+    )  # fmt: skip
+    assert info["questions"] == len(train_q) and info["skipped"] == 1
+    assert info["loss_last"] < 0.5 * info["loss_first"], info
+    tuned = DenseRetriever(base="tiny", query_base=str(tmp_path / "qenc")).fit(passages)
+    after = retrieval_scores(tuned, test_q, test_d)
+    # A random tiny encoder ranks by chance; tuned on one wording, it finds the other's articles.
+    assert after["recall@1"] >= 0.9 and after["recall@1"] >= before["recall@1"] + 0.3, (
+        before, after
+    )  # fmt: skip
+    # Only the queries changed: the passages' vectors are the untuned encoder's.
+    plain = DenseRetriever(base="tiny").fit(passages)
+    assert np.array_equal(plain.index_.reconstruct_n(0, 4), tuned.index_.reconstruct_n(0, 4))
+    # Saved with the index (safetensors, no pickle); the loaded index searches the same way,
+    # also after the tuned folder it was trained into is gone.
+    for r in (tuned, HybridRetriever(dense=tuned).fit(passages)):
+        folder = tmp_path / f"idx-{r.kind}"
+        r.save(folder)
+        manifest = json.loads((folder / "retriever.json").read_text())
+        dense = manifest.get("dense", manifest)
+        assert dense["query_encoder"] == "query-encoder"
+        assert (folder / "query-encoder" / "model.safetensors").is_file()
+        assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))
+    expected = tuned.search_many(test_q, k=3)
+    shutil.rmtree(tmp_path / "qenc")
+    back = load_retriever(tmp_path / "idx-dense")
+    assert back.search_many(test_q, k=3) == expected
+    with pytest.raises(ConfigError, match="no training question maps to an article"):
+        tune_query_encoder("tiny", passages, ["x"], ["nowhere"], tmp_path / "q2", threads=1)
 
 
 def test_retrieval_scores_on_a_hand_computed_case() -> None:

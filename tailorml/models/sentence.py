@@ -98,9 +98,16 @@ class SentenceEncoder:
                     max_length=self.max_length,
                     return_tensors="pt",
                 )
-                states = self._model(**batch).last_hidden_state  # (batch, seq, hidden)
-                mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)  # (batch, seq, 1)
-                mean = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (batch, hidden)
-                unit = torch.nn.functional.normalize(mean, p=2, dim=1)
-                out[idx] = unit.float().numpy()
+                out[idx] = embed(self._model, batch).float().numpy()
         return out
+
+
+def embed(model: Any, batch: Any) -> Any:
+    """Unit-length mean-pooled sentence vectors (batch, hidden) of a tokenized batch; keeps the
+    autograd graph (a trainer calls it too; `encode` runs it under inference mode)."""
+    import torch
+
+    states = model(**batch).last_hidden_state  # (batch, seq, hidden)
+    mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)  # (batch, seq, 1)
+    mean = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (batch, hidden)
+    return torch.nn.functional.normalize(mean, p=2, dim=1)

@@ -61,6 +61,17 @@ class IntentsConfig(_Section):
     )
 
 
+class QueryTuningConfig(_Section):
+    """Contrastive fine-tuning of the question side of dense retrieval (query_tuning.py)."""
+
+    epochs: float = Field(2.0, gt=0, le=100, description="Passes over the training questions.")
+    lr: float = Field(3e-5, gt=0, le=1, description="AdamW learning rate (linear decay).")
+    batch_size: int = Field(32, ge=1, le=4096, description="Questions a step.")
+    temperature: float = Field(
+        0.05, gt=0, le=10, description="Softmax temperature over the passages' cosine scores."
+    )
+
+
 class KnowledgeConfig(_Section):
     documents: Path = Field(description="Folder of .md / .txt help articles.")
     retriever: Literal["bm25", "dense", "hybrid"] = Field(
@@ -71,6 +82,12 @@ class KnowledgeConfig(_Section):
         "minilm", description="Dense encoder: `minilm` (packaged), a local folder, `tiny` (tests)."
     )
     max_words: int = Field(200, ge=10, description="Longest passage in words.")
+    tune_queries: QueryTuningConfig | None = Field(
+        None,
+        description="Fine-tune a query encoder on the in-scope training questions, each toward "
+        "its intent's article (articles named after the intents; dense and hybrid only); the "
+        "passages keep the encoder's vectors. null = off; {} = the defaults.",
+    )
 
 
 class GenerationConfig(_Section):

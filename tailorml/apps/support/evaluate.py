@@ -141,8 +141,13 @@ def _gold_documents(
                 "(file paths without extension, as in RUN/index/passages.json)."
             )
         return out
-    # an article named after its intent, less the characters a file name cannot well hold
-    # (Banking77's `reverted_card_payment?` is reverted_card_payment.md)
-    named = {re.sub(r"[^\w/.-]", "", d): d for d in known} | {d: d for d in known}
-    out = [named.get(r["label"], named.get(re.sub(r"[^\w/.-]", "", r["label"]))) for r in rows]
+    out = intent_documents([r["label"] for r in rows], known)
     return out if any(out) else None
+
+
+def intent_documents(labels: list[str], known: set[str]) -> list[str | None]:
+    """Each intent's article id when the knowledge base has an article named after it (less the
+    characters a file name cannot well hold: Banking77's `reverted_card_payment?` is
+    reverted_card_payment.md), else None."""
+    named = {re.sub(r"[^\w/.-]", "", d): d for d in known} | {d: d for d in known}
+    return [named.get(x, named.get(re.sub(r"[^\w/.-]", "", x))) for x in labels]

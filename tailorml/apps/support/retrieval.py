@@ -35,6 +35,7 @@ from tailorml.errors import ConfigError
 from tailorml.files import atomic_json
 
 FORMAT = 1
+QUERY_ENCODER = "query-encoder"  # a tuned query encoder's folder inside a saved index
 # Ranked passages per query to look at before collapsing to documents, as a multiple of k;
 # widened (x4) for a query whose first look holds fewer than k distinct documents.
 DEPTH = 4
@@ -124,6 +125,8 @@ class DenseRetriever:
     """Cosine similarity of sentence embeddings, searched exactly (faiss IndexFlatIP over unit
     vectors). `base`: the encoder (`minilm`, the packaged all-MiniLM-L6-v2; a local folder;
     `tiny` for tests), or pass `encoder=` (any object with `encode(texts) -> (n, dim)`).
+    `query_base`: a folder holding a separate encoder for the questions (one tuned on labelled
+    questions by query_tuning.py; the passages keep `base`'s vectors); saved with the index.
     `threads`: torch's and faiss's threads (None: as the process set them)."""
 
     kind = "dense"
@@ -135,12 +138,14 @@ class DenseRetriever:
         batch_size: int = 64,
         threads: int | None = None,
         encoder: Encoder | None = None,
+        query_base: str | None = None,
     ):
         self.base = base
         self.max_length = max_length
         self.batch_size = batch_size
         self.threads = threads
         self.encoder = encoder
+        self.query_base = query_base
 
     def params(self) -> dict[str, Any]:
         return {"base": self.base, "max_length": self.max_length, "batch_size": self.batch_size}
@@ -157,11 +162,19 @@ class DenseRetriever:
 
         self.passages_ = _check_passages(passages)
         self.encoder_ = self._encoder()
+        self.query_encoder_ = self._query_encoder()
         self._threads()
         vectors = _as_rows(self.encoder_.encode([_indexed(p) for p in self.passages_]))
         self.index_ = faiss.IndexFlatIP(vectors.shape[1])
         self.index_.add(vectors)  # (passages, dim)
         return self
+
+    def _query_encoder(self) -> Encoder | None:
+        if self.query_base is None:
+            return None
+        from tailorml.models.sentence import SentenceEncoder
+
+        return SentenceEncoder(self.query_base, self.max_length, self.batch_size, self.threads)
 
     def _threads(self) -> None:
         if self.threads:
@@ -172,7 +185,8 @@ class DenseRetriever:
     def rank_many(self, queries: Sequence[str]) -> Callable[[list[int], int], list[Ranked]]:
         _check_fitted(self, "index_")
         self._threads()
-        vectors = _as_rows(self.encoder_.encode(list(queries)))  # (queries, dim), once
+        encoder = getattr(self, "query_encoder_", None) or self.encoder_
+        vectors = _as_rows(encoder.encode(list(queries)))  # (queries, dim), once
         if vectors.shape[1] != self.index_.d:
             raise ConfigError(
                 f"The encoder gives {vectors.shape[1]}-dimensional vectors but the index holds "
@@ -197,7 +211,13 @@ class DenseRetriever:
 
     def save(self, folder: str | Path) -> None:
         _check_fitted(self, "index_")
-        _save(folder, self._manifest(), self.passages_, {"dense.faiss": self.index_})
+        _save(
+            folder, self._manifest(), self.passages_, {"dense.faiss": self.index_}, self._copied()
+        )
+
+    def _copied(self) -> dict[str, Path]:
+        """Folders saved inside the index: the query encoder, when there is one."""
+        return {QUERY_ENCODER: Path(self.query_base)} if self.query_base else {}
 
     def _manifest(self) -> dict[str, Any]:
         spec = getattr(self.encoder_, "spec", None)
@@ -207,6 +227,7 @@ class DenseRetriever:
             "encoder": spec() if callable(spec) else None,
             "dim": int(self.index_.d),
             "index": "dense.faiss",
+            "query_encoder": QUERY_ENCODER if self.query_base else None,
         }
 
 
@@ -275,7 +296,8 @@ class HybridRetriever:
             "bm25": {"params": self.bm25_.params()},
             "dense": self.dense_._manifest(),
         }
-        _save(folder, manifest, self.passages_, {"dense.faiss": self.dense_.index_})
+        indexes = {"dense.faiss": self.dense_.index_}
+        _save(folder, manifest, self.passages_, indexes, self.dense_._copied())
 
 
 Retriever = BM25Retriever | DenseRetriever | HybridRetriever
@@ -318,7 +340,9 @@ def load_retriever(
         params = dict(meta["params"])
         if spec is not None:
             params.update(spec)
-        r = DenseRetriever(**params, threads=threads, encoder=encoder)
+        tuned = meta.get("query_encoder")
+        query_base = str(root / tuned) if tuned else None
+        r = DenseRetriever(**params, threads=threads, encoder=encoder, query_base=query_base)
         index: Any = faiss.read_index(str(root / meta["index"]))
         if index.ntotal != len(passages) or index.d != meta["dim"]:
             raise ConfigError(
@@ -327,6 +351,7 @@ def load_retriever(
                 "The folder is damaged or mixed; rebuild the index."
             )
         r.passages_, r.encoder_, r.index_ = passages, r._encoder(), index
+        r.query_encoder_ = r._query_encoder()
         return r
 
     kind = manifest.get("kind")
@@ -443,7 +468,11 @@ def _check_k(k: int) -> None:
 
 
 def _save(
-    folder: str | Path, manifest: dict[str, Any], passages: list[Passage], indexes: dict[str, Any]
+    folder: str | Path,
+    manifest: dict[str, Any],
+    passages: list[Passage],
+    indexes: dict[str, Any],
+    folders: dict[str, Path] | None = None,
 ) -> None:
     """Write the folder beside itself, then swap it in: a reader never sees half an index."""
     import faiss
@@ -458,6 +487,8 @@ def _save(
         atomic_json(tmp / "passages.json", [p.to_json() for p in passages])
         for name, index in indexes.items():
             faiss.write_index(index, str(tmp / name))
+        for name, src in (folders or {}).items():
+            shutil.copytree(src, tmp / name)
         atomic_json(tmp / "retriever.json", {"format": FORMAT, **manifest})
         if root.exists():
             root.rename(old)

@@ -4,7 +4,8 @@ index, and the confidence threshold calibrated for a target out-of-scope recall.
     OUTPUT_DIR/
       intent/          a normal run folder (model/, eval.json, report.md): compress/serve work on it
       data/            the splits the engine trained on (in-scope rows) and the full eval split
-      index/           the retriever (retrieval.py's save format), when `knowledge` is set
+      index/           the retriever (retrieval.py's save format), when `knowledge` is set;
+                       index/query-encoder/ with `knowledge.tune_queries`
       answers.json     the checked templates, when `answers` is set
       support.json     threshold, paths and settings: what the Assistant loads
       report.md        what a person reads
@@ -168,6 +169,8 @@ def train_support(
             passages = load_passages(cfg.knowledge.documents, cfg.knowledge.max_words)
         except ConfigError as exc:
             problems += exc.problems
+        if passages is not None:
+            problems += _tuning_problems(cfg, train_rows, oos, passages)
     if problems:
         raise ConfigError([f"{config_path}: {p}" for p in problems])
 
@@ -206,16 +209,26 @@ def train_support(
         from tailorml.apps.support.retrieval import BM25Retriever, DenseRetriever, HybridRetriever
 
         k = cfg.knowledge
+        tuned = _tune_queries(cfg, train_rows, oos, passages, out / "query-encoder")
+        query_base = str(out / "query-encoder") if tuned else None
+        dense = DenseRetriever(base=k.encoder, query_base=query_base)
         retriever = (
             BM25Retriever()
             if k.retriever == "bm25"
-            else DenseRetriever(base=k.encoder)
+            else dense
             if k.retriever == "dense"
-            else HybridRetriever(dense=DenseRetriever(base=k.encoder))
+            else HybridRetriever(dense=dense)
         )
         retriever.fit(passages)
-        retriever.save(out / "index")
+        retriever.save(out / "index")  # the tuned query encoder is copied into it
         index = "index"
+        if tuned:
+            import shutil
+
+            from tailorml.apps.support.retrieval import load_retriever
+
+            shutil.rmtree(out / "query-encoder")
+            retriever = load_retriever(out / "index")
     if answers:
         atomic_json(out / "answers.json", answers)
 
@@ -256,10 +269,68 @@ def train_support(
         "sources": s.sources,
         "handoff_message": s.handoff_message,
         "calibration": cal,
+        "query_tuning": tuned,
         "intent_eval": {k: v for k, v in res.get("eval", {}).items() if isinstance(v, int | float)},
     }
     write_summary(out, summary)
     return summary
+
+
+def _tuning_problems(
+    cfg: SupportConfig, rows: list[dict[str, str]], oos: str, passages: list[Any]
+) -> list[str]:
+    k = cfg.knowledge
+    if k is None or k.tune_queries is None:
+        return []
+    if k.retriever == "bm25":
+        return [
+            "`knowledge.tune_queries` tunes the dense encoder's queries, but "
+            "`knowledge.retriever` is bm25. Use dense or hybrid, or remove tune_queries."
+        ]
+    from tailorml.apps.support.evaluate import intent_documents
+
+    labels = sorted({r["label"] for r in rows} - {oos})
+    if not any(intent_documents(labels, {p.doc_id for p in passages})):
+        return [
+            f"`knowledge.tune_queries`: no intent of `intents.train` has an article named after "
+            f"it in {k.documents} (e.g. {labels[0]!r} -> {labels[0]}.md), so there is nothing "
+            "to tune toward. Name the articles after the intents, or remove tune_queries."
+        ]
+    return []
+
+
+def _tune_queries(
+    cfg: SupportConfig, rows: list[dict[str, str]], oos: str, passages: list[Any], folder: Path
+) -> dict[str, Any] | None:
+    """Contrastive tuning of the query encoder on the in-scope training questions (each toward
+    its intent's article); None when `knowledge.tune_queries` is off."""
+    k = cfg.knowledge
+    if k is None or k.tune_queries is None or k.retriever == "bm25":
+        return None
+    from tailorml.apps.support.evaluate import intent_documents
+    from tailorml.apps.support.query_tuning import tune_query_encoder
+    from tailorml.train.progress import console
+
+    rows = [r for r in rows if r["label"] != oos]
+    docs = intent_documents([r["label"] for r in rows], {p.doc_id for p in passages})
+    q = k.tune_queries
+    console.print(f"Tuning the query encoder on {sum(d is not None for d in docs):,} questions")
+    return tune_query_encoder(
+        k.encoder, passages, [r["text"] for r in rows], docs, folder,
+        epochs=q.epochs, lr=q.lr, batch_size=q.batch_size, temperature=q.temperature,
+        seed=cfg.train.seed, threads=cfg.train.threads,
+        log=lambda line: console.print(line, highlight=False),
+    )  # fmt: skip
+
+
+def _tuning_line(t: dict[str, Any] | None) -> str:
+    if not t:
+        return "- Query encoder: the passages' encoder (not tuned)."
+    return (
+        f"- Query encoder: tuned on {t['questions']:,} training questions toward their intents' "
+        f"articles ({t['steps']} steps, {t['train_seconds']:.0f} s; loss {t['loss_first']:.3f} -> "
+        f"{t['loss_last']:.3f}), in `index/query-encoder/`."
+    )
 
 
 def _generation(cfg: SupportConfig) -> dict[str, Any] | None:
@@ -350,6 +421,7 @@ def _report(summary: dict[str, Any]) -> str:
         f"is not confident {summary.get('retrieval_threshold', summary['min_retrieval_score']):.4f}"
         f", when it is {summary['min_retrieval_score']:.4f} (`support.min_retrieval_score`).",
         f"- Knowledge index: {index}.",
+        _tuning_line(summary.get("query_tuning")),
         f"- Answer templates: {'answers.json' if summary.get('answers') else 'none'}.",
         f"- Generated answers: {summary.get('generation') or 'no (extractive: the best passage)'}.",
         "",
