@@ -11,8 +11,9 @@ masked-LM training on unlabeled financial tweets help fine-tuning on financial t
    bases).
 3. A table of accuracy and macro-F1, mean ± std over the seeds, and the difference.
 
-Every finished run is kept (its eval.json), so an interrupted benchmark continues where it
-stopped. Child processes run with OMP_WAIT_POLICY=PASSIVE.
+Every finished run is kept (its eval.json) and an unfinished one resumes from its last
+checkpoint (`--resume-or-start`), so an interrupted benchmark continues where it stopped.
+Child processes run with OMP_WAIT_POLICY=PASSIVE.
 
     python benchmarks/dapt.py --out runs/dapt --seeds 1 2 3 --tasks finsent fintopic \
         --json benchmarks/results/dapt_DATE.json
@@ -60,8 +61,8 @@ def pretrained(a: argparse.Namespace, out: Path) -> tuple[Path, dict[str, Any]]:
     if not (run / "eval.json").exists():
         extra = [f"train.max_steps={a.pretrain_steps}"] if a.pretrain_steps else []
         wall = tailor(
-            "pretrain", PRETRAIN, f"output_dir={run}", f"train.threads={a.threads}", "--overwrite",
-            *extra,
+            "pretrain", PRETRAIN, f"output_dir={run}", f"train.threads={a.threads}",
+            "--resume-or-start", *extra,
         )  # fmt: skip
         (run / "wall_seconds.txt").write_text(f"{wall:.1f}\n")
     ev = json.loads((run / "eval.json").read_text())
@@ -80,7 +81,7 @@ def finetuned(a: argparse.Namespace, out: Path, task: str, base: str, seed: int,
         extra = [f"train.epochs={a.finetune_epochs}"] if a.finetune_epochs else []
         tailor(
             "finetune", TASKS[task], f"model.base={base}", f"train.seed={seed}",
-            f"output_dir={run}", f"train.threads={a.threads}", "--overwrite", *extra,
+            f"output_dir={run}", f"train.threads={a.threads}", "--resume-or-start", *extra,
         )  # fmt: skip
     ev = json.loads((run / "eval.json").read_text())
     split = ev["eval"]

@@ -74,7 +74,7 @@ def pretrain(a: argparse.Namespace, out: Path) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         path = out / "pretrain.yaml"
         path.write_text(json.dumps(cfg, indent=2))  # JSON is YAML
-        tailor("pretrain", str(path), "--overwrite")
+        tailor("pretrain", str(path), "--resume-or-start")
     ev = json.loads((run / "eval.json").read_text())
     return {
         "eval_perplexity": ev["eval"]["perplexity"],
@@ -111,7 +111,7 @@ def finetuned(a: argparse.Namespace, out: Path, base: Path, tag: str, seed: int)
         extra = [f"train.lr={a.finetune_lr}"] if a.finetune_lr else []
         tailor(
             "finetune", TASK, f"model.base={base}", f"train.seed={seed}", f"output_dir={run}",
-            f"train.threads={a.threads}", "--overwrite", *extra,
+            f"train.threads={a.threads}", "--resume-or-start", *extra,
         )  # fmt: skip
     ev = json.loads((run / "eval.json").read_text())["eval"]
     return {"accuracy": ev["accuracy"], "macro_f1": ev["macro_f1"]}
