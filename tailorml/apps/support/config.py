@@ -86,7 +86,8 @@ class KnowledgeConfig(_Section):
         None,
         description="Fine-tune a query encoder on the in-scope training questions, each toward "
         "its intent's article (articles named after the intents; dense and hybrid only); the "
-        "passages keep the encoder's vectors. null = off; {} = the defaults.",
+        "passages keep the encoder's vectors; it hurts articles it was not tuned toward "
+        "(docs/support.md). null = off; {} = the defaults.",
     )
 
 
