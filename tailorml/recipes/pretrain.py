@@ -306,7 +306,8 @@ def pretrain(
         console.print(
             f"  eval: loss {m['loss']:.4f}, perplexity {m['perplexity']:.3f} "
             f"({m['tokens']:,} {'masked ' if objective == 'mlm' else ''}tokens); "
-            f"{tr['tokens_seen']:,} tokens seen, {tr['train_tokens_per_s']:,.0f} tokens/s",
+            f"{tr['tokens_seen']:,} tokens seen, {tr['train_tokens_per_s']:,.0f} tokens/s"
+            + (f", MFU {100 * tr['mfu']:.1f}%" if tr["mfu"] is not None else ""),
             highlight=False,
         )
     logger.close()
