@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import os
+import random
 import re
 import statistics
 import sys
@@ -65,6 +66,13 @@ def main() -> None:
         help="intents whose training questions the tuning never sees; every retriever is also "
         "scored on the test questions of these intents alone (`unseen`)",
     )  # fmt: skip
+    ap.add_argument(
+        "--mixes", type=float, nargs="*", default=[],
+        help="query_mix values to compare (the tuned query vector's share); with them, "
+        "--val-share of the tuned intents' training questions is kept out of the tuning and, "
+        "with the training questions of --tune-exclude, chooses the mix (never the test set)",
+    )  # fmt: skip
+    ap.add_argument("--val-share", type=float, default=0.1)
     args = ap.parse_args()
 
     import torch
@@ -98,11 +106,16 @@ def main() -> None:
 
         with args.train.open(encoding="utf-8", newline="") as fh:
             train = list(csv.DictReader(fh))
+        # with --mixes: a seeded share of the tuned intents' questions is kept for validation
+        pick = random.Random(0)
+        for r in train:
+            excluded = r["category"] in args.tune_exclude
+            r["val"] = "unseen" if excluded else "seen" if args.mixes and (
+                pick.random() < args.val_share) else ""  # fmt: skip
         query_base = tempfile.mkdtemp(prefix="qenc-")
         tuning = tune_query_encoder(
             "minilm", passages, [r["text"] for r in train],
-            [None if r["category"] in args.tune_exclude else intent_file(r["category"])
-             for r in train], query_base,
+            [None if r["val"] else intent_file(r["category"]) for r in train], query_base,
             epochs=args.tune_epochs, lr=args.tune_lr, threads=args.threads, log=print,
         )  # fmt: skip
         print(f"query tuning: {tuning}", flush=True)
@@ -142,6 +155,11 @@ def main() -> None:
         }
         print(f"{name}: {results[name]}", flush=True)
 
+    mixes = (
+        mix_sweep(args, train, rows, passages, encoder, query_base, batched_scores)
+        if tuning and args.mixes
+        else None
+    )
     report = {
         "benchmark": "support_retrieval",
         "machine": machine(),
@@ -157,6 +175,7 @@ def main() -> None:
         "encoder_load_s": round(load_s, 2),
         "query_tuning": tuning,
         "tune_exclude": args.tune_exclude,
+        "mixes": mixes,
         "results": results,
     }
     print()
@@ -168,6 +187,45 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"\nwritten: {out}")
+
+
+def mix_sweep(
+    args: argparse.Namespace,
+    train: list[dict[str, str]],
+    rows: list[dict[str, str]],
+    passages: Any,
+    encoder: Any,
+    query_base: str,
+    scores: Any,
+) -> dict[str, Any]:
+    """Dense retrieval with the tuned queries at each --mixes value, on the validation questions
+    (tuned intents' kept-out share: `val_seen`; --tune-exclude intents: `val_unseen`) and the
+    test questions; the mix with the best mean validation recall@1 is `chosen`."""
+    from tailorml.apps.support.evaluate import retrieval_scores
+    from tailorml.apps.support.retrieval import DenseRetriever
+
+    sets = {
+        "val_seen": [r for r in train if r["val"] == "seen"],
+        "val_unseen": [r for r in train if r["val"] == "unseen"],
+        "test": rows,
+        "test_unseen": [r for r in rows if r["category"] in args.tune_exclude],
+    }
+    out: dict[str, Any] = {"sizes": {k: len(v) for k, v in sets.items()}, "by_mix": {}}
+    for mix in args.mixes:
+        r = DenseRetriever(threads=args.threads, encoder=encoder, query_base=query_base,
+                           query_mix=mix).fit(passages)  # fmt: skip
+        out["by_mix"][str(mix)] = {
+            k: scores(r, [x["text"] for x in v], [intent_file(x["category"]) for x in v],
+                      args.batch, retrieval_scores)
+            for k, v in sets.items() if v
+        }  # fmt: skip
+        print(f"mix {mix}: {out['by_mix'][str(mix)]}", flush=True)
+    val = [k for k in ("val_seen", "val_unseen") if sets[k]]
+    out["chosen"] = max(
+        args.mixes,
+        key=lambda m: sum(out["by_mix"][str(m)][k]["recall@1"] for k in val) / len(val),
+    )
+    return out
 
 
 def batched_scores(
@@ -211,6 +269,19 @@ def table(r: dict[str, Any]) -> str:
             f"| {k} | {x['recall@1']:.4f} | {x['recall@5']:.4f} | {x['mrr@10']:.4f} |"
             for k, x in unseen.items()
         ]
+    if r.get("mixes"):
+        x = r["mixes"]
+        lines += ["", f"Tuned query vector's share (query_mix); chosen on validation: "
+                  f"{x['chosen']}  (sizes {x['sizes']})", "",
+                  "| mix | val seen r@1 | val unseen r@1 | test r@1 | test MRR@10 | test unseen |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for mix, v in x["by_mix"].items():
+
+            def g(k: str, m: str = "recall@1", v: dict = v) -> str:
+                return f"{v[k][m]:.4f}" if k in v else "-"
+
+            lines.append(f"| {mix} | {g('val_seen')} | {g('val_unseen')} | {g('test')} | "
+                         f"{g('test', 'mrr@10')} | {g('test_unseen')} |")  # fmt: skip
     return "\n".join(lines)
 
 

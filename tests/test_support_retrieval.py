@@ -333,10 +333,26 @@ def test_tuned_query_encoder_finds_the_articles_and_is_saved_with_the_index(
         assert dense["query_encoder"] == "query-encoder"
         assert (folder / "query-encoder" / "model.safetensors").is_file()
         assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))
+    # query_mix: 0 searches as the untuned encoder does; a mix is saved with the index.
+    qenc = str(tmp_path / "qenc")
+    none = DenseRetriever(base="tiny", query_base=qenc, query_mix=0.0).fit(passages)
+    assert none.search_many(test_q, k=4) == plain.search_many(test_q, k=4)
+    half = DenseRetriever(base="tiny", query_base=qenc, query_mix=0.5).fit(passages)
+    scores = [h.score for h in half.search("hello, pin - blocked?", k=4)]
+    t, p = (r.search("hello, pin - blocked?", k=4) for r in (tuned, plain))
+    assert scores != [h.score for h in t] and scores != [h.score for h in p]
+    half.save(tmp_path / "idx-half")
     expected = tuned.search_many(test_q, k=3)
     shutil.rmtree(tmp_path / "qenc")
     back = load_retriever(tmp_path / "idx-dense")
     assert back.search_many(test_q, k=3) == expected
+    half_back = load_retriever(tmp_path / "idx-half")
+    assert half_back.query_mix == 0.5
+    assert [h.score for h in half_back.search("hello, pin - blocked?", k=4)] == pytest.approx(
+        scores
+    )
+    with pytest.raises(ConfigError, match="query_mix = 1.5"):
+        DenseRetriever(base="tiny", query_mix=1.5).fit(passages)
     with pytest.raises(ConfigError, match="no training question maps to an article"):
         tune_query_encoder("tiny", passages, ["x"], ["nowhere"], tmp_path / "q2", threads=1)
 

@@ -70,6 +70,13 @@ class QueryTuningConfig(_Section):
     temperature: float = Field(
         0.05, gt=0, le=10, description="Softmax temperature over the passages' cosine scores."
     )
+    mix: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="A question's vector: mix x the tuned encoder's + (1 - mix) x the untuned "
+        "one's (1 = tuned alone; lower keeps more of what the untuned encoder finds).",
+    )
 
 
 class KnowledgeConfig(_Section):

@@ -127,7 +127,10 @@ class DenseRetriever:
     `tiny` for tests), or pass `encoder=` (any object with `encode(texts) -> (n, dim)`).
     `query_base`: a folder holding a separate encoder for the questions (one tuned on labelled
     questions by query_tuning.py; the passages keep `base`'s vectors); saved with the index.
-    `threads`: torch's and faiss's threads (None: as the process set them)."""
+    `query_mix`: a question's vector is `query_mix` x the tuned encoder's + (1 - query_mix) x
+    `base`'s, renormalised (1 = the tuned one alone; lower keeps more of what `base` finds, e.g.
+    articles the tuning never saw). `threads`: torch's and faiss's threads (None: as the
+    process set them)."""
 
     kind = "dense"
 
@@ -139,6 +142,7 @@ class DenseRetriever:
         threads: int | None = None,
         encoder: Encoder | None = None,
         query_base: str | None = None,
+        query_mix: float = 1.0,
     ):
         self.base = base
         self.max_length = max_length
@@ -146,9 +150,15 @@ class DenseRetriever:
         self.threads = threads
         self.encoder = encoder
         self.query_base = query_base
+        self.query_mix = query_mix
 
     def params(self) -> dict[str, Any]:
-        return {"base": self.base, "max_length": self.max_length, "batch_size": self.batch_size}
+        return {
+            "base": self.base,
+            "max_length": self.max_length,
+            "batch_size": self.batch_size,
+            "query_mix": self.query_mix,
+        }
 
     def _encoder(self) -> Encoder:
         if self.encoder is not None:
@@ -160,6 +170,8 @@ class DenseRetriever:
     def fit(self, passages: Sequence[Passage]) -> DenseRetriever:
         import faiss
 
+        if not 0.0 <= self.query_mix <= 1.0:
+            raise ConfigError(f"query_mix = {self.query_mix}: use a share from 0 to 1.")
         self.passages_ = _check_passages(passages)
         self.encoder_ = self._encoder()
         self.query_encoder_ = self._query_encoder()
@@ -176,6 +188,18 @@ class DenseRetriever:
 
         return SentenceEncoder(self.query_base, self.max_length, self.batch_size, self.threads)
 
+    def _query_vectors(self, queries: list[str]) -> np.ndarray:
+        tuned = getattr(self, "query_encoder_", None)
+        mix = getattr(self, "query_mix", 1.0)
+        if tuned is None or mix == 0.0:
+            return _as_rows(self.encoder_.encode(queries))
+        vectors = _as_rows(tuned.encode(queries))
+        if mix < 1.0:  # both unit length: the mix, renormalised by _as_rows
+            vectors = _as_rows(
+                mix * vectors + (1.0 - mix) * _as_rows(self.encoder_.encode(queries))
+            )
+        return vectors
+
     def _threads(self) -> None:
         if self.threads:
             import faiss
@@ -185,8 +209,7 @@ class DenseRetriever:
     def rank_many(self, queries: Sequence[str]) -> Callable[[list[int], int], list[Ranked]]:
         _check_fitted(self, "index_")
         self._threads()
-        encoder = getattr(self, "query_encoder_", None) or self.encoder_
-        vectors = _as_rows(encoder.encode(list(queries)))  # (queries, dim), once
+        vectors = self._query_vectors(list(queries))  # (queries, dim), once
         if vectors.shape[1] != self.index_.d:
             raise ConfigError(
                 f"The encoder gives {vectors.shape[1]}-dimensional vectors but the index holds "

@@ -211,7 +211,8 @@ def train_support(
         k = cfg.knowledge
         tuned = _tune_queries(cfg, train_rows, oos, passages, out / "query-encoder")
         query_base = str(out / "query-encoder") if tuned else None
-        dense = DenseRetriever(base=k.encoder, query_base=query_base)
+        mix = k.tune_queries.mix if tuned and k.tune_queries else 1.0
+        dense = DenseRetriever(base=k.encoder, query_base=query_base, query_mix=mix)
         retriever = (
             BM25Retriever()
             if k.retriever == "bm25"
