@@ -325,7 +325,7 @@ def test_query_tuning_in_support_train(tmp_path: Path) -> None:
     (kb / "pin_blocked.md").write_text("# Blocked PIN\n\nUnblock your PIN in the app settings.\n")
     (kb / "card_arrival.md").write_text("# Where is my card\n\nCards come by post in a week.\n")
     (kb / "fees.md").write_text("# Fees\n\nDeposits and top-ups by bank transfer are free.\n")
-    tune = {"epochs": 2, "lr": 1e-3, "batch_size": 16}
+    tune = {"epochs": 2, "lr": 1e-3, "batch_size": 16, "mix": 0.75}
     # Refused before anything is trained: bm25 has no query encoder; no article named after
     # an intent leaves nothing to tune toward.
     for knowledge, expect in (
@@ -356,7 +356,7 @@ def test_query_tuning_in_support_train(tmp_path: Path) -> None:
     assert not (run / "query-encoder").exists()  # moved into the index, not kept twice
     assert "Query encoder: tuned on" in (run / "report.md").read_text()
     bot = Assistant.load(run)
-    assert bot.retriever.query_encoder_ is not None
+    assert bot.retriever.query_encoder_ is not None and bot.retriever.query_mix == 0.75
     assert bot.answer("my pin is locked")["intent"] in KEYWORDS
 
 
