@@ -71,11 +71,13 @@ class QueryTuningConfig(_Section):
         0.05, gt=0, le=10, description="Softmax temperature over the passages' cosine scores."
     )
     mix: float = Field(
-        1.0,
+        0.5,
         ge=0,
         le=1,
         description="A question's vector: mix x the tuned encoder's + (1 - mix) x the untuned "
-        "one's (1 = tuned alone; lower keeps more of what the untuned encoder finds).",
+        "one's (1 = tuned alone, best when every article has labelled questions; lower keeps "
+        "more of what the untuned encoder finds; 0.5 chosen on Banking77's validation "
+        "questions, docs/support.md).",
     )
 
 
