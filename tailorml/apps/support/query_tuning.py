@@ -77,15 +77,15 @@ def tune_query_encoder(
     if threads:
         torch.set_num_threads(threads)
 
-    # The passages' vectors, from the frozen encoder the index uses.
-    frozen = SentenceEncoder(base, threads=threads)
-    targets = torch.from_numpy(frozen.encode([_indexed(p) for p in passages]))  # (P, dim)
+    # The passages' vectors, from the encoder as the index uses it (before any step: frozen).
+    encoder = SentenceEncoder(base, threads=threads)
+    targets = torch.from_numpy(encoder.encode([_indexed(p) for p in passages]))  # (P, dim)
     positive = torch.zeros(len(used), len(passages), dtype=torch.bool)  # (questions, P)
     for i, (_, d) in enumerate(used):
         positive[i, doc_rows[str(d)]] = True
 
     torch.manual_seed(seed)
-    tok, model = SentenceEncoder(base).modules()  # a second copy: the one that learns
+    tok, model = encoder.modules()  # the same weights learn from here on
     model.train()
     steps_per_epoch = math.ceil(len(used) / batch_size)
     total = max(1, math.ceil(epochs * steps_per_epoch))

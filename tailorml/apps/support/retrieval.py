@@ -189,8 +189,7 @@ class DenseRetriever:
         return SentenceEncoder(self.query_base, self.max_length, self.batch_size, self.threads)
 
     def _query_vectors(self, queries: list[str]) -> np.ndarray:
-        tuned = getattr(self, "query_encoder_", None)
-        mix = getattr(self, "query_mix", 1.0)
+        tuned, mix = self.query_encoder_, self.query_mix
         if tuned is None or mix == 0.0:
             return _as_rows(self.encoder_.encode(queries))
         vectors = _as_rows(tuned.encode(queries))
