@@ -24,7 +24,7 @@ DEMO_RUN ?= runs/finsent
 
 RECBOLE_VENV ?= .venv-recbole
 
-.PHONY: demo finwatch support recbole-venv test test-all check lint format typecheck install dev clean
+.PHONY: demo finwatch support support-grounded-data support-grounded recbole-venv test test-all check lint format typecheck install dev clean
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -58,6 +58,15 @@ support: $(BIN)/.installed
 	$(BIN)/tailor support train configs/support.yaml --overwrite
 	$(BIN)/tailor support evaluate runs/support --data data/banking77/test.csv
 	$(BIN)/tailor support ask runs/support "I ordered my card two weeks ago and it still has not arrived"
+
+support-grounded-data: $(BIN)/.installed
+	mkdir -p runs/support-grounded-data
+	for split in train test; do $(BIN)/tailor support grounded-data data/banking77_help/articles \
+		--data data/banking77_answers/$$split.jsonl -o runs/support-grounded-data/$$split.jsonl \
+		--text-column prompt --answer-column response --doc-column intent || exit 1; done
+
+support-grounded: support-grounded-data
+	$(BIN)/tailor finetune configs/support-grounded.yaml --overwrite
 
 $(RECBOLE_VENV)/.installed: benchmarks/recbole-requirements.txt
 	test -x $(RECBOLE_VENV)/bin/python || $(PY) -m venv $(RECBOLE_VENV)

@@ -107,3 +107,74 @@ def test_generation_run_that_is_not_a_causal_lm_is_named(tmp_path: Path) -> None
     cfg["generation"] = {"run": "smollm2", "max_new_tokens": 32}
     path.write_text(yaml.safe_dump(cfg))
     assert load_support_config(path).generation is not None
+
+
+def test_grounded_data_teaches_citing_the_right_passage_or_handing_off(tmp_path: Path) -> None:
+    from tailorml.apps.support.grounded import NOT_COVERED, grounded_data
+    from tailorml.data.sft import check_messages
+
+    retriever = keyword_bot().retriever
+    rows = [
+        {"q": "my pin is blocked", "a": "Unblock it in settings.", "doc": "pin_blocked"},
+        # the card article is found only second for a PIN question: cited as [2] with a low floor
+        {"q": "pin blocked, card too", "a": "Cards come by post.", "doc": "card_arrival"},
+    ]
+    out = tmp_path / "chats.jsonl"
+    counts = grounded_data(retriever, rows, "q", "a", "doc", out, sources=2, floor=0.0)
+    chats = [json.loads(line)["messages"] for line in out.read_text().splitlines()]
+    assert counts == {"rows": 2, "not_covered": 0, "cited_1": 1, "cited_2": 1}
+    assert chats[0][-1] == {"role": "assistant", "content": "Unblock it in settings. [1]"}
+    assert chats[1][-1]["content"] == "Cards come by post. [2]"
+    # the prompt is the one the assistant gives the writer
+    used = retriever.search_many(["my pin is blocked"], k=2)[0]
+    assert chats[0][:-1] == grounded_messages("my pin is blocked", used)
+    assert all(check_messages(c, "messages")[1] is None for c in chats)
+    # a floor that keeps only the best passage: the card article is missed, so hand off
+    counts = grounded_data(retriever, rows, "q", "a", "doc", out, sources=2, floor=99.0)
+    assert counts["not_covered"] == 1
+    last = json.loads(out.read_text().splitlines()[1])["messages"]
+    assert last[-1]["content"] == NOT_COVERED and "card_arrival" not in last[0]["content"]
+
+
+def test_grounded_data_names_bad_columns_and_unknown_articles(tmp_path: Path) -> None:
+    from tailorml.apps.support.grounded import grounded_data
+
+    retriever = keyword_bot().retriever
+    rows = [{"q": "my pin", "a": "x", "doc": "no_such_article"}]
+    with pytest.raises(ConfigError, match="column 'doc'.*'no_such_article'"):
+        grounded_data(retriever, rows, "q", "a", "doc", tmp_path / "o.jsonl")
+    with pytest.raises(ConfigError, match="no column 'answer'.*--answer-column"):
+        grounded_data(retriever, rows, "q", "answer", "doc", tmp_path / "o.jsonl")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_grounded_data_command_indexes_an_articles_folder(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tailorml.cli import app
+
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    for doc, (title, text) in {
+        "pin_blocked": ("Blocked PIN", "If your PIN is blocked, unblock it in the app settings."),
+        "card_arrival": ("Where is my card?", "Cards arrive by post within 5 working days."),
+    }.items():
+        (kb / f"{doc}.md").write_text(f"# {title}\n\n{text}\n")
+    data = tmp_path / "d.csv"
+    data.write_text(
+        "text,answer,label\nmy PIN is blocked,Unblock it in the app.,pin_blocked\n"
+        "where is my new card,It comes by post.,card_arrival\n"
+    )
+    out = tmp_path / "chats.jsonl"
+    res = CliRunner().invoke(
+        app, ["support", "grounded-data", str(kb), "--data", str(data), "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "wrote 2 chats" in res.output
+    replies = [json.loads(x)["messages"][-1]["content"] for x in out.read_text().splitlines()]
+    assert replies == ["Unblock it in the app. [1]", "It comes by post. [1]"]
+    bad = CliRunner().invoke(
+        app, ["support", "grounded-data", str(kb), "--data", str(data), "-o", str(out),
+              "--doc-column", "article"],
+    )  # fmt: skip
+    assert bad.exit_code == 2 and "no column 'article'" in bad.output

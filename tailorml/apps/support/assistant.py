@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tailorml.apps.support.config import template_slots
+from tailorml.apps.support.grounded import answer_passages
 from tailorml.apps.support.retrieval import Hit
 from tailorml.apps.support.train import max_softmax
 from tailorml.errors import ConfigError
@@ -231,9 +232,7 @@ class Assistant:
                 out.append({**reply, "answer": sig.template, "sources": [], "handoff": False})
             elif path == "retrieval":
                 # sources: every retrieved article over the floor (the best one passed the bar)
-                used = [sig.hits[0]] + [
-                    h for h in sig.hits[1:] if h.score >= self.min_retrieval_score
-                ]
+                used = answer_passages(sig.hits, self.min_retrieval_score)
                 sources = [
                     {"doc_id": h.doc_id, "title": h.title, "score": round(float(h.score), 4)}
                     for h in used

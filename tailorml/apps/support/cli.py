@@ -384,3 +384,69 @@ def export(
     w.writerows(rows)
     atomic_write_text(output, buf.getvalue())
     typer.echo(f"wrote {len(rows)} rows to {output}")
+
+
+@app.command("grounded-data")
+def grounded_data(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A support run (its index, sources and min_retrieval_score are used) or a "
+            "folder of help articles (indexed with the dense retriever)."
+        ),
+    ],
+    data: Annotated[Path, typer.Option(help="Messages with their answer and article.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="jsonl to write (messages).")],
+    text_column: Annotated[str, typer.Option(help="Column of the message.")] = "text",
+    answer_column: Annotated[str, typer.Option(help="Column of the reference answer.")] = "answer",
+    doc_column: Annotated[
+        str, typer.Option(help="Column naming the article (an article id or an intent).")
+    ] = "label",
+    sources: Annotated[int, typer.Option(help="Passages retrieved (articles folder).", min=1)] = 3,
+    floor: Annotated[float, typer.Option(help="min_retrieval_score (articles folder).")] = 0.45,
+    threads: Annotated[int | None, typer.Option(help="Threads for the encoder.")] = None,
+) -> None:
+    """Write fine-tuning chats for the grounded writer: the prompt the assistant builds from
+    the retrieved passages, answered with the reference citing its article (`generation` task,
+    `data.messages_column: messages`; docs/support.md)."""
+    from tailorml import env
+    from tailorml.apps.support.assistant import read_support_json
+    from tailorml.apps.support.grounded import grounded_data as build
+    from tailorml.data.readers import read_table
+    from tailorml.files import writable
+
+    env.setup()
+    try:
+        writable(output)
+        table = read_table(data, key="--data")
+        if table.bad:
+            raise TailorError(
+                f"--data {data}: {len(table.bad)} rows cannot be parsed (first at line "
+                f"{table.bad[0].line}). Fix or remove them."
+            )
+        if (source / "support.json").is_file():
+            from tailorml.apps.support.retrieval import load_retriever
+
+            meta = read_support_json(source)
+            if not meta.get("index"):
+                raise TailorError(
+                    f"{source}: this support run has no knowledge index (`knowledge` was not "
+                    "set). Give a folder of articles instead, or train with `knowledge`."
+                )
+            retriever = load_retriever(source / meta["index"], threads=threads)
+            sources, floor = int(meta["sources"]), float(meta["min_retrieval_score"])
+        else:
+            from tailorml.apps.support.knowledge import load_passages
+            from tailorml.apps.support.retrieval import DenseRetriever
+
+            retriever = DenseRetriever(threads=threads).fit(load_passages(source))
+        counts = build(
+            retriever, table.rows, text_column, answer_column, doc_column, output, sources, floor
+        )
+    except TailorError as exc:
+        _fail(exc)
+    cited = ", ".join(f"[{k.split('_')[1]}] {v}" for k, v in counts.items() if k[:6] == "cited_")
+    typer.echo(
+        f"wrote {counts['rows']} chats to {output}: reply cites {cited}; "
+        f"{counts['not_covered']} not covered by the passages (taught to hand off)"
+    )

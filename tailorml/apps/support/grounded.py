@@ -9,9 +9,11 @@ the passages it was given is added, so a reader can check the answer against the
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from tailorml.apps.support.retrieval import Hit
+from tailorml.errors import ConfigError
 
 INSTRUCTIONS = (
     "You are a customer-service assistant. Answer the customer's last message using only the "
@@ -19,6 +21,14 @@ INSTRUCTIONS = (
     "passages do not answer the question, say that a colleague will help. Be brief."
 )
 _CITE = re.compile(r"\[(\d+)\]")
+# the reply taught (grounded_data) when the passages do not hold the question's article
+NOT_COVERED = "Our help centre does not cover this, so a colleague will help you."
+
+
+def answer_passages(hits: list[Hit], floor: float) -> list[Hit]:
+    """The passages a retrieval answer uses: the best one (it passed the assistant's bar) and
+    the others scoring at least `floor` (min_retrieval_score)."""
+    return hits[:1] + [h for h in hits[1:] if h.score >= floor]
 
 
 def grounded_messages(
@@ -72,3 +82,58 @@ class GroundedWriter:
         self.last_prompt = chat
         out = self.generator.generate([chat], max_new_tokens=self.max_new_tokens)[0]
         return cite(out.output, hits)
+
+
+def grounded_data(
+    retriever: Any,
+    rows: list[dict[str, Any]],
+    text_column: str,
+    answer_column: str,
+    doc_column: str,
+    out: str | Path,
+    sources: int = 3,
+    floor: float = 0.45,
+) -> dict[str, int]:
+    """Fine-tuning data for the writer: each row's message is searched as the assistant does
+    (`sources` passages, `answer_passages`), and the chat the writer will see is written with
+    the row's answer as the reply, citing the passage of the row's article ([k]); when the
+    passages miss that article the reply is NOT_COVERED, so the model learns to hand off
+    rather than answer from the wrong article. jsonl with a `messages` column (a generation
+    run's `data.messages_column`). Returns counts: rows, cited (by position), not_covered."""
+    from tailorml.apps.support.evaluate import intent_documents
+    from tailorml.files import atomic_jsonl
+
+    known = {p.doc_id for p in getattr(retriever, "passages_", [])}
+    for col in (text_column, answer_column, doc_column):
+        if rows and col not in rows[0]:
+            raise ConfigError(
+                f"--data: no column {col!r}; it has {', '.join(rows[0])}. Name the message, "
+                "answer and article columns with --text-column, --answer-column, --doc-column."
+            )
+    docs = intent_documents([str(r[doc_column] or "") for r in rows], known)
+    unknown = sorted({str(r[doc_column]) for r, d in zip(rows, docs, strict=True) if d is None})
+    if unknown:
+        raise ConfigError(
+            f"--data: column {doc_column!r} names articles the knowledge base does not have: "
+            f"{', '.join(map(repr, unknown[:5]))}. Use article ids (file paths without "
+            "extension) or intents named like the article files."
+        )
+    messages = [str(r[text_column]) for r in rows]
+    found = retriever.search_many(messages, k=sources)
+    counts = {"rows": len(rows), "not_covered": 0}
+    counts |= {f"cited_{k}": 0 for k in range(1, sources + 1)}
+    lines = []
+    for msg, row, doc, hits in zip(messages, rows, docs, found, strict=True):
+        used = answer_passages(hits, floor)
+        ids = [h.doc_id for h in used]
+        if doc in ids:
+            k = ids.index(doc) + 1
+            reply = f"{str(row[answer_column]).strip()} [{k}]"
+            counts[f"cited_{k}"] += 1
+        else:
+            reply = NOT_COVERED
+            counts["not_covered"] += 1
+        chat = grounded_messages(msg, used) + [{"role": "assistant", "content": reply}]
+        lines.append({"messages": chat})
+    atomic_jsonl(out, lines)
+    return counts
