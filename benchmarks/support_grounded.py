@@ -74,7 +74,12 @@ def main() -> None:
 
     from tailorml import env
     from tailorml.apps.support.evaluate import intent_documents
-    from tailorml.apps.support.grounded import answer_passages, cite, grounded_messages
+    from tailorml.apps.support.grounded import (
+        NOT_COVERED,
+        answer_passages,
+        cite,
+        grounded_messages,
+    )
     from tailorml.apps.support.knowledge import load_passages
     from tailorml.apps.support.retrieval import DenseRetriever
     from tailorml.predictors.generator import Generator
@@ -129,6 +134,11 @@ def main() -> None:
             "top1_right": round(top1, 4),
             "cites_any": round(statistics.fmean(bool(c) for c in cited), 4),
             "cited_right": round(statistics.fmean(right), 4),
+            # which passage the answer cites first (0: none), e.g. always [1]
+            "first_cited": {
+                str(k): sum((c[0] if c else 0) == k for c in cited) for k in range(args.sources + 1)
+            },  # fmt: skip
+            "handoffs": sum(NOT_COVERED in o for o in outs),
             "load_s": round(load_s, 1),
             "seconds_per_answer": round(gen_s / len(chats), 2),
         }

@@ -145,6 +145,9 @@ def test_grounded_data_names_bad_columns_and_unknown_articles(tmp_path: Path) ->
         grounded_data(retriever, rows, "q", "a", "doc", tmp_path / "o.jsonl")
     with pytest.raises(ConfigError, match="no column 'answer'.*--answer-column"):
         grounded_data(retriever, rows, "q", "answer", "doc", tmp_path / "o.jsonl")
+    with pytest.raises(ConfigError, match="row 2 has an empty 'a'"):
+        grounded_data(retriever, [*rows, {"q": "pin", "a": " ", "doc": "pin_blocked"}], "q",
+                      "a", "doc", tmp_path / "o.jsonl")  # fmt: skip
     assert not (tmp_path / "o.jsonl").exists()
 
 
@@ -178,3 +181,21 @@ def test_grounded_data_command_indexes_an_articles_folder(tmp_path: Path) -> Non
               "--doc-column", "article"],
     )  # fmt: skip
     assert bad.exit_code == 2 and "no column 'article'" in bad.output
+
+
+def test_a_writer_answering_with_the_hand_off_line_hands_off() -> None:
+    from tailorml.apps.support.grounded import NOT_COVERED
+
+    class Declining:
+        def write(self, message: str, hits: list[Hit], history: list[Any]) -> str:
+            return cite(NOT_COVERED if "pin" in message else "Cards come by post. [1]", hits)
+
+    bot = keyword_bot()
+    bot.writer = Declining()
+    pin, card = bot.answer_many(["my pin is blocked", "where is my card"])
+    assert pin["path"] == "handoff" and pin["handoff"] and pin["sources"] == []
+    assert pin["answer"] == "A colleague will reply here."
+    assert card["path"] == "retrieval" and card["answer"] == "Cards come by post. [1]"
+    # without a writer, an article quoting the line is still an answer
+    bot.writer = None
+    assert bot.answer_many(["my pin is blocked"])[0]["path"] == "retrieval"

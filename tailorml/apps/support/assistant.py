@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tailorml.apps.support.config import template_slots
-from tailorml.apps.support.grounded import answer_passages
+from tailorml.apps.support.grounded import answer_passages, declines
 from tailorml.apps.support.retrieval import Hit
 from tailorml.apps.support.train import max_softmax
 from tailorml.errors import ConfigError
@@ -221,8 +221,10 @@ class Assistant:
         self, messages: list[str], history: list[list[dict[str, str]]] | None = None
     ) -> list[dict[str, Any]]:
         """One reply per message: {answer, intent, confidence, sources, handoff, path}; `path`
-        says which branch answered (`template`, `retrieval` or `handoff`). `history`: earlier
-        turns of each message's conversation ({"message", "answer"}), for a writer."""
+        says which branch answered (`template`, `retrieval` or `handoff`; a retrieval answer
+        the writer wrote as the hand-off line, `grounded.NOT_COVERED`, is a hand-off).
+        `history`: earlier turns of each message's conversation ({"message", "answer"}), for
+        a writer."""
         out = []
         for j, sig in enumerate(self.signals(messages)):
             path = self.decide(sig)
@@ -233,15 +235,18 @@ class Assistant:
             elif path == "retrieval":
                 # sources: every retrieved article over the floor (the best one passed the bar)
                 used = answer_passages(sig.hits, self.min_retrieval_score)
-                sources = [
-                    {"doc_id": h.doc_id, "title": h.title, "score": round(float(h.score), 4)}
-                    for h in used
-                ]
                 text = used[0].text
                 if self.writer is not None:
                     text = self.writer.write(messages[j], used, history[j] if history else [])
-                out.append({**reply, "answer": text, "sources": sources, "handoff": False})
-            else:
+                    if declines(text):  # the writer judged that the passages do not answer
+                        path = "handoff"
+                if path == "retrieval":
+                    sources = [
+                        {"doc_id": h.doc_id, "title": h.title, "score": round(float(h.score), 4)}
+                        for h in used
+                    ]
+                    out.append({**reply, "answer": text, "sources": sources, "handoff": False})
+            if path == "handoff":
                 out.append(
                     {**reply, "answer": self.handoff_message, "sources": [], "handoff": True}
                 )

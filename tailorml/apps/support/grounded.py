@@ -25,6 +25,12 @@ _CITE = re.compile(r"\[(\d+)\]")
 NOT_COVERED = "Our help centre does not cover this, so a colleague will help you."
 
 
+def declines(text: str) -> bool:
+    """Whether a written answer is the hand-off line taught by `grounded_data` (the writer
+    judged that the passages do not answer): the assistant then hands off."""
+    return NOT_COVERED.lower().rstrip(".") in text.lower()
+
+
 def answer_passages(hits: list[Hit], floor: float) -> list[Hit]:
     """The passages a retrieval answer uses: the best one (it passed the assistant's bar) and
     the others scoring at least `floor` (min_retrieval_score)."""
@@ -109,6 +115,13 @@ def grounded_data(
             raise ConfigError(
                 f"--data: no column {col!r}; it has {', '.join(rows[0])}. Name the message, "
                 "answer and article columns with --text-column, --answer-column, --doc-column."
+            )
+    for n, r in enumerate(rows, 1):
+        empty = [c for c in (text_column, answer_column) if not str(r[c] or "").strip()]
+        if empty:
+            raise ConfigError(
+                f"--data: row {n} has an empty {' and '.join(map(repr, empty))}. Every row "
+                "needs a message and its answer; fill or remove it."
             )
     docs = intent_documents([str(r[doc_column] or "") for r in rows], known)
     unknown = sorted({str(r[doc_column]) for r, d in zip(rows, docs, strict=True) if d is None})
