@@ -125,10 +125,17 @@ def test_early_stopping_and_best_checkpoint(cls_config: dict[str, Any]) -> None:
     cls_config["train"].update(
         lr=1e-12, epochs=10, eval_every_steps=5, early_stopping_patience=2, metric_for_best="loss"
     )
-    res = finetune(cfg_of(cls_config))
+    cfg = cfg_of(cls_config)
+    res = finetune(cfg)
     assert res["train"]["stopped_by"] == "early stopping"
     assert res["train"]["steps"] < 10 * 15
-    assert res["train"]["best_step"] is not None
+    best = res["train"]["best_step"]
+    assert best is not None and best < res["train"]["steps"]
+    # the final evaluation scores the best checkpoint's weights (reloaded), not the last ones
+    logged = (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in logged]
+    at_best = [r for r in rows if r["split"] == "eval" and r["step"] == best]
+    assert res["eval"]["loss"] == pytest.approx(at_best[0]["loss"], rel=1e-6)
 
 
 def test_resume_is_exact(tmp_path: Path, cls_data: dict[str, Path]) -> None:
@@ -406,3 +413,24 @@ def test_left_out_settings_are_chosen_from_data_and_model(
     assert "train.lr = 0.0001 (chosen: encoder hidden size 32)" in err, err[-2000:]
     for split in ("train", "eval", "test"):  # the class balance of every split is printed
         assert f"class balance ({split}): negative:" in err
+
+
+def test_final_eval_reuses_the_last_evaluation_only_when_it_scored_the_best_weights() -> None:
+    from tailorml.train.loop import EvalMemo
+
+    calls: list[int] = []
+    state: dict[str, Any] = {"global_step": 0, "best_step": None}
+
+    def evaluate() -> dict[str, Any]:
+        calls.append(state["global_step"])
+        return {"loss": float(state["global_step"])}
+
+    memo = EvalMemo(evaluate, state)
+    assert memo.final() == {"loss": 0.0} and calls == [0]  # never evaluated: a fresh one
+    state.update(global_step=10)
+    memo()
+    state.update(best_step=10)
+    assert memo.final() == {"loss": 10.0} and calls == [0, 10]  # reused: no third pass
+    state.update(global_step=20)
+    memo()  # step 20 scored worse: the best (step 10) weights are reloaded and evaluated again
+    assert memo.final() == {"loss": 20.0} and calls == [0, 10, 20, 20]

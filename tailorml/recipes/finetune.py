@@ -40,7 +40,7 @@ from tailorml.tasks.heads import (
 )
 from tailorml.train import auto
 from tailorml.train.distributed import distributed_logits, replica_max_diff, start_processes
-from tailorml.train.loop import load_best, start_training, train_loop
+from tailorml.train.loop import EvalMemo, load_best, start_training, train_loop
 from tailorml.train.progress import console
 from tailorml.train.run_folder import prepare_run_dir, record_plan, resume_point, save_model_folder
 from tailorml.train.summary import data_summary, model_size, peak_memory, print_results
@@ -188,6 +188,7 @@ def finetune(
 
     # ---- the loop -----------------------------------------------------------------------------
     lengths = {h.name: enc[h.name]["train"].lengths for h in heads}
+    eval_memo = EvalMemo(lambda: evaluate_split("eval"), state)
     loop = train_loop(
         model=model,
         raw_model=raw_model,
@@ -197,7 +198,7 @@ def finetune(
         t=t,
         lengths=lengths,
         step_loss=step_loss,
-        evaluate=lambda: evaluate_split("eval"),
+        evaluate=eval_memo,
         weights=weights,
         state=state,
         ckpt_dir=ckpt_dir,
@@ -208,7 +209,7 @@ def finetune(
 
     # ---- best model, final evaluation, report ------------------------------------------------
     load_best(raw_model, ckpt_dir)
-    results: dict[str, Any] = {"eval": evaluate_split("eval"), "test": evaluate_split("test")}
+    results: dict[str, Any] = {"eval": eval_memo.final(), "test": evaluate_split("test")}
     replica_diff = replica_max_diff(raw_model, world)
     results["train"] = {
         "replicas_identical": replica_diff == 0.0,

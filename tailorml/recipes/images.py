@@ -31,7 +31,7 @@ from tailorml.tasks.images import check_image_config
 from tailorml.track.logger import RunLogger
 from tailorml.train import auto
 from tailorml.train.distributed import gather_objects, replica_max_diff, start_processes
-from tailorml.train.loop import load_best, start_training, train_loop
+from tailorml.train.loop import EvalMemo, load_best, start_training, train_loop
 from tailorml.train.progress import console
 from tailorml.train.run_folder import prepare_run_dir, record_plan, resume_point
 from tailorml.train.summary import model_size, peak_memory, print_results
@@ -165,6 +165,7 @@ def train_images(
             logits.float(), targets, reduction="none", label_smoothing=img.label_smoothing
         )
 
+    eval_memo = EvalMemo(lambda: evaluate_split("eval"), state)
     loop = train_loop(
         model=model,
         raw_model=raw_model,
@@ -174,7 +175,7 @@ def train_images(
         t=t,
         lengths={"": np.ones(len(splits.train), dtype=np.int64)},
         step_loss=step_loss,
-        evaluate=lambda: evaluate_split("eval"),
+        evaluate=eval_memo,
         weights={"": 1.0},
         state=state,
         ckpt_dir=ckpt_dir,
@@ -187,7 +188,7 @@ def train_images(
     load_best(raw_model, ckpt_dir)
     test_logits = split_logits("test")
     results: dict[str, Any] = {
-        "eval": evaluate_split("eval"),
+        "eval": eval_memo.final(),
         "test": evaluate_split("test", test_logits),
     }
     replica_diff = replica_max_diff(raw_model, world)

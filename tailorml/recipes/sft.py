@@ -40,7 +40,7 @@ from tailorml.predictors.generator import Generator, sample_scores
 from tailorml.tasks import find_task
 from tailorml.train import auto
 from tailorml.train.distributed import all_reduce_sum, replica_max_diff, start_processes
-from tailorml.train.loop import load_best, start_training, train_loop
+from tailorml.train.loop import EvalMemo, load_best, start_training, train_loop
 from tailorml.train.progress import console
 from tailorml.train.report import write_generation_report
 from tailorml.train.run_folder import prepare_run_dir, record_plan, resume_point, save_model_folder
@@ -149,6 +149,7 @@ def sft(
         return sums * (len(idx) / max(n_tokens, 1))
 
     # ---- the loop -----------------------------------------------------------------------------
+    eval_memo = EvalMemo(lambda: evaluate_split("eval"), state)
     loop = train_loop(
         model=model,
         raw_model=raw_model,
@@ -158,7 +159,7 @@ def sft(
         t=t,
         lengths={"": unit_lengths},
         step_loss=step_loss,
-        evaluate=lambda: evaluate_split("eval"),
+        evaluate=eval_memo,
         weights={"": 1.0},
         state=state,
         ckpt_dir=ckpt_dir,
@@ -169,7 +170,7 @@ def sft(
 
     # ---- best model, final evaluation, samples, report ---------------------------------------
     load_best(raw_model, ckpt_dir)
-    results: dict[str, Any] = {"eval": evaluate_split("eval"), "test": evaluate_split("test")}
+    results: dict[str, Any] = {"eval": eval_memo.final(), "test": evaluate_split("test")}
     replica_diff = replica_max_diff(raw_model, world)
     results["train"] = {
         "replicas_identical": replica_diff == 0.0,

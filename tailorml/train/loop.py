@@ -280,3 +280,26 @@ def load_best(raw_model: Any, ckpt_dir: Path) -> None:
     best = ckpt_dir / "best"
     if (best / "trainer_state.json").exists():
         load_weights(best, raw_model)
+
+
+class EvalMemo:
+    """The loop's `evaluate`, remembering its last result and the step it scored. After
+    `load_best`, `final()` is that result when the best step is the one it scored (the same
+    weights, so the same figures: the usual case of one evaluation at the end), else a fresh
+    evaluation of the best model. Saves one pass over the eval split per run."""
+
+    def __init__(self, evaluate: Callable[[], dict[str, Any]], state: dict[str, Any]):
+        self.evaluate = evaluate
+        self.state = state
+        self.step: int | None = None
+        self.result: dict[str, Any] | None = None
+
+    def __call__(self) -> dict[str, Any]:
+        self.result = self.evaluate()
+        self.step = self.state["global_step"]
+        return self.result
+
+    def final(self) -> dict[str, Any]:
+        if self.result is not None and self.step == self.state["best_step"]:
+            return self.result
+        return self.evaluate()
