@@ -38,21 +38,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-_CITE = re.compile(r"\[(\d+)\]")
-
 
 def strip_citations(text: str) -> str:
     return re.sub(r"\s*\[\d+\]", "", text).strip()
 
 
 def scores(predictions: list[str], references: list[str]) -> dict[str, float]:
-    from tailorml.evaluate.text_metrics import rouge_l, token_f1
+    from tailorml.evaluate.text_metrics import text_scores
 
-    pairs = list(zip(predictions, references, strict=True))
-    return {
-        "rouge_l": round(statistics.fmean(rouge_l(p, r) for p, r in pairs), 4),
-        "token_f1": round(statistics.fmean(token_f1(p, r) for p, r in pairs), 4),
-    }
+    got = text_scores(predictions, references)
+    return {k: round(got[k], 4) for k in ("rouge_l", "token_f1")}
 
 
 def main() -> None:
@@ -75,9 +70,10 @@ def main() -> None:
     from tailorml import env
     from tailorml.apps.support.evaluate import intent_documents
     from tailorml.apps.support.grounded import (
-        NOT_COVERED,
         answer_passages,
+        citations,
         cite,
+        declines,
         grounded_messages,
     )
     from tailorml.apps.support.knowledge import load_passages
@@ -122,10 +118,7 @@ def main() -> None:
             outs += [g.output for g in got]
             print(f"  {source}: {len(outs)}/{len(chats)} answers", flush=True)
         gen_s = time.perf_counter() - t0
-        cited = [
-            [int(n) for n in _CITE.findall(o) if 1 <= int(n) <= len(u)]
-            for o, u in zip(outs, used, strict=True)
-        ]
+        cited = [citations(o, len(u)) for o, u in zip(outs, used, strict=True)]
         right = [
             bool(c) and u[c[0] - 1].doc_id == g for c, u, g in zip(cited, used, gold, strict=True)
         ]
@@ -138,7 +131,7 @@ def main() -> None:
             "first_cited": {
                 str(k): sum((c[0] if c else 0) == k for c in cited) for k in range(args.sources + 1)
             },  # fmt: skip
-            "handoffs": sum(NOT_COVERED in o for o in outs),
+            "handoffs": sum(declines(o) for o in outs),
             "load_s": round(load_s, 1),
             "seconds_per_answer": round(gen_s / len(chats), 2),
         }

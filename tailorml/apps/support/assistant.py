@@ -229,10 +229,7 @@ class Assistant:
         for j, sig in enumerate(self.signals(messages)):
             path = self.decide(sig)
             reply: dict[str, Any] = {"intent": sig.intent, "confidence": sig.confidence}
-            if path == "template":
-                assert sig.template is not None
-                out.append({**reply, "answer": sig.template, "sources": [], "handoff": False})
-            elif path == "retrieval":
+            if path == "retrieval":
                 # sources: every retrieved article over the floor (the best one passed the bar)
                 used = answer_passages(sig.hits, self.min_retrieval_score)
                 text = used[0].text
@@ -240,13 +237,16 @@ class Assistant:
                     text = self.writer.write(messages[j], used, history[j] if history else [])
                     if declines(text):  # the writer judged that the passages do not answer
                         path = "handoff"
-                if path == "retrieval":
-                    sources = [
-                        {"doc_id": h.doc_id, "title": h.title, "score": round(float(h.score), 4)}
-                        for h in used
-                    ]
-                    out.append({**reply, "answer": text, "sources": sources, "handoff": False})
-            if path == "handoff":
+            if path == "template":
+                assert sig.template is not None
+                out.append({**reply, "answer": sig.template, "sources": [], "handoff": False})
+            elif path == "retrieval":
+                sources = [
+                    {"doc_id": h.doc_id, "title": h.title, "score": round(float(h.score), 4)}
+                    for h in used
+                ]
+                out.append({**reply, "answer": text, "sources": sources, "handoff": False})
+            else:
                 out.append(
                     {**reply, "answer": self.handoff_message, "sources": [], "handoff": True}
                 )

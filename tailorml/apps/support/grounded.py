@@ -53,12 +53,17 @@ def grounded_messages(
     return chat
 
 
+def citations(text: str, passages: int) -> list[int]:
+    """The passage numbers an answer cites, in the order it cites them (a number outside
+    1..passages is not a citation)."""
+    return [int(n) for n in _CITE.findall(text) if 1 <= int(n) <= passages]
+
+
 def cite(text: str, hits: list[Hit]) -> str:
     """The answer, with a `Sources:` line naming the passages when it cites none of them (a
     number outside 1..len(hits) is not a citation)."""
-    cited = {int(n) for n in _CITE.findall(text) if 1 <= int(n) <= len(hits)}
     text = text.strip()
-    if cited or not hits:
+    if citations(text, len(hits)) or not hits:
         return text
     names = "; ".join(f"[{n}] {h.title}" for n, h in enumerate(hits, 1))
     return f"{text}\n\nSources: {names}" if text else f"Sources: {names}"
