@@ -271,7 +271,7 @@ def pretrain(
         "flops_per_token": per_token,
         "peak_flops_per_device": peak,
         "peak_source": peak_source,
-        "mfu": round(mfu(tokens_per_s, per_token, peak, world), 4) if peak else None,
+        "mfu": round(mfu(tokens_per_s, per_token, peak, world), 6) if peak else None,
         "threads_per_process": procs.threads,
         **size,
         **peak_memory(torch.cuda.is_available()),
