@@ -317,6 +317,24 @@ def test_train_and_evaluate_end_to_end(tmp_path: Path) -> None:
         Assistant.load(run, intent_model=other)
 
 
+def test_a_run_without_answers_or_knowledge_trains_and_hands_off(tmp_path: Path) -> None:
+    # Once an UnboundLocalError at the end of training (the query-tuning result was only set
+    # when a knowledge base was configured).
+    cfg = support_config(tmp_path, support={"target_oos_recall": 0.8})
+    cfg["train"]["epochs"] = 2
+    res = subprocess.run(
+        [*CLI, "support", "train", str(write(tmp_path, cfg))], capture_output=True, text=True,
+        cwd=REPO,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "nothing to answer with" in res.stdout + res.stderr
+    meta = json.loads((tmp_path / "run" / "support.json").read_text())
+    assert meta["index"] is None and meta["query_tuning"] is None
+    replies = Assistant.load(tmp_path / "run").answer_many(["my card has not arrived", "hi"])
+    assert [r["path"] for r in replies] == ["handoff", "handoff"]
+    assert all(r["intent"] in meta["intents"] for r in replies)
+
+
 def test_query_tuning_in_support_train(tmp_path: Path) -> None:
     from tailorml.apps.support.train import train_support
 

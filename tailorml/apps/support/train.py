@@ -173,6 +173,14 @@ def train_support(
             problems += _tuning_problems(cfg, train_rows, oos, passages)
     if problems:
         raise ConfigError([f"{config_path}: {p}" for p in problems])
+    if cfg.answers is None and cfg.knowledge is None:
+        from tailorml.train.progress import console
+
+        console.print(
+            f"[yellow]{config_path}: no `answers` and no `knowledge`: the assistant has nothing "
+            "to answer with, so it hands every message off (with its intent). Add templates "
+            "(`answers`) or help articles (`knowledge.documents`).[/]"
+        )
 
     # ---- the intent model: an ordinary single-task run of the engine -------------------------
     if (out / "support.json").exists() and not overwrite:
@@ -204,7 +212,7 @@ def train_support(
     res = finetune(run, overwrite=overwrite)
 
     # ---- the retrieval index --------------------------------------------------------------
-    index = retriever = None
+    index = retriever = tuned = None
     if passages is not None and cfg.knowledge is not None:
         from tailorml.apps.support.retrieval import BM25Retriever, DenseRetriever, HybridRetriever
 
