@@ -116,7 +116,7 @@ def frozen_floor(cfg: Any) -> dict[str, Any]:
     x = {k: embed(getattr(splits, k).texts) for k in ("train", "eval", "test")}
     y = {k: np.asarray(getattr(splits, k).labels) for k in ("train", "eval", "test")}
     best = None
-    for c in (0.1, 1.0, 10.0, 100.0):
+    for c in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0):
         clf = LogisticRegression(C=c, max_iter=2000).fit(x["train"], y["train"])
         score = accuracy_score(y["eval"], clf.predict(x["eval"]))
         if best is None or score > best[0]:
