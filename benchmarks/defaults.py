@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -158,8 +159,6 @@ def main() -> None:
                 print(name, mode, "kept from", args.out, flush=True)
                 continue
             if args.fresh:
-                import shutil
-
                 shutil.rmtree(args.runs / f"{name}-{mode}", ignore_errors=True)
             cfg = run_config(name, "new" if mode == "floor" else mode, args.runs, args.limit)
             row[mode] = frozen_floor(cfg) if mode == "floor" else finetuned(cfg)

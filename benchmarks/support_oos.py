@@ -80,8 +80,10 @@ class Mahalanobis:
         self.precision = np.linalg.pinv(cov, hermitian=True)
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        d = x[:, None, :] - self.means[None, :, :]  # (n, classes, dim)
-        dist = np.einsum("ncd,de,nce->nc", d, self.precision, d)
+        # (x - m)' P (x - m) expanded, so no (n, classes, dim) array is built
+        xp = x @ self.precision
+        mp = self.means @ self.precision
+        dist = (xp * x).sum(1)[:, None] - 2 * xp @ self.means.T + (mp * self.means).sum(1)[None, :]
         return -dist.min(1)
 
 
@@ -93,13 +95,15 @@ def knn_score(train: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
     return -np.sort(-sims, axis=1)[:, k - 1]
 
 
-def scores(train: dict[str, np.ndarray], y_train: np.ndarray, split: dict[str, np.ndarray],
+def scores(train: dict[str, np.ndarray], split: dict[str, np.ndarray],
            maha: dict[str, Mahalanobis]) -> dict[str, np.ndarray]:  # fmt: skip
-    from scipy.special import logsumexp, softmax
+    from scipy.special import logsumexp
+
+    from tailorml.apps.support.train import max_softmax
 
     lg = split["logits"]
     out = {
-        "msp": softmax(lg, axis=1).max(1),
+        "msp": max_softmax(lg)[1],  # the assistant's own confidence
         "maxlogit": lg.max(1),
         "energy": logsumexp(lg, axis=1),
         "knn1": knn_score(train["pooled"], split["pooled"], 1),
@@ -141,23 +145,26 @@ def main() -> None:
         "eval": rows(a.run / "data" / "eval_all.csv", "eval"),
         "test": rows(a.test or a.run / "data" / "test_all.csv", "test"),
     }
-    feats = {k: features(pred, [r["text"] for r in v]) for k, v in data.items()}
+    feats = {}
+    for k, v in data.items():
+        print(f"encoding {k}: {len(v):,} messages", flush=True)
+        feats[k] = features(pred, [r["text"] for r in v])
     y_train = np.array([labels.index(r["label"]) for r in data["train"]])
     maha = {k: Mahalanobis(feats["train"][k], y_train) for k in ("pooled", "cls", "logits")
             if k in feats["train"]}  # fmt: skip
-    per_split = {s: scores(feats["train"], y_train, feats[s], maha) for s in ("eval", "test")}
+    splits = ("eval", "test")
+    per_split = {s: scores(feats["train"], feats[s], maha) for s in splits}
+    gold = {s: [r["label"] for r in data[s]] for s in splits}
+    named = {s: [labels[i] for i in feats[s]["logits"].argmax(1)] for s in splits}
+    is_oos = {s: np.array([g == oos for g in gold[s]]) for s in splits}
     result: dict[str, Any] = {"run": str(a.run), "target_oos_recall": target, "scores": {}}
     for name in per_split["eval"]:
         row: dict[str, Any] = {}
-        ev = per_split["eval"][name]
-        is_oos = {s: np.array([r["label"] == oos for r in data[s]]) for s in ("eval", "test")}
-        threshold = calibrate_threshold(ev[is_oos["eval"]], target)
-        for s in ("eval", "test"):
-            named = [labels[i] for i in feats[s]["logits"].argmax(1)]
-            gold = [r["label"] for r in data[s]]
+        threshold = calibrate_threshold(per_split["eval"][name][is_oos["eval"]], target)
+        for s in splits:
             sc = per_split[s][name]
             row[s] = {
-                **intent_scores(gold, named, sc >= threshold, oos),
+                **intent_scores(gold[s], named[s], sc >= threshold, oos),
                 "auroc": round(float(roc_auc_score(~is_oos[s], sc)), 4),
             }
         row["threshold"] = threshold
@@ -167,12 +174,10 @@ def main() -> None:
               f"in-scope acc {t['in_scope_accuracy']:.4f} OOS recall {t['oos_recall']:.4f} "
               f"precision {t['oos_precision']:.4f} hand-off {t['handoff_rate']:.4f}",
               flush=True)  # fmt: skip
-    named = [labels[i] for i in feats["test"]["logits"].argmax(1)]
-    gold = [r["label"] for r in data["test"]]
-    n_in = sum(g != oos for g in gold)
-    result["test_intent_accuracy_in_scope"] = round(
-        sum(g == p for g, p in zip(gold, named, strict=True) if g != oos) / max(n_in, 1), 4
-    )
+    nothing_handed = np.ones(len(gold["test"]), dtype=bool)
+    result["test_intent_accuracy_in_scope"] = intent_scores(
+        gold["test"], named["test"], nothing_handed, oos
+    )["in_scope_accuracy"]
     print("intent accuracy on in-scope test rows (no hand-off):",
           result["test_intent_accuracy_in_scope"])  # fmt: skip
     if a.json:
