@@ -507,6 +507,12 @@ def compress(
     distill_epochs: Annotated[
         float | None, typer.Option(help=_compress_doc("distill_epochs"))
     ] = None,
+    distill_hidden_weight: Annotated[
+        float | None, typer.Option(help=_compress_doc("distill_hidden_weight"))
+    ] = None,
+    distill_attention_weight: Annotated[
+        float | None, typer.Option(help=_compress_doc("distill_attention_weight"))
+    ] = None,
     train_threads: Annotated[int | None, typer.Option(help=_compress_doc("train_threads"))] = None,
     vocab_margin: Annotated[int | None, typer.Option(help=_compress_doc("vocab_margin"))] = None,
     max_ppl_increase: Annotated[
@@ -536,6 +542,8 @@ def compress(
         prune_target_params=prune_target_params,
         student_layers=student_layers,
         distill_epochs=distill_epochs,
+        distill_hidden_weight=distill_hidden_weight,
+        distill_attention_weight=distill_attention_weight,
         train_threads=train_threads,
         vocab_margin=vocab_margin,
         max_ppl_increase=max_ppl_increase,

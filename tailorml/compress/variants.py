@@ -313,12 +313,16 @@ def build_distilled(
     console.print(
         f"  student: {k} of {n_teacher} layers (teacher layers "
         f"{student.config.tailorml_student_of_layers}), {count_params(student) / 1e6:.2f}M "
-        f"parameters; distillation, {opts.distill_epochs:g} epoch(s):"
+        f"parameters; distillation, {opts.distill_epochs:g} epoch(s), loss weights: soft labels "
+        f"{opts.distill_alpha:g}, hidden states {opts.distill_hidden_weight:g}, attention maps "
+        f"{opts.distill_attention_weight:g}:"
     )
     teacher_of = {
         "teacher": str(inp.model_dir.resolve()),
         "temperature": opts.distill_temperature,
         "alpha": opts.distill_alpha,
+        "hidden_weight": opts.distill_hidden_weight,
+        "attention_weight": opts.distill_attention_weight,
     }
     run_dir = _retrain(inp, student, work, "distilled", opts.distill_epochs, opts, teacher_of)
     _finish_trained(run_dir, tmp, inp.info, "distilled")
@@ -329,6 +333,8 @@ def build_distilled(
         epochs=opts.distill_epochs,
         temperature=opts.distill_temperature,
         alpha=opts.distill_alpha,
+        hidden_weight=opts.distill_hidden_weight,
+        attention_weight=opts.distill_attention_weight,
     )
 
 

@@ -26,6 +26,8 @@ CLASSIFIER_ONLY = (
     "distill_epochs",
     "distill_temperature",
     "distill_alpha",
+    "distill_hidden_weight",
+    "distill_attention_weight",
     "train_threads",
     "train_limit",
     "keep_work",
@@ -116,6 +118,18 @@ class CompressOptions(BaseModel):
         ge=0,
         le=1,
         description="Weight of the soft-label loss; the rest on gold labels.",
+    )
+    distill_hidden_weight: float = Field(
+        default=1.0,
+        ge=0,
+        description="Distilled: weight of the hidden-state loss (MSE between each student "
+        "layer's output and its teacher layer's); 0 = logits only.",
+    )
+    distill_attention_weight: float = Field(
+        default=1.0,
+        ge=0,
+        description="Distilled: weight of the attention-map loss (KL between the matched "
+        "layers' attention distributions); 0 = off.",
     )
     train_threads: int | None = Field(
         default=None,

@@ -237,6 +237,19 @@ class DistillConfig(_Section):
     alpha: float = Field(
         0.5, ge=0, le=1, description="Weight of the soft-label loss; the rest on gold labels."
     )
+    hidden_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the hidden-state loss: MSE between each student layer's output "
+        "and the output of the teacher layer it was copied from (same width); 0 = off. The "
+        "teacher then runs beside the student on every batch.",
+    )
+    attention_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the attention-map loss: KL between the matched layers' attention "
+        "distributions (same number of heads); 0 = off.",
+    )
 
 
 class ParamRange(_Section):

@@ -94,7 +94,9 @@ def distill_loss(cfg: RunConfig, heads: list[HeadSpec]) -> LossFn | None:
             f"`distill.teacher` {folder} answers {teacher.labels}, but this run's labels are "
             f"{h.labels}. Distil from a teacher trained on the same classes."
         )
-    return DistillLoss(load_classifier(folder), d.temperature, d.alpha)
+    return DistillLoss(
+        load_classifier(folder), d.temperature, d.alpha, d.hidden_weight, d.attention_weight
+    )
 
 
 def finetune(
@@ -126,6 +128,8 @@ def finetune(
     # ---- model (LoRA: its layers checked against `model.lora`), then the run folder ------------
     tokenizer = load_tokenizer(resolve_base(cfg.model.base))
     model = build_model(cfg.model, heads, tokenizer)
+    if loss_fn is not None and hasattr(loss_fn, "attach"):
+        loss_fn.attach(model)  # intermediate-layer distillation hooks the student's layers
     size = model_size(model) if main else {}
     out = prepare_run_dir(Path(cfg.output_dir), resume, overwrite)
     ckpt_dir, has_checkpoint = resume_point(out, resume, start_if_nothing)
