@@ -68,6 +68,33 @@ def speed_flags(flags: set[str] | None = None) -> str:
     return " ".join(sorted(f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f))
 
 
+def int8_kernels(flags: set[str] | None = None) -> dict[str, str]:
+    """Which int8 matrix kernels the two runtimes use on this CPU. PyTorch reports its own
+    (quantized engine, CPU capability it dispatches to); ONNX Runtime's MLAS library exposes no
+    such query, so its path is read off the CPU flags in the order MLAS checks them (AMX, then
+    AVX-512 VNNI, AVX-VNNI, AVX-512BW, AVX2) -- inferred, and labelled so."""
+    import torch
+
+    flags = cpu_flags() if flags is None else flags
+    if {"amx_tile", "amx_int8"} <= flags:
+        ort = "AMX tiles (amx_int8)"
+    elif "avx512_vnni" in flags:
+        ort = "AVX-512 VNNI (vpdpbusd)"
+    elif "avx_vnni" in flags:
+        ort = "AVX-VNNI (vpdpbusd, 256-bit)"
+    elif "avx512bw" in flags:
+        ort = "AVX-512BW (vpmaddubsw, no VNNI)"
+    elif "avx2" in flags:
+        ort = "AVX2 (vpmaddubsw + vpmaddwd, no VNNI)"
+    else:
+        ort = "SSE / portable"
+    return {
+        "torch": f"{torch.backends.quantized.engine} engine, "
+        f"{torch.backends.cpu.get_cpu_capability()} kernels",
+        "onnxruntime": f"MLAS {ort}, inferred from the CPU flags",
+    }
+
+
 def cpu_name() -> str:
     """The CPU's model name (Linux /proc/cpuinfo), else what `platform` knows."""
     import platform

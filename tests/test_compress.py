@@ -315,7 +315,10 @@ def test_compress_all_variants_end_to_end(run: Path) -> None:
     assert by["pruned"]["notes"]["params"] < by["pruned"]["notes"]["params_before"]
     assert by["pruned"]["notes"]["heads_per_layer"] == [1, 1]
     assert by["distilled"]["notes"]["layers"] == 1
+    assert by["distilled"]["notes"]["hidden_weight"] == 1.0  # intermediate layers by default
+    assert set(saved["int8_kernels"]) == {"torch", "onnxruntime"}
     assert (run / "compression.md").read_text().count("| onnx-int8 |") == 1
+    assert "int8 kernels, onnxruntime: MLAS" in (run / "compression.md").read_text()
     assert (run / "compression.png").stat().st_size > 5000
     assert not (run / "compressed" / ".work").exists()
 

@@ -1,6 +1,7 @@
-"""Intermediate-layer distillation: the attention maps recomputed from hooked projections equal
-the model's own, the hidden-state and attention terms vanish for a student equal to its teacher
-and not otherwise, gradients reach the student's layers, and mismatched layers are refused."""
+"""Intermediate-layer distillation: the attention maps recomputed from hooked projections
+equal the model's own, the hidden-state and attention terms vanish for a student equal to its
+teacher and not otherwise, gradients reach the student's layers, mismatched layers are refused;
+and the int8 kernel report follows the CPU flags."""
 
 from __future__ import annotations
 
@@ -98,3 +99,17 @@ def test_student_evaluations_are_not_kept_and_bad_pairs_are_refused() -> None:
     with pytest.raises(ConfigError, match="more than the teacher"):
         DistillLoss(teacher, attention_weight=1.0).attach(deeper)
     DistillLoss(teacher).attach(narrow)  # logits only: any student that answers the classes
+
+
+def test_int8_kernels_follow_the_cpu_flags_in_mlas_order() -> None:
+    from tailorml import env
+
+    def ort(flags: set[str]) -> str:
+        return env.int8_kernels(flags)["onnxruntime"]
+
+    assert "AMX" in ort({"avx2", "avx512bw", "avx512_vnni", "amx_tile", "amx_int8"})
+    assert "AVX-512 VNNI" in ort({"avx2", "avx512bw", "avx512_vnni"})
+    assert "AVX-VNNI" in ort({"avx2", "avx_vnni"})
+    assert "AVX-512BW" in ort({"avx2", "avx512bw"})
+    assert "AVX2" in ort({"avx2"}) and "inferred" in ort({"avx2"})
+    assert "kernels" in env.int8_kernels(set())["torch"]

@@ -136,7 +136,10 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         f"Latency: {result['latency_texts']} eval texts, {result['repeats']} repetitions, "
         "warm-up excluded, tokenization included. Measured on "
         f"{result['machine']} (flags: {result.get('cpu_flags') or 'unknown'}) at "
-        f"{result['date']}.",
+        f"{result['date']}."
+        + "".join(
+            f" int8 kernels, {k}: {v}." for k, v in (result.get("int8_kernels") or {}).items()
+        ),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" for _ in head) + "|",

@@ -201,6 +201,7 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
         },
         "machine": machine(),
         "cpu_flags": env.speed_flags(),
+        "int8_kernels": env.int8_kernels(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "variants": variants,
     }
