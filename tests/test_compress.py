@@ -280,7 +280,11 @@ def test_selector_never_chooses_over_budget(
 
 @pytest.mark.slow  # every variant built and timed (~35 s); trimmed ones: test_compress_vocab
 def test_compress_all_variants_end_to_end(run: Path) -> None:
-    result = compress(run, CompressOptions(budget=1.0, prune_heads=0.5, **FAST))  # type: ignore[arg-type]
+    # Distilled with intermediate layers too: the fine-tuning stage hooks the student's layers.
+    opts = CompressOptions(
+        budget=1.0, prune_heads=0.5, distill_hidden_weight=1.0, distill_attention_weight=0.5, **FAST
+    )  # type: ignore[arg-type]
+    result = compress(run, opts)
     variants = json.loads((run / "compression.json").read_text())
     assert isinstance(variants, list)
     saved = {**json.loads((run / "compression_summary.json").read_text()), "variants": variants}
@@ -315,7 +319,8 @@ def test_compress_all_variants_end_to_end(run: Path) -> None:
     assert by["pruned"]["notes"]["params"] < by["pruned"]["notes"]["params_before"]
     assert by["pruned"]["notes"]["heads_per_layer"] == [1, 1]
     assert by["distilled"]["notes"]["layers"] == 1
-    assert by["distilled"]["notes"]["hidden_weight"] == 1.0  # intermediate layers by default
+    assert by["distilled"]["notes"]["hidden_weight"] == 1.0
+    assert by["distilled"]["notes"]["attention_weight"] == 0.5
     assert set(saved["int8_kernels"]) == {"torch", "onnxruntime"}
     assert (run / "compression.md").read_text().count("| onnx-int8 |") == 1
     assert "int8 kernels, onnxruntime: MLAS" in (run / "compression.md").read_text()

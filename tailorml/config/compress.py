@@ -120,13 +120,13 @@ class CompressOptions(BaseModel):
         description="Weight of the soft-label loss; the rest on gold labels.",
     )
     distill_hidden_weight: float = Field(
-        default=1.0,
+        default=0.0,
         ge=0,
         description="Distilled: weight of the hidden-state loss (MSE between each student "
-        "layer's output and its teacher layer's); 0 = logits only.",
+        "layer's output and its teacher layer's); 0 = off (soft and gold labels only).",
     )
     distill_attention_weight: float = Field(
-        default=1.0,
+        default=0.0,
         ge=0,
         description="Distilled: weight of the attention-map loss (KL between the matched "
         "layers' attention distributions); 0 = off.",
