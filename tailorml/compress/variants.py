@@ -317,13 +317,13 @@ def build_distilled(
         f"{opts.distill_alpha:g}, hidden states {opts.distill_hidden_weight:g}, attention maps "
         f"{opts.distill_attention_weight:g}:"
     )
-    teacher_of = {
-        "teacher": str(inp.model_dir.resolve()),
+    loss = {
         "temperature": opts.distill_temperature,
         "alpha": opts.distill_alpha,
         "hidden_weight": opts.distill_hidden_weight,
         "attention_weight": opts.distill_attention_weight,
     }
+    teacher_of = {"teacher": str(inp.model_dir.resolve()), **loss}
     run_dir = _retrain(inp, student, work, "distilled", opts.distill_epochs, opts, teacher_of)
     _finish_trained(run_dir, tmp, inp.info, "distilled")
     notes.update(
@@ -331,10 +331,7 @@ def build_distilled(
         teacher_layers=student.config.tailorml_student_of_layers,
         params=count_params(student),
         epochs=opts.distill_epochs,
-        temperature=opts.distill_temperature,
-        alpha=opts.distill_alpha,
-        hidden_weight=opts.distill_hidden_weight,
-        attention_weight=opts.distill_attention_weight,
+        **loss,
     )
 
 
