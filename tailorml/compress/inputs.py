@@ -32,6 +32,10 @@ DEPENDS.update(
     }
 )
 TRIMMED = {"trimmed", "pruned-trimmed-onnx-int8", "distilled-trimmed-onnx-int8"}
+# Variants that read the run's training texts (vocabulary, calibration): single-task runs with
+# config.yaml only.
+CALIBRATED = {"onnx-int8-static"}
+NEEDS_TEXTS = TRIMMED | CALIBRATED
 # compress budgets accuracy: a head must report it (and macro-F1, shown beside it).
 JUDGED_BY = ("accuracy", "macro_f1")
 
@@ -161,16 +165,16 @@ def check_inputs(run_dir: str | Path, opts: CompressOptions) -> RunInputs:
                 "its config.yaml. Leave out --data."
             )
     cfg = _run_config(run)
-    trims = [v for v in variants if v in TRIMMED or DEPENDS.get(v) in TRIMMED]
+    trims = [v for v in variants if v in NEEDS_TEXTS or DEPENDS.get(v) in NEEDS_TEXTS]
     if trims and not model.single:
         raise ConfigError(
-            f"{run} is a multi-task run: {', '.join(trims)} trim the vocabulary to the training "
-            "texts, which compress does for single-task runs only. Leave them out."
+            f"{run} is a multi-task run: {', '.join(trims)} read the training texts (to trim "
+            "the vocabulary or calibrate int8), which compress does for single-task runs only. "
+            "Leave them out."
         )
-    if cfg is None and (set(variants) & (TRAINED | TRIMMED)):
-        need = ", ".join(
-            v for v in variants if v in TRAINED | TRIMMED or DEPENDS.get(v) in TRAINED | TRIMMED
-        )
+    uses_train = TRAINED | NEEDS_TEXTS
+    if cfg is None and (set(variants) & uses_train):
+        need = ", ".join(v for v in variants if v in uses_train or DEPENDS.get(v) in uses_train)
         raise ConfigError(
             f"{run} has no config.yaml, so there is no training data for {need}. Restore the "
             "run's config.yaml or choose --variants torch-int8,onnx-fp32,onnx-int8."

@@ -30,6 +30,7 @@ DESCRIBE = {
     "torch-int8": "PyTorch dynamic int8 of the Linear layers",
     "onnx-fp32": "ONNX export + ONNX Runtime graph fusions",
     "onnx-int8": "ONNX Runtime dynamic int8",
+    "onnx-int8-static": "ONNX Runtime static int8 (activation ranges calibrated on training texts)",
     "pruned": "remove attention heads and FFN neurons, then a recovery fine-tune",
     "distilled": "a shallower student trained on the teacher's soft labels",
     "pruned-onnx-int8": "the pruned model as ONNX Runtime int8",
@@ -140,6 +141,61 @@ def publish_onnx(
         onnx_file="model.onnx",
         variant=name,
         precision="int8" if int8 else "fp32",
+    )
+
+
+# Training texts whose activations set the static int8 ranges (a seeded sample), per batch.
+CALIBRATION_TEXTS = 256
+CALIBRATION_BATCH = 16
+
+
+def publish_onnx_static(
+    inp: RunInputs, fused: Path, tmp: Path, info: dict[str, Any], notes: dict[str, Any]
+) -> None:
+    """Static int8 of the run's model: the unfused export beside `fused` (the verified fp32
+    graph), calibrated on a seeded sample of the training texts (never eval or test)."""
+    import numpy as np
+    import onnx
+    from transformers import AutoTokenizer
+
+    from tailorml.compress.inputs import train_texts
+    from tailorml.compress.onnx_export import STATIC_OPS, quantize_onnx_static
+
+    raw = fused.parent / "raw.onnx"
+    names = {i.name for i in onnx.load(str(raw), load_external_data=False).graph.input}
+    texts, pairs = train_texts(inp)
+    rng = np.random.default_rng(0)
+    rows = sorted(rng.choice(len(texts), min(CALIBRATION_TEXTS, len(texts)), replace=False))
+    tok = AutoTokenizer.from_pretrained(str(inp.model_dir))
+    feeds = []
+    for i in range(0, len(rows), CALIBRATION_BATCH):
+        part = rows[i : i + CALIBRATION_BATCH]
+        enc = tok(
+            [texts[r] for r in part],
+            [pairs[r] for r in part] if pairs is not None else None,
+            padding=True,
+            truncation=True,
+            max_length=inp.model.max_length,
+            return_tensors="np",
+        )
+        feeds.append({k: v.astype(np.int64) for k, v in enc.items() if k in names})
+    quantize_onnx_static(raw, tmp / "model.onnx", feeds)
+    notes["calibration"] = {
+        "texts": len(rows),
+        "source": "training split (seeded sample)",
+        "method": "min-max",
+        "ops": list(STATIC_OPS),
+        "weights": "int8 per channel",
+        "activations": "uint8 per tensor",
+    }
+    copy_tokenizer(inp.model_dir, tmp)
+    write_task(
+        tmp,
+        info,
+        runtime="onnxruntime",
+        onnx_file="model.onnx",
+        variant="onnx-int8-static",
+        precision="int8",
     )
 
 

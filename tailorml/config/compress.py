@@ -40,6 +40,8 @@ VARIANTS = (
     "torch-int8",
     "onnx-fp32",
     "onnx-int8",
+    # static int8: activation ranges calibrated on training texts (tailorml/compress/onnx_export.py)
+    "onnx-int8-static",
     "pruned",
     "pruned-onnx-int8",
     "distilled",

@@ -46,6 +46,7 @@ from tailorml.compress.variants import (
     build_trimmed,
     onnx_fp32,
     publish_onnx,
+    publish_onnx_static,
     trimmed_source,
 )
 from tailorml.config.compress import CompressOptions
@@ -59,7 +60,7 @@ from tailorml.train.progress import console
 INT8_MIN_AGREEMENT = 0.95
 # The variants the parity rule applies to: int8 and vocabulary trimming change a model without
 # retraining it (a retrained one is judged by the accuracy budget alone).
-PARITY_RULED = ("torch-int8", "onnx-int8", "trimmed", "trimmed-onnx-int8")
+PARITY_RULED = ("torch-int8", "onnx-int8", "onnx-int8-static", "trimmed", "trimmed-onnx-int8")
 
 # ---------------------------------------------------------------------------------------------
 # the recipe
@@ -125,6 +126,9 @@ def compress(run_dir: str | Path, opts: CompressOptions | None = None) -> dict[s
                 elif name in ("onnx-fp32", "onnx-int8"):
                     src = onnx_fp32(inp.model_dir, work, onnx_cache, ev, notes)
                     publish_onnx(name, src, tmp, inp.model_dir, info, int8=name == "onnx-int8")
+                elif name == "onnx-int8-static":
+                    src = onnx_fp32(inp.model_dir, work, onnx_cache, ev, notes)
+                    publish_onnx_static(inp, src, tmp, info, notes)
                 elif name == "pruned":
                     build_pruned(inp, work, tmp, opts, notes)
                 elif name == "distilled":
