@@ -18,7 +18,7 @@ QUIET := 2>&1 | grep -v "^WARNING: Location 'file:" || true
 DEMO_OVERRIDES ?=
 DEMO_CONFIG ?= configs/finsent.yaml
 # The quick-start makes the ONNX int8 variant (about 2 minutes); `tailor compress RUN` alone
-# builds every variant, pruning and distillation included (about 20 minutes on 2 cores).
+# builds every variant, pruning and distillation included (about 25 minutes on 2 cores).
 COMPRESS_OPTS ?= --variants onnx-int8
 DEMO_RUN ?= runs/finsent
 

@@ -243,6 +243,32 @@ def test_selector_picks_fastest_within_budget_and_falls_back() -> None:
     assert name == "fp32" and "Raising --budget would not help" in msg, msg
 
 
+def test_selector_prefers_the_smaller_of_equally_fast_variants() -> None:
+    def timed(name: str, acc: float, reps: list[float], mb: float) -> dict[str, Any]:
+        v = _v(name, acc, float(np.median(reps)))
+        return {**v, "latency_ms_b1_range": [min(reps), max(reps)], "size_bytes": mb * 1e6}
+
+    ref = timed("fp32", 0.9241, [12.9, 14.9, 14.6], 91.7)
+    # Banking77, 2026-12-04: the same student with and without a trimmed vocabulary, timed
+    # 1.06/1.05/1.49 and 1.05/1.50/1.46 ms: one speed, two sizes.
+    full = timed("distilled-onnx-int8", 0.9151, [1.06, 1.05, 1.49], 16.4)
+    trim = timed("distilled-trimmed-onnx-int8", 0.9141, [1.05, 1.50, 1.46], 10.2)
+    name, msg = choose([ref, full, trim], 1.0)
+    assert name == "distilled-trimmed-onnx-int8", msg
+    assert "as fast as distilled-onnx-int8 within the timing spread" in msg
+    assert "1.6x smaller" in msg
+    # Really slower (its best repetition never reached the fastest one's median): no tie.
+    slow = timed("small-but-slow", 0.92, [1.30, 1.35, 1.40], 5.0)
+    assert choose([ref, full, slow], 1.0)[0] == "distilled-onnx-int8"
+    # Over budget or test-rejected variants never win a tie.
+    assert choose([ref, full, {**trim, "accuracy": 0.9100}], 1.0)[0] == "distilled-onnx-int8"
+    # One repetition: only equal times tie.
+    one = [_v("fp32", 0.9, 10.0), _v("a", 0.9, 2.0), _v("b", 0.9, 2.01)]
+    one = [{**v, "size_bytes": mb} for v, mb in zip(one, (9, 5, 1), strict=True)]
+    assert choose(one, 1.0)[0] == "a"
+    assert choose([one[0], one[1], {**one[2], "latency_ms_b1_p50": 2.0}], 1.0)[0] == "b"
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(

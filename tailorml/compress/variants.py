@@ -364,7 +364,7 @@ def build_distilled(
 
     teacher = load_classifier(inp.model_dir)
     n_teacher = len(encoder_layers(teacher))
-    k = opts.student_layers or max(1, n_teacher // 2)
+    k = opts.student_layers or max(1, n_teacher // 3)
     student = make_student(teacher, k)
     console.print(
         f"  student: {k} of {n_teacher} layers (teacher layers "

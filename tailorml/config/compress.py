@@ -107,9 +107,10 @@ class CompressOptions(BaseModel):
     student_layers: int | None = Field(
         default=None,
         ge=1,
-        description="Layers of the distilled student; null = half the teacher's.",
+        description="Layers of the distilled student; null = a third of the teacher's (at "
+        "least 1): 2 of MiniLM's 6.",
     )
-    distill_epochs: float = Field(default=3.0, gt=0, description="Distillation epochs (distilled).")
+    distill_epochs: float = Field(default=6.0, gt=0, description="Distillation epochs (distilled).")
     distill_temperature: float = Field(
         default=2.0,
         gt=0,
@@ -122,13 +123,13 @@ class CompressOptions(BaseModel):
         description="Weight of the soft-label loss; the rest on gold labels.",
     )
     distill_hidden_weight: float = Field(
-        default=0.0,
+        default=1.0,
         ge=0,
         description="Distilled: weight of the hidden-state loss (MSE between each student "
         "layer's output and its teacher layer's); 0 = off (soft and gold labels only).",
     )
     distill_attention_weight: float = Field(
-        default=0.0,
+        default=1.0,
         ge=0,
         description="Distilled: weight of the attention-map loss (KL between the matched "
         "layers' attention distributions); 0 = off.",

@@ -571,13 +571,16 @@ def _time_all(predictors: dict[str, Any], texts: list[str], repeats: int) -> dic
 
     for name, ts in parts.items():
         # Medians of the per-repetition percentiles: one noisy repetition cannot move them.
-        out[name] = Timing(
+        med = Timing(
             float(np.median([t.b1_p50 for t in ts])),
             float(np.median([t.b1_p99 for t in ts])),
             float(np.median([t.b32_p50 for t in ts])),
             float(np.median([t.b32_p99 for t in ts])),
             float(np.median([t.throughput for t in ts])),
-        ).as_dict()
+        )
+        # with the spread over repetitions, by which the selector judges speed ties
+        spread = [round(min(t.b1_p50 for t in ts), 3), round(max(t.b1_p50 for t in ts), 3)]
+        out[name] = {**med.as_dict(), "latency_ms_b1_range": spread}
     return out
 
 
