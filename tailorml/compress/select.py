@@ -127,7 +127,7 @@ def choose(variants: list[dict[str, Any]], budget: float) -> tuple[str, str]:
     if best is not fastest:
         test += (
             f"; as fast as {fastest['name']} within the timing spread over repetitions, and "
-            f"{fastest['size_bytes'] / best['size_bytes']:.1f}x smaller"
+            f"{fastest.get('size_bytes', math.inf) / best['size_bytes']:.1f}x smaller"
         )
     held = [n for n, r in reasons.items() if r and "did not hold" in r]
     also = f" Not chosen because test did not hold: {', '.join(held)}." if held else ""
