@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import re
 from pathlib import Path
 
 import numpy as np
+
+from tailorml.files import atomic_write_text
 
 AUTHORS = {
     "austen": ["austen-emma.txt", "austen-persuasion.txt", "austen-sense.txt"],
@@ -100,12 +103,11 @@ def build(source: Path, out: Path, seed: int = 0) -> dict[str, dict[str, int]]:
     out.mkdir(parents=True, exist_ok=True)
     for split, items in rows.items():
         order = rng.permutation(len(items))
-        tmp = out / f".{split}.csv.tmp"
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["text", "author"])
-            w.writerows(items[i] for i in order)
-        tmp.replace(out / f"{split}.csv")
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["text", "author"])
+        w.writerows(items[i] for i in order)
+        atomic_write_text(out / f"{split}.csv", buf.getvalue())
     return counts
 
 
