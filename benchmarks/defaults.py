@@ -1,14 +1,15 @@
 """Old fixed defaults vs chosen defaults vs the frozen-encoder floor, on the same splits.
 
-For each data set: (a) the engine's old defaults (lr 5e-5, 3 epochs, 6% warmup, no early
-stopping; the best evaluated checkpoint kept, as the engine always did), (b) the chosen defaults
-(train/auto.py: lr, epochs and warmup left out), (c) mean-pooled embeddings of the same frozen
-encoder + scikit-learn logistic regression (the floor every default run must beat). Selection
-(early stopping, best checkpoint, C of the regression) uses an eval split held out of train; the
-reported test split is never used to choose. Prints a table and writes JSON. Finished (set, mode)
-entries already in --out are kept, and an unfinished fine-tuning run continues from its last
-checkpoint, so an interrupted benchmark resumes with the same command (the wall time of a resumed
-run then counts only its last part; --fresh starts everything again).
+For each data set: (a) the engine's old defaults (lr 5e-5, 3 epochs, 6% warmup, no early stopping,
+first-token pooling; the best evaluated checkpoint kept, as the engine always did), (b) the chosen
+defaults (train/auto.py: lr, epochs and warmup left out; models/pooling.py: the packaged encoder's
+tokens mean-pooled; `new-cls` = the same with first-token pooling), (c) mean-pooled embeddings of
+the same frozen encoder + scikit-learn logistic regression (the floor every default run must beat).
+Selection (early stopping, best checkpoint, C of the regression) uses an eval split held out of
+train; the reported test split is never used to choose. Prints a table and writes JSON. Finished
+(set, mode) entries already in --out are kept, and an unfinished fine-tuning run continues from its
+last checkpoint, so an interrupted benchmark resumes with the same command (the wall time of a
+resumed run then counts only its last part; --fresh starts everything again).
 
     python benchmarks/defaults.py --sets finsent banking77 fintopic authors \\
         --out benchmarks/results/defaults.json
@@ -54,6 +55,10 @@ def run_config(name: str, mode: str, out: Path, limit: int | None) -> Any:
     train = {"batch_size": raw.get("train", {}).get("batch_size", 32), "seed": 42}
     if mode == "old":
         train.update(lr=5e-5, epochs=3)
+    if mode in ("old", "new-cls"):  # the engine before mean pooling (model.pooling: auto)
+        raw["model"]["pooling"] = "cls"
+    if mode == "new-probe":  # the output layer fitted on the frozen features first
+        raw["model"]["head_init"] = "probe"
     raw["train"] = train  # "new": everything else left out, so the engine chooses
     cfg, problems = validate_mapping(apply_overrides(raw, []))
     assert cfg is not None, problems
@@ -138,7 +143,15 @@ def frozen_floor(cfg: Any) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
-    ap.add_argument("--modes", nargs="+", default=["floor", "old", "new"])
+    ap.add_argument(
+        "--modes",
+        nargs="+",
+        default=["floor", "old", "new"],
+        choices=["floor", "old", "new", "new-cls", "new-probe"],
+        help="new-cls: the chosen defaults with first-token pooling (the engine before "
+        "model.pooling: auto chose the mean for the packaged encoder); new-probe: with "
+        "model.head_init: probe",
+    )
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-defaults"))
     ap.add_argument("--limit", type=int, default=None, help="first N rows of each file")
     ap.add_argument("--out", type=Path, default=None)

@@ -403,8 +403,9 @@ def test_left_out_settings_are_chosen_from_data_and_model(
     finetune(cfg_of(raw))
     out = tmp_path / "run"
     picked = json.loads((out / "auto.json").read_text())
-    assert set(picked) == {"train.lr", "train.warmup_ratio", "train.precision"}
+    assert set(picked) == {"train.lr", "train.warmup_ratio", "train.precision", "model.pooling"}
     assert picked["train.lr"]["value"] == 1e-4
+    assert picked["model.pooling"]["value"] == "cls"  # the random tiny base is no sentence encoder
     native = bool(auto.env.cpu_flags() & {"amx_bf16", "avx512_bf16"})
     assert picked["train.precision"]["value"] == ("bf16" if native else "fp32")
     saved = yaml.safe_load((out / "config.yaml").read_text())["train"]

@@ -145,6 +145,18 @@ class ModelConfig(_Section):
     dropout: float | None = Field(
         None, ge=0, lt=1, description="Override the encoder's dropout (hidden and attention)."
     )
+    pooling: Literal["auto", "cls", "mean"] = Field(
+        "auto",
+        description="Classifiers: one vector from the token states. `mean` = their average over "
+        "the tokens, `cls` = the first token through the base's pooler; `auto` = `mean` for a "
+        "sentence encoder trained with mean pooling (the packaged minilm), else `cls`.",
+    )
+    head_init: Literal["auto", "probe", "random"] = Field(
+        "random",
+        description="Classifiers: `probe` fits the fresh output layer on the frozen encoder's "
+        "features before fine-tuning (a linear probe, its L2 chosen on eval); `random` starts "
+        "it random; `auto` = `probe` on a pretrained encoder (full fine-tuning, no distillation).",
+    )
     tiny_hidden_size: int = Field(32, ge=8, description="Hidden size of the `tiny` model.")
     tiny_layers: int = Field(2, ge=1, description="Layers of the `tiny` model.")
     lora: LoraSettings | None = Field(

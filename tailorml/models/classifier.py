@@ -11,6 +11,12 @@ from tailorml.config.schema import ModelConfig
 from tailorml.errors import ConfigError
 from tailorml.models.base import quiet_transformers, resolve_base
 from tailorml.models.lora import head_modules, is_lora_folder, load_merged
+from tailorml.models.pooling import (
+    POOLING_KEY,
+    classifier_class,
+    classifier_from_config,
+    resolve_pooling,
+)
 from tailorml.tasks.heads import classifier_head
 
 if TYPE_CHECKING:
@@ -18,8 +24,10 @@ if TYPE_CHECKING:
 
 
 def build_classifier(cfg: ModelConfig, heads: list[HeadSpec], tokenizer: Any) -> Any:
-    """A sequence classifier for `heads` on `cfg.base`, with a fresh output layer."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    """A sequence classifier for `heads` on `cfg.base`, with a fresh output layer, pooling the
+    token states as `cfg.pooling` says (`tailorml.models.pooling`; the choice and its reason are
+    on `model.config.tailorml_pooling` / `model.tailorml_pooling_why`)."""
+    from transformers import AutoConfig
 
     quiet_transformers()
     head = classifier_head(heads)
@@ -29,9 +37,16 @@ def build_classifier(cfg: ModelConfig, heads: list[HeadSpec], tokenizer: Any) ->
     path = resolve_base(cfg.base)
     if path is None:
         config = tiny_config(cfg, len(tokenizer), tokenizer.pad_token_id, **head)
-        return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
-    config = AutoConfig.from_pretrained(str(path), **head)
-    return load_classifier(path, config)
+    else:
+        config = AutoConfig.from_pretrained(str(path), **head)
+    pooling, why = resolve_pooling(cfg.pooling, path, config)
+    setattr(config, POOLING_KEY, pooling)
+    if path is None:
+        model = classifier_from_config(config, attn_implementation="sdpa")
+    else:
+        model = load_classifier(path, config)
+    model.tailorml_pooling_why = why
+    return model
 
 
 def tiny_config(cfg: ModelConfig, vocab_size: int, pad_id: int | None, **head: Any) -> Any:
@@ -54,7 +69,7 @@ def check_lora_targets(cfg: ModelConfig) -> None:
     """`model.lora.target_modules` name layers of the base (its structure only: built on the
     meta device, no weights read). For `tailor validate`; training checks the real model."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     from tailorml.models.lora import resolve_targets
 
@@ -62,8 +77,10 @@ def check_lora_targets(cfg: ModelConfig) -> None:
         return
     path = resolve_base(cfg.base)
     config = AutoConfig.from_pretrained(str(path)) if path else tiny_config(cfg, 64, 0)
+    pooling, _ = resolve_pooling(cfg.pooling, path, config)
+    setattr(config, POOLING_KEY, pooling)
     with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = classifier_from_config(config)
     resolve_targets(model, cfg.lora.target_modules, head_modules(model))
 
 
@@ -75,7 +92,7 @@ def load_classifier(path: str | Path, config: Any = None) -> Any:
     Linear layers narrower than its config says (fewer heads / FFN neurons per layer); it is
     rebuilt from the config and each Linear is resized to the shape stored in the weights.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     quiet_transformers()
     path = Path(path)
@@ -84,12 +101,12 @@ def load_classifier(path: str | Path, config: Any = None) -> Any:
     if config is None:
         config = AutoConfig.from_pretrained(str(path))
     if not getattr(config, "tailorml_pruned", False):
-        return AutoModelForSequenceClassification.from_pretrained(str(path), config=config)
+        return classifier_class(config).from_pretrained(str(path), config=config)
     import torch
     from safetensors.torch import load_file
 
     state = load_file(str(path / "model.safetensors"))
-    model = AutoModelForSequenceClassification.from_config(
+    model = classifier_from_config(
         config, attn_implementation=getattr(config, "_attn_implementation", None) or "sdpa"
     )
     for name, module in list(model.named_modules()):

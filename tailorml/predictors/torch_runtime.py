@@ -32,10 +32,12 @@ class TorchPredictor(Predictor):
         if int8_state:
             # Build the fp32 skeleton from config.json, quantize it the same way, then load the
             # stored int8 state (Linear weights at a quarter of their fp32 bytes).
-            from transformers import AutoConfig, AutoModelForSequenceClassification
+            from transformers import AutoConfig
+
+            from tailorml.models.pooling import classifier_from_config
 
             config = AutoConfig.from_pretrained(str(folder))
-            net = AutoModelForSequenceClassification.from_config(config)
+            net = classifier_from_config(config)
             net.eval()
             net = quantize_linear(net)
             with warnings.catch_warnings():  # qint8 tensors load through TypedStorage

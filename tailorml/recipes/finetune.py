@@ -26,6 +26,7 @@ from tailorml.files import atomic_json
 from tailorml.models import build_model, model_family
 from tailorml.models.base import load_tokenizer, resolve_base
 from tailorml.models.lora import task_fields as lora_task_fields
+from tailorml.models.pooling import POOLING_KEY
 from tailorml.tasks import get_task
 from tailorml.tasks.heads import (
     DATA_KEYS,
@@ -38,7 +39,7 @@ from tailorml.tasks.heads import (
     nest_heads,
     task_json,
 )
-from tailorml.train import auto
+from tailorml.train import auto, probe
 from tailorml.train.distributed import distributed_logits, replica_max_diff, start_processes
 from tailorml.train.loop import EvalMemo, load_best, start_training, train_loop
 from tailorml.train.progress import console
@@ -121,6 +122,12 @@ def finetune(
     heads, splits = read_heads(cfg)
     model_family(heads)
     loss_fn = distill_loss(cfg, heads)  # training only; evaluation keeps the task's loss
+    head_init, why = probe.resolve_head_init(
+        cfg.model.head_init,
+        pretrained=resolve_base(cfg.model.base) is not None,
+        lora=cfg.model.lora is not None,
+        distill=loss_fn is not None,
+    )
 
     procs = start_processes(cfg.train)
     acc, world, main = procs.acc, procs.world, procs.main
@@ -155,14 +162,30 @@ def finetune(
     hidden = getattr(model.config, "hidden_size", None)
     t, chosen = auto.resolve(cfg.train, steps_per_epoch, hidden, lora=cfg.model.lora is not None)
     cfg = cfg.model_copy(update={"train": t})
+    pooling = getattr(model.config, POOLING_KEY, None)
+    if pooling is not None and cfg.model.pooling == "auto":  # config.yaml: the pooling used
+        chosen["model.pooling"] = {"value": pooling, "why": model.tailorml_pooling_why}
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pooling": pooling})})
     if cfg.train.precision == "auto":  # config.yaml holds the precision used, auto.json why
         chosen["train.precision"] = {"value": procs.precision, "why": procs.precision_why}
         t = t.model_copy(update={"precision": procs.precision})
         cfg = cfg.model_copy(update={"train": t})
+    if cfg.model.head_init == "auto":
+        chosen["model.head_init"] = {"value": head_init, "why": why}
+        cfg = cfg.model_copy(
+            update={"model": cfg.model.model_copy(update={"head_init": head_init})}
+        )
     if main:
         record_plan(out, cfg, chosen)
-    assert t.epochs is not None and t.lr is not None
-    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    if head_init == "probe" and not has_checkpoint:  # a checkpoint holds the head already
+        probed = probe.probe_heads(model, heads, enc, pad_id, acc.device, t.eval_batch_size)
+        if main:
+            atomic_json(out / "probe.json", probed)
+            console.print(
+                f"  linear probe of the output layer: {probed['seconds']} s, {probed['heads']}"
+            )
+    assert t.lr is not None and (t.epochs is not None or t.max_steps is not None)
+    total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * steps_per_epoch))
     run = start_training(model, t, total_steps, metric, acc, out, ckpt_dir, has_checkpoint, main)
     model, raw_model, optimizer, scheduler = run.model, run.raw_model, run.optimizer, run.scheduler
     state, logger = run.state, run.logger
