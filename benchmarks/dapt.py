@@ -44,6 +44,13 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--pretrain-steps", type=int, default=None, help="override train.max_steps")
     ap.add_argument("--finetune-epochs", type=float, default=None, help="override train.epochs")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--pooling",
+        default="cls",
+        choices=["cls", "mean"],
+        help="model.pooling of every fine-tuning run, the same for both bases (the seeds "
+        "measured before model.pooling existed used cls)",
+    )
     ap.add_argument("--json", default=None)
     return ap.parse_args()
 
@@ -81,7 +88,8 @@ def finetuned(a: argparse.Namespace, out: Path, task: str, base: str, seed: int,
         extra = [f"train.epochs={a.finetune_epochs}"] if a.finetune_epochs else []
         tailor(
             "finetune", TASKS[task], f"model.base={base}", f"train.seed={seed}",
-            f"output_dir={run}", f"train.threads={a.threads}", "--resume-or-start", *extra,
+            f"output_dir={run}", f"train.threads={a.threads}", f"model.pooling={a.pooling}",
+            "--resume-or-start", *extra,
         )  # fmt: skip
     ev = json.loads((run / "eval.json").read_text())
     split = ev["eval"]
