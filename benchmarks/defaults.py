@@ -1,10 +1,11 @@
 """Old fixed defaults vs chosen defaults vs the frozen-encoder floor, on the same splits.
 
 For each data set: (a) the engine's old defaults (lr 5e-5, 3 epochs, 6% warmup, no early stopping,
-first-token pooling; the best evaluated checkpoint kept, as the engine always did), (b) the chosen
-defaults (train/auto.py: lr, epochs and warmup left out; models/pooling.py: the packaged encoder's
-tokens mean-pooled; `new-cls` = the same with first-token pooling), (c) mean-pooled embeddings of
-the same frozen encoder + scikit-learn logistic regression (the floor every default run must beat).
+first-token pooling, random output layer; the best evaluated checkpoint kept, as the engine always
+did), (b) the chosen defaults (train/auto.py: lr, epochs and warmup left out; `new-mean`: with the
+packaged encoder's tokens averaged, models/pooling.py; `new-probe`: averaged, and the output layer
+fitted on the frozen features first, train/probe.py), (c) mean-pooled embeddings of the same
+frozen encoder + scikit-learn logistic regression (the floor every default run must beat).
 Selection (early stopping, best checkpoint, C of the regression) uses an eval split held out of
 train; the reported test split is never used to choose. Prints a table and writes JSON. Finished
 (set, mode) entries already in --out are kept, and an unfinished fine-tuning run continues from its
@@ -55,10 +56,10 @@ def run_config(name: str, mode: str, out: Path, limit: int | None) -> Any:
     train = {"batch_size": raw.get("train", {}).get("batch_size", 32), "seed": 42}
     if mode == "old":
         train.update(lr=5e-5, epochs=3)
-    if mode in ("old", "new-cls"):  # the engine before mean pooling (model.pooling: auto)
-        raw["model"]["pooling"] = "cls"
-    if mode == "new-probe":  # the output layer fitted on the frozen features first
-        raw["model"]["head_init"] = "probe"
+    if mode == "new-mean":  # the packaged encoder's tokens averaged, the output layer random
+        raw["model"].update(pooling="mean", head_init="random")
+    if mode == "new-probe":  # averaged, and the output layer fitted on the frozen features first
+        raw["model"].update(pooling="mean", head_init="probe")
     raw["train"] = train  # "new": everything else left out, so the engine chooses
     cfg, problems = validate_mapping(apply_overrides(raw, []))
     assert cfg is not None, problems
@@ -147,10 +148,9 @@ def main() -> None:
         "--modes",
         nargs="+",
         default=["floor", "old", "new"],
-        choices=["floor", "old", "new", "new-cls", "new-probe"],
-        help="new-cls: the chosen defaults with first-token pooling (the engine before "
-        "model.pooling: auto chose the mean for the packaged encoder); new-probe: with "
-        "model.head_init: probe",
+        choices=["floor", "old", "new", "new-mean", "new-probe"],
+        help="new-mean: the chosen defaults with model.pooling: mean; new-probe: with "
+        "model.pooling: mean and model.head_init: probe",
     )
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-defaults"))
     ap.add_argument("--limit", type=int, default=None, help="first N rows of each file")

@@ -148,8 +148,8 @@ class ModelConfig(_Section):
     pooling: Literal["auto", "cls", "mean"] = Field(
         "auto",
         description="Classifiers: one vector from the token states. `mean` = their average over "
-        "the tokens, `cls` = the first token through the base's pooler; `auto` = `mean` for a "
-        "sentence encoder trained with mean pooling (the packaged minilm), else `cls`.",
+        "the tokens (BERT-family bases), `cls` = the first token through the base's pooler; "
+        "`auto` = what a tailorml base folder was trained with, else `cls`.",
     )
     head_init: Literal["auto", "probe", "random"] = Field(
         "random",

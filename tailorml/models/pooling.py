@@ -4,8 +4,11 @@
 pooler (a dense layer + tanh), then dropout and the output layer. `mean` averages the token
 states over the attention mask (padding left out) and puts dropout and the output layer on that
 average, with no pooler. Sentence encoders such as the packaged all-MiniLM-L6-v2 were trained to
-make that average meaningful (their `1_Pooling/config.json` says `pooling_mode_mean_tokens`);
-their CLS state and pooler were not trained, so `auto` chooses `mean` for them.
+make that average meaningful (their `1_Pooling/config.json` says `pooling_mode_mean_tokens`).
+Measured with the chosen defaults on three sets (docs/benchmarks.md, "Mean pooling and a
+linear-probe start"), `mean` was level with `cls` within the noise, so `auto` keeps `cls`, which
+plain transformers loads as trained, unless the base is a tailorml model folder trained with
+`mean`.
 
 A mean-pooled model folder is a BERT folder whose config.json carries `"tailorml_pooling":
 "mean"` and no pooler weights. tailorml's loaders read the flag (`classifier_class`); a plain
@@ -63,12 +66,12 @@ def resolve_pooling(setting: str, path: Path | None, config: Any) -> tuple[str, 
     own = getattr(config, POOLING_KEY, None)
     if own in ("cls", "mean"):  # a tailorml model folder as the base: keep what it was trained with
         return own, f"the base model folder was trained with {own} pooling"
-    trained = sentence_pooling(path)
-    if trained == "mean" and model_type == "bert":
-        return "mean", "the base is a sentence encoder trained on the mean of its token states"
-    if trained is None:
-        return "cls", "the base's own classifier pooling (first token + pooler)"
-    return "cls", f"the base is a sentence encoder with {trained} pooling, not the mean"
+    if sentence_pooling(path) == "mean":
+        return "cls", (
+            "the first token (the default; this base was trained on the mean of its token "
+            "states: `model.pooling: mean` was level with it, docs/benchmarks.md)"
+        )
+    return "cls", "the base's own classifier pooling (first token + pooler)"
 
 
 def classifier_class(config: Any) -> Any:

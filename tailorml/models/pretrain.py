@@ -253,17 +253,6 @@ def pooler_tensors(base: str, objective: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def sentence_pooling_of(base: str, objective: str) -> str | None:
-    """How the base sentence encoder pools its tokens (`tailorml.models.pooling`), or None. A
-    masked-LM folder continued from it keeps this (config.json `tailorml_pooling`), so that a
-    classifier fine-tuned on the folder pools its tokens as one fine-tuned on the base would."""
-    if objective != "mlm":
-        return None
-    from tailorml.models.pooling import sentence_pooling
-
-    return sentence_pooling(base_folder(base, objective))
-
-
 def _set_generation_tokens(model: Any, tokenizer: Any) -> None:
     from tailorml.models.causal_lm import set_generation_tokens
 

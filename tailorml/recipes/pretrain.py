@@ -47,7 +47,6 @@ from tailorml.models.pretrain import (
     load_base,
     loss_module,
     pooler_tensors,
-    sentence_pooling_of,
     separator_id,
     tokenizer_hash,
     train_tokenizer,
@@ -298,8 +297,6 @@ def pretrain(
             "heads": [],
             **({"init": init_shape(cfg.model.init.model_dump())} if cfg.model.init else {}),
         }
-        if cfg.model.init is None and sentence_pooling_of(cfg.model.base, objective) == "mean":
-            model.config.tailorml_pooling = "mean"  # classifiers fine-tuned on it pool by the mean
         folder = save_model_folder(out, model, tokenizer, info)
         if cfg.model.init is None:
             _add_tensors(folder / "model.safetensors", pooler_tensors(cfg.model.base, objective))
