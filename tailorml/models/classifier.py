@@ -11,12 +11,7 @@ from tailorml.config.schema import ModelConfig
 from tailorml.errors import ConfigError
 from tailorml.models.base import quiet_transformers, resolve_base
 from tailorml.models.lora import head_modules, is_lora_folder, load_merged
-from tailorml.models.pooling import (
-    POOLING_KEY,
-    classifier_class,
-    classifier_from_config,
-    resolve_pooling,
-)
+from tailorml.models.pooling import classifier_class, classifier_from_config, set_pooling
 from tailorml.tasks.heads import classifier_head
 
 if TYPE_CHECKING:
@@ -39,8 +34,7 @@ def build_classifier(cfg: ModelConfig, heads: list[HeadSpec], tokenizer: Any) ->
         config = tiny_config(cfg, len(tokenizer), tokenizer.pad_token_id, **head)
     else:
         config = AutoConfig.from_pretrained(str(path), **head)
-    pooling, why = resolve_pooling(cfg.pooling, path, config)
-    setattr(config, POOLING_KEY, pooling)
+    why = set_pooling(config, cfg.pooling, path)
     if path is None:
         model = classifier_from_config(config, attn_implementation="sdpa")
     else:
@@ -77,8 +71,7 @@ def check_lora_targets(cfg: ModelConfig) -> None:
         return
     path = resolve_base(cfg.base)
     config = AutoConfig.from_pretrained(str(path)) if path else tiny_config(cfg, 64, 0)
-    pooling, _ = resolve_pooling(cfg.pooling, path, config)
-    setattr(config, POOLING_KEY, pooling)
+    set_pooling(config, cfg.pooling, path)
     with torch.device("meta"):
         model = classifier_from_config(config)
     resolve_targets(model, cfg.lora.target_modules, head_modules(model))

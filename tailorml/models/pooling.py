@@ -74,6 +74,14 @@ def resolve_pooling(setting: str, path: Path | None, config: Any) -> tuple[str, 
     return "cls", "the base's own classifier pooling (first token + pooler)"
 
 
+def set_pooling(config: Any, setting: str, path: Path | None) -> str:
+    """Resolve `model.pooling: setting` for the base at `path` and write the choice into
+    `config` (as config.json will carry it); returns why it was chosen."""
+    pooling, why = resolve_pooling(setting, path, config)
+    setattr(config, POOLING_KEY, pooling)
+    return why
+
+
 def classifier_class(config: Any) -> Any:
     """The class that loads a sequence classifier with `config` (`from_pretrained`)."""
     from transformers import AutoModelForSequenceClassification
@@ -85,9 +93,11 @@ def classifier_class(config: Any) -> Any:
 
 def classifier_from_config(config: Any, **kwargs: Any) -> Any:
     """A sequence classifier with fresh weights for `config` (`from_config`)."""
+    from transformers import AutoModelForSequenceClassification
+
     if getattr(config, POOLING_KEY, "cls") == "mean":
         return mean_pooled_class()._from_config(config, **kwargs)
-    return classifier_class(config).from_config(config, **kwargs)
+    return AutoModelForSequenceClassification.from_config(config, **kwargs)
 
 
 _CLASS: Any = None

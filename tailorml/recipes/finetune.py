@@ -137,6 +137,8 @@ def finetune(
     model = build_model(cfg.model, heads, tokenizer)
     if loss_fn is not None and hasattr(loss_fn, "attach"):
         loss_fn.attach(model)  # intermediate-layer distillation hooks the student's layers
+    if head_init == "probe":
+        probe.output_layer(model)  # a model the probe cannot fit fails before the run folder
     size = model_size(model) if main else {}
     out = prepare_run_dir(Path(cfg.output_dir), resume, overwrite)
     ckpt_dir, has_checkpoint = resume_point(out, resume, start_if_nothing)
@@ -162,22 +164,30 @@ def finetune(
     hidden = getattr(model.config, "hidden_size", None)
     t, chosen = auto.resolve(cfg.train, steps_per_epoch, hidden, lora=cfg.model.lora is not None)
     cfg = cfg.model_copy(update={"train": t})
-    pooling = getattr(model.config, POOLING_KEY, None)
-    if pooling is not None and cfg.model.pooling == "auto":  # config.yaml: the pooling used
-        chosen["model.pooling"] = {"value": pooling, "why": model.tailorml_pooling_why}
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pooling": pooling})})
+    # Model settings left on `auto`: config.yaml holds the value used, auto.json why.
+    picks = {
+        "pooling": (
+            getattr(model.config, POOLING_KEY, None),
+            getattr(model, "tailorml_pooling_why", ""),
+        ),
+        "head_init": (head_init, why),
+    }
+    used = {
+        k: v for k, (v, _) in picks.items() if v is not None and getattr(cfg.model, k) == "auto"
+    }
+    chosen.update({f"model.{k}": {"value": v, "why": picks[k][1]} for k, v in used.items()})
+    if used:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update=used)})
     if cfg.train.precision == "auto":  # config.yaml holds the precision used, auto.json why
         chosen["train.precision"] = {"value": procs.precision, "why": procs.precision_why}
         t = t.model_copy(update={"precision": procs.precision})
         cfg = cfg.model_copy(update={"train": t})
-    if cfg.model.head_init == "auto":
-        chosen["model.head_init"] = {"value": head_init, "why": why}
-        cfg = cfg.model_copy(
-            update={"model": cfg.model.model_copy(update={"head_init": head_init})}
-        )
     if main:
         record_plan(out, cfg, chosen)
     if head_init == "probe" and not has_checkpoint:  # a checkpoint holds the head already
+        if main:
+            rows = sum(len(enc[h.name]["train"]) + len(enc[h.name]["eval"]) for h in heads)
+            console.print(f"  linear probe of the output layer: encoding {rows:,} rows once ...")
         probed = probe.probe_heads(model, heads, enc, pad_id, acc.device, t.eval_batch_size)
         if main:
             atomic_json(out / "probe.json", probed)
