@@ -60,6 +60,10 @@ def run_config(name: str, mode: str, out: Path, limit: int | None) -> Any:
         raw["model"].update(pooling="mean", head_init="random")
     if mode == "new-probe":  # averaged, and the output layer fitted on the frozen features first
         raw["model"].update(pooling="mean", head_init="probe")
+    if mode == "new-cool":  # after early stopping: back to the best, the lr annealed to 0
+        train["cooldown"] = True
+    if mode == "new-llrd":  # layer-wise lr decay: each layer down trains at 0.8x the one above
+        train["layer_lr_decay"] = 0.8
     raw["train"] = train  # "new": everything else left out, so the engine chooses
     cfg, problems = validate_mapping(apply_overrides(raw, []))
     assert cfg is not None, problems
@@ -83,6 +87,8 @@ def finetuned(cfg: Any) -> dict[str, Any]:
         "steps": res["train"]["steps"],
         "best_step": res["train"]["best_step"],
         "stopped_by": res["train"]["stopped_by"],
+        "cooldown_start": res["train"].get("cooldown_start"),
+        "eval_best_before_cooldown": res["train"].get("best_before_cooldown"),
         "chosen": {k: v["value"] for k, v in chosen.items()},
         "wall_s": round(time.perf_counter() - t0, 1),
     }
@@ -148,9 +154,10 @@ def main() -> None:
         "--modes",
         nargs="+",
         default=["floor", "old", "new"],
-        choices=["floor", "old", "new", "new-mean", "new-probe"],
+        choices=["floor", "old", "new", "new-mean", "new-probe", "new-cool", "new-llrd"],
         help="new-mean: the chosen defaults with model.pooling: mean; new-probe: with "
-        "model.pooling: mean and model.head_init: probe",
+        "model.pooling: mean and model.head_init: probe; new-cool: with train.cooldown: true; "
+        "new-llrd: with train.layer_lr_decay: 0.8",
     )
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-defaults"))
     ap.add_argument("--limit", type=int, default=None, help="first N rows of each file")

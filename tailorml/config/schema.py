@@ -195,6 +195,14 @@ class TrainConfig(_Section):
         "(1e-4 for MiniLM-sized, 5e-5 for BERT-base-sized).",
     )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on bias/norm).")
+    layer_lr_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Layer-wise learning-rate decay: the output layers train at `lr`, the top "
+        "encoder layer at lr x d, the one below at lr x d^2, ..., the embeddings lowest; "
+        "null = one rate for all.",
+    )
     schedule: Literal["linear", "cosine", "constant", "onecycle"] = Field(
         "linear",
         description="Learning-rate decay after warmup; `onecycle`: cosine up over the warmup "
@@ -232,6 +240,12 @@ class TrainConfig(_Section):
     )
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after N evaluations without improvement; null = never."
+    )
+    cooldown: bool | None = Field(
+        None,
+        description="When early stopping fires, go back to the best checkpoint and anneal the "
+        "learning rate from its value there to 0 over as many steps as patience waited, "
+        "evaluating as before (the best of both phases is kept); null = chosen (train/auto.py).",
     )
     threads: int | None = Field(
         None, ge=1, description="Torch intra-op threads; null = all cores of this process."

@@ -255,6 +255,8 @@ def finetune(
         "best_step": state["best_step"],
         "metric_for_best": metric,
         "stopped_by": loop.stopped_by,
+        "cooldown_start": state.get("cooldown_start"),
+        "best_before_cooldown": state.get("best_before_cooldown"),
         "processes": world,
         "train_seconds": round(loop.train_seconds, 3),
         "train_samples_per_s": round(loop.samples / loop.train_seconds, 2),

@@ -215,7 +215,7 @@ def train_loop(
                 step = state["global_step"]
                 window_loss += step_loss_value * len(batch)
                 window_n += len(batch)
-                lr = float(scheduler.get_last_lr()[0])
+                lr = float(max(scheduler.get_last_lr()))  # the top rate under layer-wise decay
                 progress.update(step, step_loss_value, lr, state["samples_seen"])
 
                 if step % t.log_every_steps == 0 or step == total_steps:
@@ -243,10 +243,27 @@ def train_loop(
                     else:
                         state["evals_without_improvement"] += 1
                     patience = t.early_stopping_patience
-                    if patience and state["evals_without_improvement"] >= patience:
+                    cooling = state.get("cooldown_start") is not None
+                    if patience and not cooling and state["evals_without_improvement"] >= patience:
                         stopped_by = "early stopping"
                     if on_eval is not None and on_eval(step, scal):
                         stopped_by = "pruned"
+                    if stopped_by == "early stopping" and t.cooldown:
+                        total_steps = start_cooldown(
+                            raw_model,
+                            optimizer,
+                            scheduler,
+                            state,
+                            ckpt_dir,
+                            (patience or 1) * eval_every,
+                        )
+                        progress.extend(total_steps)
+                        progress.note(
+                            f"step {step}: back to the best checkpoint (step "
+                            f"{state['best_step']}); cooling the learning rate down to 0 "
+                            f"over {total_steps - step} steps"
+                        )
+                        stopped_by = None
                 if step % save_every == 0 and step != total_steps:
                     save(ckpt_dir / f"step-{step}")
                 side_seconds += time.perf_counter() - side_t0
@@ -270,9 +287,47 @@ def train_loop(
                 state["batch_in_epoch"] = 0
     progress.stop()
     train_seconds = time.perf_counter() - loop_t0 - side_seconds
+    if stopped_by is None and state.get("cooldown_start") is not None:
+        stopped_by = "early stopping, then a cool-down"
     return LoopResult(
         state, stopped_by or "max steps", train_seconds, state["samples_seen"] - samples_at_start
     )
+
+
+def start_cooldown(
+    raw_model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    state: dict[str, Any],
+    ckpt_dir: Path,
+    steps: int,
+) -> int:
+    """Early stopping fired: put the best checkpoint's weights and optimizer state back, and
+    make the schedule fall linearly from the learning rate of the best step to 0 over `steps`
+    steps from now (the step count goes on; the data order too). Returns the new last step.
+    The schedule's state and `state` keep the cool-down, so a resumed run continues it."""
+    import torch
+
+    best = ckpt_dir / "best"
+    load_weights(best, raw_model)
+    optimizer.load_state_dict(torch.load(best / "optimizer.pt", weights_only=True))
+    step = state["global_step"]
+    fn = scheduler.lr_lambdas[0]
+    fn.cool_down(step, steps, fn(state["best_step"]))
+    for group, base, lam in zip(
+        optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        if lam is not fn:
+            lam.cool_down(step, steps, lam(state["best_step"]))
+        group["lr"] = base * lam(step)
+    state.update(
+        cooldown_start=step,
+        cooldown_steps=steps,
+        best_before_cooldown=state["best_metric"],
+        total_steps=step + steps,
+        evals_without_improvement=0,
+    )
+    return int(state["total_steps"])
 
 
 def load_best(raw_model: Any, ckpt_dir: Path) -> None:

@@ -3,25 +3,48 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import torch
 
 from tailorml.config.schema import TrainConfig
 
+# "...layer.3..." (BERT), "...layers.3..." (Llama, SmolLM), "...h.3..." (GPT-2)
+LAYER_RE = re.compile(r"\.(?:layers?|h)\.(\d+)\.")
+
+
+def depth_of(name: str, n_layers: int) -> int:
+    """0 for the embeddings, i + 1 for transformer layer i, n_layers + 1 above (pooler, heads)."""
+    m = LAYER_RE.search(name)
+    if m:
+        return int(m.group(1)) + 1
+    return 0 if "embed" in name.lower() else n_layers + 1
+
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    found = [int(m.group(1)) for n, _ in named if (m := LAYER_RE.search(n))]
+    n_layers = max(found) + 1 if found else 0
+    # (weight decay on, depth) -> parameters; one depth unless layer-wise decay is on. The two
+    # groups of a plain run always exist, in this order, so that its checkpoints load.
+    by_key: dict[tuple[bool, int], list[torch.nn.Parameter]] = {(True, 0): [], (False, 0): []}
+    for name, p in named:
         # Biases and LayerNorm weights are 1-D; decaying them hurts and buys nothing.
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        decays = not (p.ndim < 2 or "norm" in name.lower())
+        depth = depth_of(name, n_layers) if cfg.layer_lr_decay is not None else 0
+        by_key.setdefault((decays, depth), []).append(p)
+    groups: list[dict[str, Any]] = []
+    for (decays, depth), params in by_key.items():
+        if not params and cfg.layer_lr_decay is not None:
+            continue
+        group: dict[str, Any] = {
+            "params": params,
+            "weight_decay": cfg.weight_decay if decays else 0.0,
+        }
+        if cfg.layer_lr_decay is not None and cfg.lr is not None:
+            group["lr"] = cfg.lr * cfg.layer_lr_decay ** (n_layers + 1 - depth)
+        groups.append(group)
     kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (0.9, 0.999), "eps": 1e-8}
     # The fused kernel runs on CUDA (and on CPU in recent torch); fall back to foreach elsewhere.
     try:
@@ -48,8 +71,18 @@ class WarmupDecay:
 
     def __init__(self, warmup: int, total: int, kind: str):
         self.warmup, self.total, self.kind = warmup, max(total, 1), kind
+        # A cool-down after early stopping (train.cooldown): from step `cool_start` the
+        # multiplier falls linearly from `cool_from` to 0 over `cool_steps` steps.
+        self.cool_start: int | None = None
+        self.cool_steps, self.cool_from = 1, 1.0
+
+    def cool_down(self, start: int, steps: int, start_multiplier: float) -> None:
+        self.cool_start, self.cool_steps, self.cool_from = start, max(1, steps), start_multiplier
 
     def __call__(self, step: int) -> float:
+        if self.cool_start is not None and step >= self.cool_start:
+            left = 1.0 - min(1.0, (step - self.cool_start) / self.cool_steps)
+            return self.cool_from * left
         if self.kind == "onecycle":  # cosine from 1/25 up to 1, then cosine down to 0
             if step < self.warmup:
                 up = step / max(1, self.warmup)

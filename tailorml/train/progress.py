@@ -67,6 +67,12 @@ class TrainProgress:
             console.print(f"train step {step}/{self.total} {info} eta {eta:.0f}s")
             self._next_plain = step + max(1, self.total // 10)
 
+    def extend(self, total_steps: int) -> None:
+        """The run goes on to `total_steps` (a cool-down after early stopping)."""
+        self.total = total_steps
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, total=total_steps)
+
     def note(self, text: str) -> None:
         if self.enabled:
             console.print(text)

@@ -1,0 +1,116 @@
+"""The cool-down after early stopping (train.cooldown): back to the best checkpoint, the learning
+rate annealed from its value there to 0, the best of both phases kept, resume exact inside it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tailorml.config.load import validate_mapping
+from tailorml.recipes.finetune import finetune
+from tailorml.train.optim import WarmupDecay
+
+from .conftest import assert_same_weights, tiny_config
+
+
+def test_schedule_cools_down_linearly_and_saves_it() -> None:
+    fn = WarmupDecay(warmup=10, total=100, kind="linear")
+    at_40 = fn(40)
+    fn.cool_down(60, 20, at_40)
+    assert fn(59) == pytest.approx(1 - 49 / 90)  # before the cool-down: the old schedule
+    assert fn(60) == pytest.approx(at_40)
+    assert fn(70) == pytest.approx(at_40 / 2)
+    assert fn(80) == 0.0 and fn(95) == 0.0
+    # LambdaLR keeps a callable object's attributes in its state: a resumed run cools down too
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
+    fresh = WarmupDecay(warmup=10, total=100, kind="linear")
+    other = torch.optim.lr_scheduler.LambdaLR(
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), fresh
+    )
+    other.load_state_dict(sched.state_dict())
+    assert fresh(70) == pytest.approx(at_40 / 2)
+
+
+def raw_config(tmp: Path, data: dict[str, Path], name: str, cooldown: bool) -> dict[str, Any]:
+    raw = tiny_config(
+        tmp / name,
+        data={k: str(v) for k, v in data.items()},
+        model={"base": "tiny", "dropout": 0.1},  # dropout on: the RNG state matters on resume
+    )
+    # The keyword task reaches eval accuracy 1.0 early; a tie is no improvement, so patience 2
+    # always stops the run, long before its 10 epochs.
+    raw["train"].update(
+        epochs=10,
+        eval_every_steps=15,
+        save_every_steps=15,
+        early_stopping_patience=2,
+        metric_for_best="accuracy",
+        cooldown=cooldown,
+    )
+    return raw
+
+
+def cfg_of(raw: dict[str, Any]) -> Any:
+    cfg, problems = validate_mapping(raw)
+    assert cfg is not None, problems
+    return cfg
+
+
+def finetune_results(out: str) -> dict[str, Any]:
+    return dict(json.loads((Path(out) / "eval.json").read_text()))
+
+
+def drop_time(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "time"} for r in found]
+
+
+def rows(out: str, split: str) -> list[dict[str, Any]]:
+    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def test_cooldown_goes_back_to_the_best_and_anneals(
+    tmp_path: Path, cls_data: dict[str, Path]
+) -> None:
+    plain = cfg_of(raw_config(tmp_path, cls_data, "plain", cooldown=False))
+    res_plain = finetune(plain)
+    stop = res_plain["train"]["steps"]
+    assert res_plain["train"]["stopped_by"] == "early stopping" and stop < 150
+
+    cool = cfg_of(raw_config(tmp_path, cls_data, "cool", cooldown=True))
+    res = finetune(cool)
+    state = res["train"]
+    best_before = res_plain["train"]["best_step"]
+    # the same run up to the stop, then as many steps as patience waited (2 evaluations of 15)
+    assert state["cooldown_start"] == stop
+    assert res["train"]["steps"] == stop + 30
+    assert state["stopped_by"] == "early stopping, then a cool-down"
+    assert state["best_before_cooldown"] == res_plain["eval"]["accuracy"]
+    lrs = {r["step"]: r["lr"] for r in rows(cool.output_dir, "train")}
+    plain_lrs = {r["step"]: r["lr"] for r in rows(plain.output_dir, "train")}
+    assert all(lrs[s] == pytest.approx(plain_lrs[s]) for s in plain_lrs)
+    # from the learning rate of the best step down to 0 at the last step
+    lr_best = cool.train.lr * WarmupDecay(int(0.06 * 150), 150, "linear")(best_before)
+    assert lrs[stop + 15] == pytest.approx(lr_best / 2, rel=1e-6)
+    assert lrs[stop + 30] == pytest.approx(0.0, abs=1e-12)
+    evals = [r["step"] for r in rows(cool.output_dir, "eval")]
+    assert stop + 15 in evals and stop + 30 in evals
+    # the best of both phases is what the run folder holds
+    assert res["eval"]["accuracy"] >= res_plain["eval"]["accuracy"]
+
+
+def test_resume_inside_the_cooldown_is_exact(tmp_path: Path, cls_data: dict[str, Path]) -> None:
+    full = cfg_of(raw_config(tmp_path, cls_data, "full", cooldown=True))
+    finetune(full)
+    start = finetune_results(full.output_dir)["train"]["cooldown_start"]
+    part = cfg_of(raw_config(tmp_path, cls_data, "part", cooldown=True))
+    with pytest.raises(KeyboardInterrupt):
+        finetune(part, stop_after_steps=start + 3)
+    finetune(part, resume=True)
+    assert_same_weights(full.output_dir, part.output_dir)
+    assert drop_time(rows(full.output_dir, "eval")) == drop_time(rows(part.output_dir, "eval"))
