@@ -241,11 +241,11 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after N evaluations without improvement; null = never."
     )
-    cooldown: bool | None = Field(
-        None,
+    cooldown: bool = Field(
+        False,
         description="When early stopping fires, go back to the best checkpoint and anneal the "
         "learning rate from its value there to 0 over as many steps as patience waited, "
-        "evaluating as before (the best of both phases is kept); null = chosen (train/auto.py).",
+        "evaluating as before (the best of both phases is kept).",
     )
     threads: int | None = Field(
         None, ge=1, description="Torch intra-op threads; null = all cores of this process."
