@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tailorml.config.schema import HeadConfig, RunConfig, cross_field_problems
+from tailorml.config.checks import cross_field_problems
+from tailorml.config.schema import HeadConfig, RunConfig
 from tailorml.errors import ConfigError
 
 T = TypeVar("T", bound=BaseModel)

@@ -312,13 +312,12 @@ def start_cooldown(
     load_weights(best, raw_model)
     optimizer.load_state_dict(torch.load(best / "optimizer.pt", weights_only=True))
     step = state["global_step"]
-    fn = scheduler.lr_lambdas[0]
-    fn.cool_down(step, steps, fn(state["best_step"]))
+    # LambdaLR holds one schedule object per parameter group (usually the same one, repeated)
+    for lam in {id(lam): lam for lam in scheduler.lr_lambdas}.values():
+        lam.cool_down(step, steps, lam(state["best_step"]))
     for group, base, lam in zip(
         optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
     ):
-        if lam is not fn:
-            lam.cool_down(step, steps, lam(state["best_step"]))
         group["lr"] = base * lam(step)
     state.update(
         cooldown_start=step,
