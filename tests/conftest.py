@@ -72,6 +72,15 @@ def tiny_config(tmp: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def cfg_of(raw: dict[str, Any]) -> Any:
+    """The validated RunConfig of a raw config dict (fails the test on any problem)."""
+    from tailorml.config.load import validate_mapping
+
+    cfg, problems = validate_mapping(raw)
+    assert cfg is not None, problems
+    return cfg
+
+
 def write_config(tmp: Path, cfg: dict[str, Any], name: str = "cfg.yaml") -> Path:
     import yaml
 

@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 import torch
 
-from tailorml.config.load import validate_mapping
 from tailorml.recipes.finetune import finetune
 from tailorml.train.optim import WarmupDecay
 
-from .conftest import assert_same_weights, tiny_config
+from .conftest import assert_same_weights, cfg_of, tiny_config
 
 
 def test_schedule_cools_down_linearly_and_saves_it() -> None:
@@ -53,12 +52,6 @@ def raw_config(tmp: Path, data: dict[str, Path], name: str, cooldown: bool) -> d
         cooldown=cooldown,
     )
     return raw
-
-
-def cfg_of(raw: dict[str, Any]) -> Any:
-    cfg, problems = validate_mapping(raw)
-    assert cfg is not None, problems
-    return cfg
 
 
 def finetune_results(out: str) -> dict[str, Any]:

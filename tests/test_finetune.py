@@ -15,13 +15,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tailorml.config.load import validate_mapping
 from tailorml.errors import ConfigError, DataError
 from tailorml.recipes.finetune import finetune
 
 from .conftest import (
     REPO,
     assert_same_weights,
+    cfg_of,
     make_rows,
     tiny_config,
     write_config,
@@ -30,12 +30,6 @@ from .conftest import (
 )
 
 CLI = [sys.executable, "-m", "tailorml.cli"]
-
-
-def cfg_of(raw: dict[str, Any]) -> Any:
-    cfg, problems = validate_mapping(raw)
-    assert cfg is not None, problems
-    return cfg
 
 
 def test_classification_run_folder_contract(cls_config: dict[str, Any]) -> None:

@@ -12,7 +12,8 @@ from tailorml.config.schema import TrainConfig
 from tailorml.recipes.finetune import finetune
 from tailorml.train.optim import build_optimizer, depth_of
 
-from .test_cooldown import cfg_of, raw_config, rows
+from .conftest import cfg_of
+from .test_cooldown import raw_config, rows
 
 
 def tiny_bert() -> torch.nn.Module:

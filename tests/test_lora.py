@@ -19,18 +19,12 @@ from tailorml.config.load import validate_mapping
 from tailorml.errors import ConfigError
 from tailorml.recipes.finetune import finetune
 
-from .conftest import REPO, make_rows, tiny_config, write_csv
+from .conftest import REPO, cfg_of, make_rows, tiny_config, write_csv
 from .serve_helpers import ThreadServer
 from .test_multitask import mt_config
 
 TEXTS = ["the company shares beat today", "terrible loss on its stock", "meeting schedule notes"]
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0}
-
-
-def cfg_of(raw: dict[str, Any]) -> Any:
-    cfg, problems = validate_mapping(raw)
-    assert cfg is not None, problems
-    return cfg
 
 
 def lora_raw(tmp: Path, data: dict[str, Path], **lora: Any) -> dict[str, Any]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -23,15 +22,9 @@ from tailorml.models.pooling import POOLING_KEY, resolve_pooling, sentence_pooli
 from tailorml.recipes.finetune import finetune
 from tailorml.tasks.heads import HeadSpec
 
-from .conftest import make_rows, tiny_config, write_csv
+from .conftest import cfg_of, make_rows, tiny_config, write_csv
 
 HEADS = [HeadSpec(name="", task="classification", labels=["a", "b", "c"], offset=0, size=3)]
-
-
-def cfg_of(raw: dict[str, Any]) -> Any:
-    cfg, problems = validate_mapping(raw)
-    assert cfg is not None, problems
-    return cfg
 
 
 def st_folder(path: Path, pooling: dict[str, bool], modules: str | None = None) -> Path:

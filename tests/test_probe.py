@@ -10,19 +10,12 @@ from typing import Any
 import pytest
 import torch
 
-from tailorml.config.load import validate_mapping
 from tailorml.errors import ConfigError
 from tailorml.recipes.finetune import finetune
 from tailorml.train.probe import L2_GRID, fit_linear, resolve_head_init
 
-from .conftest import make_rows, tiny_config, write_csv
+from .conftest import cfg_of, make_rows, tiny_config, write_csv
 from .test_multitask import mt_config
-
-
-def cfg_of(raw: dict[str, Any]) -> Any:
-    cfg, problems = validate_mapping(raw)
-    assert cfg is not None, problems
-    return cfg
 
 
 def test_auto_probes_a_pretrained_encoder_only() -> None:
