@@ -126,7 +126,16 @@ def tuned(cfg: Any) -> dict[str, Any]:
         "finished": study["finished"],
         "pruned": study["pruned"],
         "failed": study["failed"],
+        # this call only (a study may span several); the trials' own time is summed below
         "wall_s": round(time.perf_counter() - t0, 1),
+        # finished and pruned trials, start to end; a trial cut off and continued counts only
+        # its continuation, so this is a lower bound when the study was interrupted
+        "trial_seconds": round(
+            sum(
+                t["seconds"] or 0.0 for t in study["trials"] if t["state"] in ("complete", "pruned")
+            ),
+            1,
+        ),
     }
 
 

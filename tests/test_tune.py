@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import yaml
 
 from tailorml.config.load import load_config
 from tailorml.errors import ConfigError
+from tailorml.train.checkpoint import list_checkpoints
 
 from .conftest import REPO, make_rows, tiny_config, write_config, write_csv
 from .finwatch_services import postgres  # noqa: F401
@@ -128,3 +131,55 @@ def test_two_workers_share_one_study_on_postgresql(tmp_path: Path, postgres: Any
     ran = [err.count("trial ") for _, err in outs]
     assert all(n >= 1 for n in ran), ran  # both workers took trials
     assert len({t.number for t in study.trials}) == len(study.trials)
+
+
+def _interrupt_first_trial(tmp_path: Path, sig: signal.Signals) -> tuple[Path, str]:
+    """`tailor tune` in a child process, stopped by `sig` once trial 0 has a checkpoint."""
+    raw = study_config(tmp_path, trials=2, heartbeat_s=1, pruner="none")
+    raw["train"].update(epochs=60, save_every_steps=5)
+    path = write_config(tmp_path, raw)
+    ckpts = tmp_path / "study" / "trial-000" / "checkpoints"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    child = subprocess.Popen(
+        [*CLI, "tune", str(path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (ckpts.is_dir() and list_checkpoints(ckpts)):  # a whole one, not step-N.tmp
+        assert child.poll() is None, child.communicate()[0][-2000:]
+        assert time.monotonic() < deadline, "no checkpoint of trial 0 in time"
+        time.sleep(0.05)
+    child.send_signal(sig)
+    out = child.communicate(timeout=120)[0]
+    assert not (tmp_path / "study" / "trial-000" / "eval.json").exists(), out[-2000:]
+    return path, out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
+def test_an_interrupted_trial_continues_from_its_checkpoint(
+    tmp_path: Path, sig: signal.Signals, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tailorml.tune.study import tune
+
+    path, out = _interrupt_first_trial(tmp_path, sig)
+    if sig == signal.SIGINT:
+        assert "Interrupted at step" in out  # the loop saved a checkpoint on the signal
+    else:
+        time.sleep(3.5)  # the killed worker's heartbeat (every 1 s) is stale after 3 s
+    capsys.readouterr()
+    res = tune(load_config(path))
+    said = capsys.readouterr().err  # the console writes to stderr
+    assert "trial 1: continues trial 0 (trial-000)" in said and "Resumed from" in said, said
+    first, rerun = res["trials"][0], res["trials"][1]
+    assert first["state"] == "fail" and rerun["continues"] == 0
+    assert rerun["state"] == "complete" and rerun["params"] == first["params"]
+    assert rerun["run_dir"] == first["run_dir"] == str(tmp_path / "study" / "trial-000")
+    assert (tmp_path / "study" / "trial-000" / "eval.json").is_file()
+    # the study still counts two finished trials: the rerun and one new trial in its own folder
+    assert res["finished"] + res["pruned"] == 2 and res["trials"][2]["continues"] is None
+    assert res["trials"][2]["run_dir"] == str(tmp_path / "study" / "trial-002")
+    assert "complete (continues 0)" in (tmp_path / "study" / "report.md").read_text()

@@ -307,6 +307,12 @@ class TuneConfig(_Section):
         None, gt=0, description="Stop starting trials after this many seconds."
     )
     seed: int = Field(0, description="Seed of the sampler (TPE).")
+    heartbeat_s: int = Field(
+        60,
+        ge=1,
+        description="A worker's running trial signals every this many seconds; one silent for "
+        "3x as long (the process was killed) is rerun from its last checkpoint.",
+    )
 
 
 class GenerateConfig(_Section):

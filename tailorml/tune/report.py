@@ -28,6 +28,7 @@ def write_study(
                 "evaluations": len(t.intermediate_values),
                 "test": t.user_attrs.get("test"),
                 "run_dir": t.user_attrs.get("run_dir"),
+                "continues": t.user_attrs.get("continues"),  # rerun of an interrupted trial
                 "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
                 if t.datetime_complete and t.datetime_start
                 else None,
@@ -119,7 +120,10 @@ def _markdown(out: Path, cfg: RunConfig, result: dict[str, Any], plots: list[str
     for t in result["trials"]:
         value = f"{t['value']:.4f}" if isinstance(t["value"], float) else ""
         params = " | ".join(str(t["params"].get(k, "")) for k in cfg.tune.space)
-        lines.append(f"| {t['number']} | {t['state']} | {value} | {params} |")
+        state = t["state"] + (
+            f" (continues {t['continues']})" if t["continues"] is not None else ""
+        )
+        lines.append(f"| {t['number']} | {state} | {value} | {params} |")
     if plots:
         lines += [""] + [f"![{p}](plots/{p})" for p in plots]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,53 @@ def suggest(trial: Any, key: str, r: ParamRange) -> Any:
     return trial.suggest_float(key, float(r.low), float(r.high), step=r.step, log=r.log)
 
 
+class _Retry:
+    """Queue again, as a WAITING trial with the same values, a trial that stopped before its
+    end; the new trial's `continues` names the original, whose run folder it resumes from its
+    last checkpoint. Optuna calls it for a trial whose worker went silent (the process was
+    killed); `tune` calls it for a trial interrupted by Ctrl-C / SIGTERM (checkpoint saved, the
+    trial marked failed)."""
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        import optuna
+
+        attrs = {"run_dir": trial.user_attrs.get("run_dir")}
+        attrs["continues"] = trial.user_attrs.get("continues", trial.number)
+        study.add_trial(
+            optuna.create_trial(
+                state=optuna.trial.TrialState.WAITING,
+                params=trial.params,
+                distributions=trial.distributions,
+                user_attrs=attrs,
+                intermediate_values=trial.intermediate_values,
+            )
+        )
+
+
+RETRY = _Retry()
+
+
+def _requeue_interrupted(study: Any) -> int:
+    """Queue again every trial interrupted by a signal that no later trial has taken over."""
+    import optuna
+
+    trials = study.get_trials(deepcopy=False)
+    queued = 0
+    for t in trials:
+        if t.state != optuna.trial.TrialState.FAIL or not t.user_attrs.get("interrupted"):
+            continue
+        first = t.user_attrs.get("continues", t.number)
+        if not any(o.number > t.number and o.user_attrs.get("continues") == first for o in trials):
+            RETRY(study, t)
+            queued += 1
+    return queued
+
+
+def _frozen(trial: Any) -> Any:
+    """The stored record of a running trial (its inherited intermediate values)."""
+    return next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+
+
 def _pruner(name: str) -> Any:
     import optuna
 
@@ -118,9 +166,17 @@ def open_study(cfg: RunConfig, direction: str, storage: str | None) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def create() -> Any:
+        with warnings.catch_warnings():  # heartbeats and their retry callback are "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=t.heartbeat_s,
+                grace_period=3 * t.heartbeat_s,
+                heartbeat_stale_trial_callback=RETRY,
+            )
         return optuna.create_study(
             study_name=cfg.name,
-            storage=url,
+            storage=storage,
             load_if_exists=True,
             direction=direction,  # type: ignore[arg-type]
             sampler=optuna.samplers.TPESampler(seed=t.seed),
@@ -192,15 +248,28 @@ def tune(
 
     def objective(trial: Any) -> float:
         values = {k: suggest(trial, k, r) for k, r in cfg.tune.space.items()}
-        folder = out / f"trial-{trial.number:03d}"
+        first = trial.user_attrs.get("continues")  # a rerun continues the original's folder
+        folder = out / f"trial-{(trial.number if first is None else first):03d}"
         trial.set_user_attr("run_dir", str(folder))
         tcfg = trial_config(cfg, values, folder, metric)
 
+        # A rerun inherits the original's reports; steps it evaluates again are not re-reported.
+        reported = set() if first is None else set(_frozen(trial).intermediate_values)
+
         def on_eval(step: int, scalars: dict[str, float]) -> bool:
-            trial.report(scalars[metric], step)
+            if step not in reported:
+                trial.report(scalars[metric], step)
             return bool(trial.should_prune())
 
-        res = finetune(tcfg, overwrite=True, on_eval=on_eval)
+        try:
+            if first is None:
+                res = finetune(tcfg, overwrite=True, on_eval=on_eval)
+            else:
+                console.print(f"trial {trial.number}: continues trial {first} ({folder.name})")
+                res = finetune(tcfg, resume=True, start_if_nothing=True, on_eval=on_eval)
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM: a checkpoint was saved; the rerun uses it
+            trial.set_user_attr("interrupted", True)
+            raise
         trial.set_user_attr("test", _scalars(res["test"]))
         trial.set_user_attr("train_seconds", res["train"]["train_seconds"])
         if res["train"]["stopped_by"] == "pruned":
@@ -224,6 +293,9 @@ def tune(
             highlight=False,
         )
 
+    requeued = _requeue_interrupted(study)
+    if requeued:
+        console.print(f"{requeued} interrupted trial(s) queued to continue from their checkpoints")
     left = total - len(study.get_trials(states=done_states))
     if left > 0:
         study.optimize(
