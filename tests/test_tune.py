@@ -103,22 +103,24 @@ def test_bad_studies_are_refused_before_any_trial(tmp_path: Path) -> None:
     assert not list((tmp_path / "study").glob("trial-*"))
 
 
+def tune_child(path: Path, stderr: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """`tailor tune CONFIG` as a child process, its output piped."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.Popen(
+        [*CLI, "tune", str(path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+
+
 @pytest.mark.slow  # a PostgreSQL server and two worker processes (~20 s)
 def test_two_workers_share_one_study_on_postgresql(tmp_path: Path, postgres: Any) -> None:  # noqa: F811
     url = postgres.fresh_db("tune_shared")
     path = write_config(tmp_path, study_config(tmp_path, storage=url, trials=4))
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    workers = [
-        subprocess.Popen(
-            [*CLI, "tune", str(path)],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for _ in range(2)
-    ]
+    workers = [tune_child(path) for _ in range(2)]
     outs = [w.communicate(timeout=600) for w in workers]
     for w, (_, err) in zip(workers, outs, strict=True):
         assert w.returncode == 0, err[-2000:]
@@ -139,15 +141,7 @@ def _interrupt_first_trial(tmp_path: Path, sig: signal.Signals) -> tuple[Path, s
     raw["train"].update(epochs=60, save_every_steps=5)
     path = write_config(tmp_path, raw)
     ckpts = tmp_path / "study" / "trial-000" / "checkpoints"
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    child = subprocess.Popen(
-        [*CLI, "tune", str(path)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    child = tune_child(path, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while not (ckpts.is_dir() and list_checkpoints(ckpts)):  # a whole one, not step-N.tmp
         assert child.poll() is None, child.communicate()[0][-2000:]
@@ -169,7 +163,8 @@ def test_an_interrupted_trial_continues_from_its_checkpoint(
     if sig == signal.SIGINT:
         assert "Interrupted at step" in out  # the loop saved a checkpoint on the signal
     else:
-        time.sleep(3.5)  # the killed worker's heartbeat (every 1 s) is stale after 3 s
+        # the killed worker's heartbeat (every 1 s) is stale after 3 s; SQLite keeps whole seconds
+        time.sleep(5.0)
     capsys.readouterr()
     res = tune(load_config(path))
     said = capsys.readouterr().err  # the console writes to stderr
