@@ -162,6 +162,7 @@ def test_an_interrupted_trial_continues_from_its_checkpoint(
     path, out = _interrupt_first_trial(tmp_path, sig)
     if sig == signal.SIGINT:
         assert "Interrupted at step" in out  # the loop saved a checkpoint on the signal
+        assert "the same `tailor tune` command continues it" in out
     else:
         # the killed worker's heartbeat (every 1 s) is stale after 3 s; SQLite keeps whole seconds
         time.sleep(5.0)

@@ -269,6 +269,10 @@ def tune(
                 res = finetune(tcfg, resume=True, start_if_nothing=True, on_eval=on_eval)
         except KeyboardInterrupt:  # Ctrl-C / SIGTERM: a checkpoint was saved; the rerun uses it
             trial.set_user_attr("interrupted", True)
+            console.print(
+                f"[yellow]Trial {trial.number} stopped; the same `tailor tune` command continues "
+                f"it from its checkpoint in {folder.name}/.[/]"
+            )
             raise
         trial.set_user_attr("test", _scalars(res["test"]))
         trial.set_user_attr("train_seconds", res["train"]["train_seconds"])
