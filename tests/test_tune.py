@@ -166,16 +166,28 @@ def test_an_interrupted_trial_continues_from_its_checkpoint(
     else:
         # the killed worker's heartbeat (every 1 s) is stale after 3 s; SQLite keeps whole seconds
         time.sleep(5.0)
+    cfg = load_config(path)
+    if sig == signal.SIGINT:  # two workers restarting at once both queue the interrupted trial
+        from tailorml.tune.study import RETRY, open_study
+
+        study = open_study(cfg, "maximize", None)
+        for _ in range(2):
+            RETRY(study, study.trials[0])
     capsys.readouterr()
-    res = tune(load_config(path))
+    res = tune(cfg)
     said = capsys.readouterr().err  # the console writes to stderr
     assert "trial 1: continues trial 0 (trial-000)" in said and "Resumed from" in said, said
-    first, rerun = res["trials"][0], res["trials"][1]
+    trials = res["trials"]
+    first, rerun, new = trials[0], trials[1], trials[-1]
     assert first["state"] == "fail" and rerun["continues"] == 0
     assert rerun["state"] == "complete" and rerun["params"] == first["params"]
     assert rerun["run_dir"] == first["run_dir"] == str(tmp_path / "study" / "trial-000")
     assert (tmp_path / "study" / "trial-000" / "eval.json").is_file()
+    if sig == signal.SIGINT:  # the second copy stepped aside: failed, not counted, no folder
+        assert trials[2]["state"] == "fail" and trials[2]["continues"] == 0
+        assert "trial 1 already continues trial 0" in said
     # the study still counts two finished trials: the rerun and one new trial in its own folder
-    assert res["finished"] + res["pruned"] == 2 and res["trials"][2]["continues"] is None
-    assert res["trials"][2]["run_dir"] == str(tmp_path / "study" / "trial-002")
+    assert res["finished"] + res["pruned"] == 2 and new["continues"] is None
+    assert new["run_dir"] == str(tmp_path / "study" / f"trial-{new['number']:03d}")
+    assert len(trials) == (4 if sig == signal.SIGINT else 3)
     assert "complete (continues 0)" in (tmp_path / "study" / "report.md").read_text()

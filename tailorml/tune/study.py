@@ -124,6 +124,11 @@ class _Retry:
 RETRY = _Retry()
 
 
+class DuplicateRerun(Exception):
+    """Two workers queued the same interrupted trial at once: the later copy steps aside
+    (failed, not counted) so that one process writes the run folder."""
+
+
 def _requeue_interrupted(study: Any) -> int:
     """Queue again every trial interrupted by a signal that no later trial has taken over."""
     import optuna
@@ -138,6 +143,23 @@ def _requeue_interrupted(study: Any) -> int:
             RETRY(study, t)
             queued += 1
     return queued
+
+
+def _twin(trial: Any, first: int) -> int | None:
+    """The number of an earlier trial, queued, running or finished, that also continues trial
+    `first` (a failed one does not count: it was cut off in turn)."""
+    import optuna
+
+    alive = (
+        optuna.trial.TrialState.WAITING,
+        optuna.trial.TrialState.RUNNING,
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+    )
+    for o in trial.study.get_trials(deepcopy=False, states=alive):
+        if o.number < trial.number and o.user_attrs.get("continues") == first:
+            return int(o.number)
+    return None
 
 
 def _frozen(trial: Any) -> Any:
@@ -261,6 +283,9 @@ def tune(
                 trial.report(scalars[metric], step)
             return bool(trial.should_prune())
 
+        twin = None if first is None else _twin(trial, first)
+        if twin is not None:
+            raise DuplicateRerun(f"trial {twin} already continues trial {first}; this copy stops")
         try:
             if first is None:
                 res = finetune(tcfg, overwrite=True, on_eval=on_eval)
@@ -306,6 +331,7 @@ def tune(
             objective,
             callbacks=[optuna.study.MaxTrialsCallback(total, states=done_states), progress],
             timeout=timeout_s or cfg.tune.timeout_s,
+            catch=(DuplicateRerun,),
             gc_after_trial=True,
         )
     from tailorml.tune.report import write_study
