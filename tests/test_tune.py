@@ -185,7 +185,8 @@ def test_an_interrupted_trial_continues_from_its_checkpoint(
     assert (tmp_path / "study" / "trial-000" / "eval.json").is_file()
     if sig == signal.SIGINT:  # the second copy stepped aside: failed, not counted, no folder
         assert trials[2]["state"] == "fail" and trials[2]["continues"] == 0
-        assert "trial 1 already continues trial 0" in said
+        copy = open_study(cfg, "maximize", None).trials[2]
+        assert copy.user_attrs.get("stepped_aside_for") == 1, copy.user_attrs
     # the study still counts two finished trials: the rerun and one new trial in its own folder
     assert res["finished"] + res["pruned"] == 2 and new["continues"] is None
     assert new["run_dir"] == str(tmp_path / "study" / f"trial-{new['number']:03d}")

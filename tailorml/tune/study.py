@@ -285,6 +285,7 @@ def tune(
 
         twin = None if first is None else _twin(trial, first)
         if twin is not None:
+            trial.set_user_attr("stepped_aside_for", twin)
             raise DuplicateRerun(f"trial {twin} already continues trial {first}; this copy stops")
         try:
             if first is None:
