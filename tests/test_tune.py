@@ -168,11 +168,11 @@ def test_an_interrupted_trial_continues_from_its_checkpoint(
         time.sleep(5.0)
     cfg = load_config(path)
     if sig == signal.SIGINT:  # two workers restarting at once both queue the interrupted trial
-        from tailorml.tune.study import RETRY, open_study
+        from tailorml.tune.study import open_study, requeue
 
         study = open_study(cfg, "maximize", None)
         for _ in range(2):
-            RETRY(study, study.trials[0])
+            requeue(study, study.trials[0])
     capsys.readouterr()
     res = tune(cfg)
     said = capsys.readouterr().err  # the console writes to stderr

@@ -98,30 +98,25 @@ def suggest(trial: Any, key: str, r: ParamRange) -> Any:
     return trial.suggest_float(key, float(r.low), float(r.high), step=r.step, log=r.log)
 
 
-class _Retry:
+def requeue(study: Any, trial: Any) -> None:
     """Queue again, as a WAITING trial with the same values, a trial that stopped before its
     end; the new trial's `continues` names the original, whose run folder it resumes from its
     last checkpoint. Optuna calls it for a trial whose worker went silent (the process was
     killed); `tune` calls it for a trial interrupted by Ctrl-C / SIGTERM (checkpoint saved, the
     trial marked failed)."""
+    import optuna
 
-    def __call__(self, study: Any, trial: Any) -> None:
-        import optuna
-
-        attrs = {"run_dir": trial.user_attrs.get("run_dir")}
-        attrs["continues"] = trial.user_attrs.get("continues", trial.number)
-        study.add_trial(
-            optuna.create_trial(
-                state=optuna.trial.TrialState.WAITING,
-                params=trial.params,
-                distributions=trial.distributions,
-                user_attrs=attrs,
-                intermediate_values=trial.intermediate_values,
-            )
+    attrs = {"run_dir": trial.user_attrs.get("run_dir")}
+    attrs["continues"] = trial.user_attrs.get("continues", trial.number)
+    study.add_trial(
+        optuna.create_trial(
+            state=optuna.trial.TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=attrs,
+            intermediate_values=trial.intermediate_values,
         )
-
-
-RETRY = _Retry()
+    )
 
 
 class DuplicateRerun(Exception):
@@ -140,31 +135,29 @@ def _requeue_interrupted(study: Any) -> int:
             continue
         first = t.user_attrs.get("continues", t.number)
         if not any(o.number > t.number and o.user_attrs.get("continues") == first for o in trials):
-            RETRY(study, t)
+            requeue(study, t)
             queued += 1
     return queued
 
 
-def _twin(trial: Any, first: int) -> int | None:
-    """The number of an earlier trial, queued, running or finished, that also continues trial
-    `first` (a failed one does not count: it was cut off in turn)."""
+def _rerun_state(trial: Any, first: int) -> tuple[set[int], int | None]:
+    """For a trial continuing trial `first`, from one read of the study: the steps it inherited
+    reports for, and the number of an earlier trial, queued, running or finished, that also
+    continues `first` (a failed one does not count: it was cut off in turn), if any."""
     import optuna
 
-    alive = (
-        optuna.trial.TrialState.WAITING,
-        optuna.trial.TrialState.RUNNING,
-        optuna.trial.TrialState.COMPLETE,
-        optuna.trial.TrialState.PRUNED,
-    )
-    for o in trial.study.get_trials(deepcopy=False, states=alive):
-        if o.number < trial.number and o.user_attrs.get("continues") == first:
-            return int(o.number)
-    return None
-
-
-def _frozen(trial: Any) -> Any:
-    """The stored record of a running trial (its inherited intermediate values)."""
-    return next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    reported: set[int] = set()
+    twins = []
+    for o in trial.study.get_trials(deepcopy=False):
+        if o.number == trial.number:
+            reported = set(o.intermediate_values)
+        elif (
+            o.number < trial.number
+            and o.user_attrs.get("continues") == first
+            and o.state != optuna.trial.TrialState.FAIL
+        ):
+            twins.append(int(o.number))
+    return reported, min(twins, default=None)
 
 
 def _pruner(name: str) -> Any:
@@ -194,7 +187,7 @@ def open_study(cfg: RunConfig, direction: str, storage: str | None) -> Any:
                 url,
                 heartbeat_interval=t.heartbeat_s,
                 grace_period=3 * t.heartbeat_s,
-                heartbeat_stale_trial_callback=RETRY,
+                heartbeat_stale_trial_callback=requeue,
             )
         return optuna.create_study(
             study_name=cfg.name,
@@ -273,20 +266,18 @@ def tune(
         first = trial.user_attrs.get("continues")  # a rerun continues the original's folder
         folder = out / f"trial-{(trial.number if first is None else first):03d}"
         trial.set_user_attr("run_dir", str(folder))
-        tcfg = trial_config(cfg, values, folder, metric)
-
         # A rerun inherits the original's reports; steps it evaluates again are not re-reported.
-        reported = set() if first is None else set(_frozen(trial).intermediate_values)
+        reported, twin = (set(), None) if first is None else _rerun_state(trial, first)
+        if twin is not None:
+            trial.set_user_attr("stepped_aside_for", twin)
+            raise DuplicateRerun(f"trial {twin} already continues trial {first}; this copy stops")
+        tcfg = trial_config(cfg, values, folder, metric)
 
         def on_eval(step: int, scalars: dict[str, float]) -> bool:
             if step not in reported:
                 trial.report(scalars[metric], step)
             return bool(trial.should_prune())
 
-        twin = None if first is None else _twin(trial, first)
-        if twin is not None:
-            trial.set_user_attr("stepped_aside_for", twin)
-            raise DuplicateRerun(f"trial {twin} already continues trial {first}; this copy stops")
         try:
             if first is None:
                 res = finetune(tcfg, overwrite=True, on_eval=on_eval)
