@@ -11,6 +11,13 @@ scores every valid and test target again with the best model and ranks it by tai
 those ranks (one per target, with the user and item tokens) go to RESULT.json, where the caller
 turns them into metrics, cold subset included, and checks the targets are its own.
 
+Resumable: after each validation the whole training state (model, optimizer, early-stopping
+counters, the valid curve, training seconds so far and the RNG states, the data loader's
+shuffling generator included) is written atomically to work-MODEL/resume.pt; a run started
+again with the same settings continues from the epoch after it (a converged SASRec takes hours
+on two cores, longer than a session). The file is loaded with weights_only=True and removed once
+the run ends; a file from other settings is set aside and training starts afresh.
+
 Shims (RecBole 1.2.1 predates torch 2.6 / numpy 2 / scipy 1.14; nothing in site-packages is
 edited, every shim is applied here, at import, and recorded in RESULT.json):
 - torch.load: torch >= 2.6 defaults to weights_only=True, and RecBole's trainer reloads its own
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import time
 from collections import defaultdict
@@ -131,6 +139,31 @@ def protocol_ranks(
     return out, mismatched
 
 
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """torch.save to a temporary file, then rename: a kill mid-write keeps the previous state."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state(loader: Any) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "loader": loader.generator.get_state(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(loader: Any, rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    loader.generator.set_state(rng["loader"])
+    n = rng["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+    random.setstate(rng["python"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-path", required=True, type=Path)
@@ -199,12 +232,69 @@ def main() -> None:
         return save(epoch, *a, **kw)
 
     trainer._save_checkpoint = record
+    curve: list[float] = []
+    capped: list[bool] = []
+    resumed_at: list[int] = []
+    stopped: list[bool] = []  # the last validation's stop flag (early stopping or the time cap)
+    before_s = 0.0  # training seconds of earlier processes of this run
+    resume = work / "resume.pt"
+    key = json.dumps({"model": args.model, "settings": settings}, sort_keys=True, default=str)
+    if resume.is_file():
+        old = torch.load(resume, weights_only=True)
+        if old["key"] != key:
+            resume.replace(resume.with_suffix(".other-settings.pt"))
+            print(
+                f"{resume}: written with other settings; set aside, starting afresh",
+                file=sys.stderr,
+            )
+        else:
+            model.load_state_dict(old["model"])
+            trainer.optimizer.load_state_dict(old["optimizer"])
+            trainer.start_epoch = old["epoch"] + 1
+            trainer.cur_step = old["cur_step"]
+            trainer.best_valid_score = old["best_valid_score"]
+            trainer.best_valid_result = old["best_valid_result"]
+            trainer.saved_model_file = old["saved_model_file"]
+            trainer.train_loss_dict = dict(old["train_loss"])
+            curve[:], saved_at[:], capped[:] = old["curve"], old["saved_at"], old["capped"]
+            stopped[:] = old["stopped"]
+            resumed_at[:] = [*old["resumed_at"], trainer.start_epoch]
+            before_s = old["train_seconds"]
+            set_rng_state(train_data, old["rng"])
+            print(
+                f"resumed from {resume}: epoch {trainer.start_epoch}, {before_s:.0f} s trained, "
+                f"best valid {trainer.best_valid_score:.5f}",
+                file=sys.stderr,
+            )
+
+    def checkpoint(epoch: int, _score: float) -> None:
+        """After each validation (and the best model's save): everything needed to go on."""
+        state = {
+            "key": key,
+            "epoch": epoch,
+            "cur_step": trainer.cur_step,
+            "best_valid_score": float(trainer.best_valid_score),
+            "best_valid_result": {
+                k: float(v) for k, v in (trainer.best_valid_result or {}).items()
+            },
+            "saved_model_file": trainer.saved_model_file,
+            "train_loss": {int(k): float(v) for k, v in trainer.train_loss_dict.items()},
+            "model": model.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "curve": curve,
+            "saved_at": saved_at,
+            "capped": capped,
+            "stopped": stopped,
+            "resumed_at": resumed_at,
+            "train_seconds": time.time() - t0,
+            "rng": rng_state(train_data),
+        }
+        save_state(resume, state)
+
     # Valid-based early stopping stays RecBole's; a wall-clock cap (--max-seconds) is added by
     # wrapping the early_stopping function its trainer calls after each validation.
     import recbole.trainer.trainer as rt
 
-    curve: list[float] = []
-    capped: list[bool] = []
     stop = rt.early_stopping
 
     def early(value: float, *a: Any, **kw: Any) -> Any:
@@ -213,11 +303,17 @@ def main() -> None:
         if args.max_seconds and not flag and time.time() - t0 > args.max_seconds:
             capped.append(True)
             flag = True
+        stopped[:] = [True] if flag else []
         return best, step, flag, update
 
     rt.early_stopping = early
-    t0 = time.time()
-    best_valid, best_valid_result = trainer.fit(train_data, valid_data, saved=True)
+    t0 = time.time() - before_s
+    if stopped or trainer.start_epoch >= trainer.epochs:  # killed after training, before the end
+        best_valid, best_valid_result = trainer.best_valid_score, trainer.best_valid_result
+    else:
+        best_valid, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=True, callback_fn=checkpoint
+        )
     train_s = time.time() - t0
     t0 = time.time()
     test_result = trainer.evaluate(test_data, load_best_model=True)
@@ -294,6 +390,7 @@ def main() -> None:
         "stopped_by_time_cap": bool(capped),
         "max_seconds": args.max_seconds,
         "valid_curve_ndcg@10": curve,
+        "resumed_at_epochs": resumed_at,
         "best_epoch": saved_at[-1] if saved_at else None,
         "target_mismatches": {"valid": valid_bad, "test": test_bad},
         "train_item_counts": train_counts,
@@ -302,6 +399,7 @@ def main() -> None:
         "test_ranks": test_ranks,
     }
     args.out.write_text(json.dumps(result, indent=1))
+    resume.unlink(missing_ok=True)
     print(
         f"{args.model}: train {train_s:.1f} s, RecBole test {dict(test_result)}, "
         f"target mismatches {valid_bad}/{test_bad}",

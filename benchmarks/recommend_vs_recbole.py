@@ -20,7 +20,8 @@
 5. Prints one table and the ratio text+fusion / best RecBole model (test NDCG@10); writes
    benchmarks/results/recommend_vs_recbole_<date>.json (--record) with the machine and commands.
 
-Resumable: a RecBole model whose result is in --out is not run again (--force to redo);
+Resumable: a RecBole model whose result is in --out is not run again (--force to redo), and
+one cut off mid-training continues from its last validated epoch (recbole_runner.py);
 `--only recbole|tailorml|table` runs one part.
 """
 
