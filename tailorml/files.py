@@ -58,3 +58,12 @@ def atomic_jsonl(path: str | Path, items: Iterable[Any]) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     return n
+
+
+def cache_dir() -> Path:
+    """Where packaged models unpacked or converted on first use are kept:
+    `$TAILORML_CACHE_DIR`, else `$XDG_CACHE_HOME/tailorml`, else `~/.cache/tailorml`."""
+    if os.environ.get("TAILORML_CACHE_DIR"):
+        return Path(os.environ["TAILORML_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tailorml"

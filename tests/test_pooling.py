@@ -70,6 +70,13 @@ def test_auto_follows_how_the_base_was_trained(tmp_path: Path) -> None:
     # The mean is built for BERT-family encoders; a bad value names the key.
     with pytest.raises(ConfigError, match="model.pooling: mean is built for BERT"):
         resolve_pooling("mean", None, LlamaConfig())
+    # A mean-trained sentence encoder of another family (`mpnet`) keeps the first token, and
+    # the reason does not offer the mean it cannot have.
+    from transformers import MPNetConfig
+
+    mean_st = st_folder(tmp_path / "mean", {"pooling_mode_mean_tokens": True})
+    pooling, why = resolve_pooling("auto", mean_st, MPNetConfig())
+    assert pooling == "cls" and "built for BERT only, not 'mpnet'" in why
     with pytest.raises(ConfigError, match="model.pooling: 'max'"):
         resolve_pooling("max", None, BertConfig())
     cfg, problems = validate_mapping(tiny_config(tmp_path, model={"pooling": "max"}))

@@ -81,7 +81,7 @@ def pretrain_problems(raw: dict) -> list[str]:
     """The cross-field checks of a pretraining config (`pretrain:` set): what it builds on,
     objective against architecture, the tokenizer's size, the model's shape and positions.
     Checks that need files (the corpus, a base folder) run in `tailor validate` and the run."""
-    from tailorml.models.presets import init_shape, min_vocab_size
+    from tailorml.models.presets import ENCODERS, init_shape, min_vocab_size
 
     out: list[str] = []
     objective = _get(raw, "pretrain.objective")
@@ -109,7 +109,7 @@ def pretrain_problems(raw: dict) -> list[str]:
         )
     if init is None:
         b = base if base is not None else "minilm"
-        if objective == "clm" and b == "minilm":
+        if objective == "clm" and b in ENCODERS:
             out.append(
                 f"`model.base` = {b!r} is an encoder; `pretrain.objective: clm` needs a causal "
                 "LM: `smollm2`, a causal-LM folder, or `model.init: {arch: llama}`."
@@ -117,7 +117,7 @@ def pretrain_problems(raw: dict) -> list[str]:
         if objective == "mlm" and b == "smollm2":
             out.append(
                 "`model.base` = 'smollm2' is a causal LM; `pretrain.objective: mlm` needs an "
-                "encoder: `minilm`, a masked-LM folder, or `model.init: {arch: bert}`."
+                "encoder: `minilm`, `mpnet`, a masked-LM folder, or `model.init: {arch: bert}`."
             )
         if b == "tiny":
             out.append(

@@ -124,7 +124,8 @@ class ModelConfig(_Section):
     )
     base: str = Field(
         "minilm",
-        description="`minilm` (packaged all-MiniLM-L6-v2), `smollm2` (packaged SmolLM2-135M-"
+        description="`minilm` (packaged all-MiniLM-L6-v2), `mpnet` (packaged all-mpnet-base-"
+        "v2, 5x larger: slower, more accurate), `smollm2` (packaged SmolLM2-135M-"
         "Instruct, generation), `tiny` (random, for tests) or a folder; image-classification: "
         "`resnet18`, `resnet-small`, `cnn` or an image run's model folder (its weights as init).",
     )

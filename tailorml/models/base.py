@@ -1,7 +1,8 @@
 """Resolve `model.base` to weights, and the tokenizer that goes with them.
 
-No hub is reachable: weights come from the packaged encoder, a local folder, or a tiny random
-model built from a config (for tests).
+No hub is reachable: weights come from a packaged encoder (`minilm`: all-MiniLM-L6-v2, 22.7M
+parameters, the default; `mpnet`: all-mpnet-base-v2, 109M, models/packaged.py), a local folder,
+or a tiny random model built from a config (for tests).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from tailorml.errors import ConfigError
+from tailorml.models.presets import ENCODERS
 
-KNOWN = ("minilm", "tiny")
+KNOWN = (*ENCODERS, "tiny")
 
 
 def quiet_transformers() -> None:
@@ -40,6 +42,10 @@ def resolve_base(base: str) -> Path | None:
     """Path of the base weights, or None for `tiny`. Raises ConfigError with the fix."""
     if base == "minilm":
         return packaged_minilm_path()
+    if base == "mpnet":
+        from tailorml.models.packaged import packaged_mpnet_path
+
+        return packaged_mpnet_path()
     if base == "tiny":
         return None
     path = Path(base).expanduser()
@@ -54,11 +60,11 @@ def resolve_base(base: str) -> Path | None:
     if path.is_dir():
         raise ConfigError(
             f"`model.base` = {base!r} is a folder without config.json. Point it at a Hugging Face "
-            "model folder (config.json + weights), or use `minilm` or `tiny`."
+            "model folder (config.json + weights), or use `minilm`, `mpnet` or `tiny`."
         )
     raise ConfigError(
         f"`model.base` = {base!r} is neither a known name ({', '.join(KNOWN)}) nor a folder with "
-        "config.json. Use `minilm` for the packaged encoder or give a local model folder."
+        "config.json. Use `minilm` or `mpnet` for a packaged encoder or give a local model folder."
     )
 
 

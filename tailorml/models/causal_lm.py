@@ -26,7 +26,8 @@ import torch
 
 from tailorml.data.sft import IGNORE
 from tailorml.errors import ConfigError
-from tailorml.models.base import quiet_transformers
+from tailorml.files import cache_dir
+from tailorml.models.base import ENCODERS, quiet_transformers
 
 if TYPE_CHECKING:
     from tailorml.config.schema import ModelConfig
@@ -45,14 +46,6 @@ FALLBACK_TEMPLATE = (
     "{% else %}{{ m['role'] | capitalize + ': ' + m['content'] + '\n' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
 )
-
-
-def cache_dir() -> Path:
-    """Where converted packaged models are kept."""
-    if os.environ.get("TAILORML_CACHE_DIR"):
-        return Path(os.environ["TAILORML_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tailorml"
 
 
 def packaged_smollm2_gguf() -> Path:
@@ -131,9 +124,9 @@ def check_causal_base(base: str) -> None:
     if base == "smollm2":
         packaged_smollm2_gguf()
         return
-    if base == "minilm":
+    if base in ENCODERS:
         raise ConfigError(
-            "`model.base` = 'minilm' is an encoder; a generation task needs a causal LM. Use "
+            f"`model.base` = {base!r} is an encoder; a generation task needs a causal LM. Use "
             "`smollm2` (packaged SmolLM2-135M-Instruct), `tiny` (tests) or a causal-LM folder."
         )
     path = Path(base).expanduser()

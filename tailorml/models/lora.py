@@ -143,12 +143,12 @@ def count_parameters(model: Any) -> tuple[int, int]:
 
 
 # Packaged bases, recorded by name (found again where this tailorml is installed).
-PACKAGED = ("minilm", "smollm2")
+PACKAGED = ("minilm", "mpnet", "smollm2")
 
 
 def task_fields(cfg: ModelConfig) -> dict[str, Any]:
     """task.json fields of a run's model folder: for LoRA, the base the adapter applies to
-    (`minilm`, `smollm2`, an absolute folder path, or `base` = the copy inside the folder)."""
+    (a packaged name, an absolute folder path, or `base` = the copy inside the folder)."""
     from tailorml.models.base import resolve_base
 
     if cfg.lora is None:

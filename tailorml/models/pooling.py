@@ -66,10 +66,15 @@ def resolve_pooling(setting: str, path: Path | None, config: Any) -> tuple[str, 
     own = getattr(config, POOLING_KEY, None)
     if own in ("cls", "mean"):  # a tailorml model folder as the base: keep what it was trained with
         return own, f"the base model folder was trained with {own} pooling"
-    if sentence_pooling(path) == "mean":
+    if sentence_pooling(path) == "mean" and model_type == "bert":
         return "cls", (
             "the first token (the default; this base was trained on the mean of its token "
             "states: `model.pooling: mean` was level with it, docs/benchmarks.md)"
+        )
+    if sentence_pooling(path) == "mean":
+        return "cls", (
+            f"the first token (the default; this base was trained on the mean of its token "
+            f"states, but `model.pooling: mean` is built for BERT only, not {model_type!r})"
         )
     return "cls", "the base's own classifier pooling (first token + pooler)"
 

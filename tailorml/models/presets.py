@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# The packaged pretrained encoders, by `model.base` name (models/base.py resolves them).
+ENCODERS = ("minilm", "mpnet")
+
 # (layers, hidden, heads, intermediate). Parameter counts with an 8k vocabulary (tied output):
 # tiny ~0.6M, mini ~5M, small ~23M; base is BERT-base / GPT-2-small sized (~110-125M with a
 # 30-50k vocabulary).

@@ -15,6 +15,7 @@ from typing import Any
 from tailorml.config.load import apply_overrides, lenient_config, read_yaml, validate_mapping
 from tailorml.config.schema import RunConfig
 from tailorml.errors import TailorError
+from tailorml.models.presets import ENCODERS
 
 
 def validate_config(path: str | Path, overrides: list[str] | None = None) -> list[str]:
@@ -135,9 +136,10 @@ def check_pretrain_inputs(cfg: RunConfig) -> None:
     if files and not problems and documents == 0:
         problems.append("`pretrain.corpus`: the files hold no text. Check them and the column.")
     # A base of the wrong kind (or `tiny`) is reported by the config check.
-    mismatch = cfg.model.base == "tiny" or (p.objective, cfg.model.base) in (
-        ("clm", "minilm"),
-        ("mlm", "smollm2"),
+    mismatch = (
+        cfg.model.base == "tiny"
+        or (p.objective == "clm" and cfg.model.base in ENCODERS)
+        or (p.objective, cfg.model.base) == ("mlm", "smollm2")
     )
     if cfg.model.init is None and not mismatch:
         from tailorml.models.pretrain import check_base
