@@ -353,6 +353,20 @@ def test_gradient_accumulation_matches_one_big_batch(
     assert worst < 1e-4, worst
 
 
+def test_runs_of_different_precision_in_one_process(
+    tmp_path: Path, cls_data: dict[str, Path]
+) -> None:
+    """A bf16 run then an fp32 run in one process (a notebook, a study): accelerate keeps one
+    state per process and used to refuse the second precision."""
+    for n, precision in enumerate(("bf16", "fp32", "bf16")):
+        raw = tiny_config(tmp_path / str(n), data={k: str(v) for k, v in cls_data.items()})
+        raw["train"].update(max_steps=2, eval_every_steps=2, precision=precision)
+        res = finetune(cfg_of(raw))
+        assert res["train"]["steps"] == 2
+        saved = yaml.safe_load((tmp_path / str(n) / "run" / "config.yaml").read_text())
+        assert saved["train"]["precision"] == precision
+
+
 def test_left_out_settings_are_chosen_from_data_and_model(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -72,6 +72,7 @@ def _config(tmp: Path, **sections: dict[str, Any]) -> dict[str, Any]:
             "threads": 1,
             "log_every_steps": 10,
             "eval_every_steps": 40,
+            "precision": "fp32",  # figures compared exactly (bf16 on an AMX CPU rounds otherwise)
         },
         "generate": {"samples": 4, "max_new_tokens": 16},
     }

@@ -4,6 +4,7 @@ and the proof that the replicas stayed in sync. With one process each is a no-op
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,16 @@ def start_processes(t: TrainConfig) -> Processes:
 
     use_cuda = torch.cuda.is_available()
     precision, why = auto.choose_precision(t.precision, use_cuda)
-    acc = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if precision == "bf16" else "no")
+    mixed = "bf16" if precision == "bf16" else "no"
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # accelerate keeps one state per process and refuses a second run with another
+        # precision (a bf16 text run, then an fp32 image run, in one notebook or `tailor tune`
+        # process). One process trains one run at a time, so a new run starts a new state.
+        from accelerate.state import AcceleratorState
+
+        if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed:
+            AcceleratorState._reset_state()
+    acc = Accelerator(cpu=not use_cuda, mixed_precision=mixed)
     world = acc.num_processes
     threads = env.set_threads(t.threads, world) if not use_cuda else torch.get_num_threads()
     env.seed_everything(t.seed)
