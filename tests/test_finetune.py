@@ -408,6 +408,7 @@ def test_left_out_settings_are_chosen_from_data_and_model(
     train = write_csv(tmp_path / "t.csv", make_rows(96, 0))
     raw = tiny_config(tmp_path, data={"train": str(train)}, train={"epochs": 2})
     raw["train"].pop("lr")
+    raw["train"].pop("precision")  # left to `auto`, as a user's config would
     finetune(cfg_of(raw))
     out = tmp_path / "run"
     picked = json.loads((out / "auto.json").read_text())
