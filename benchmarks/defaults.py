@@ -16,6 +16,9 @@ resumed run then counts only its last part; --fresh starts everything again).
         --out benchmarks/results/defaults.json
     python benchmarks/defaults.py --base mpnet --sets banking77 --modes floor new \\
         --out benchmarks/results/defaults_mpnet.json      # the larger packaged encoder
+    python benchmarks/defaults.py --sets finsent --modes tuned --out benchmarks/results/tuned.json
+    python benchmarks/defaults.py --sets finsent --modes new tuned-best --seed 1 \
+        --out benchmarks/results/tuned.json     # (b) and the study's best values on another seed
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ MODES = [
     "new-llrd",
     "new-fp32",
     "tuned",
+    "tuned-best",
 ]
 
 
@@ -73,12 +77,14 @@ def run_config(
     limit: int | None,
     trials: int = TUNE_TRIALS,
     base: str | None = None,
+    seed: int = 42,
+    best_params: dict[str, Any] | None = None,
 ) -> Any:
     from tailorml.config.load import apply_overrides, read_yaml, validate_mapping
 
     cfg_path, test = SETS[name]
     raw = read_yaml(REPO / cfg_path)
-    tag = f"{name}-{mode}" + (f"-{base}" if base else "")
+    tag = f"{name}-{mode}" + (f"-{base}" if base else "") + (f"-seed{seed}" if seed != 42 else "")
     raw["name"] = tag
     raw["output_dir"] = str(out / tag)
     if base:
@@ -88,7 +94,8 @@ def run_config(
     raw["data"]["train"] = str(REPO / raw["data"]["train"])
     if limit:
         raw["data"]["limit"] = limit
-    train = {"batch_size": raw.get("train", {}).get("batch_size", 32), "seed": 42}
+    # the seed also draws the eval split, so another seed repeats selection as well as training
+    train = {"batch_size": raw.get("train", {}).get("batch_size", 32), "seed": seed}
     if mode == "old":
         train.update(lr=5e-5, epochs=3)
     if mode == "new-mean":  # the packaged encoder's tokens averaged, the output layer random
@@ -102,6 +109,12 @@ def run_config(
     if mode == "new-fp32":  # what `precision: auto` would do without native bf16 (AMX/AVX-512)
         train["precision"] = "fp32"
     raw["train"] = train  # "new": everything else left out, so the engine chooses
+    if mode == "tuned-best":  # the study's best values, trained again (with --seed: another seed)
+        if not best_params:
+            raise SystemExit(f"{name}: no finished `tuned` entry in --out to take the values from")
+        for key, value in best_params.items():
+            section, field = key.split(".", 1)
+            raw.setdefault(section, {})[field] = value
     if mode == "tuned":  # (c): the best of a study; what it leaves out is chosen as in "new"
         raw["tune"] = {"space": TUNE_SPACE, "trials": trials, "seed": 0}
     cfg, problems = validate_mapping(apply_overrides(raw, []))
@@ -227,13 +240,20 @@ def main() -> None:
         "model.pooling: mean and model.head_init: probe; new-cool: with train.cooldown: true; "
         "new-llrd: with train.layer_lr_decay: 0.8; new-fp32: with train.precision: fp32 (on a "
         "CPU with native bf16, `new` trains in bf16); tuned: the best of a 20-trial `tailor tune` "
-        "study (TUNE_SPACE)",
+        "study (TUNE_SPACE); tuned-best: the best trial's values of the `tuned` entry in --out, "
+        "trained again (with --seed to repeat (b) and (c) on other seeds and eval splits)",
     )
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-defaults"))
     ap.add_argument("--limit", type=int, default=None, help="first N rows of each file")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--trials", type=int, default=TUNE_TRIALS, help="trials of a `tuned` study")
     ap.add_argument("--fresh", action="store_true", help="ignore --out's finished entries")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="train.seed, which also draws the eval split (results keyed MODE-seedN unless 42)",
+    )
     ap.add_argument(
         "--base", default=None, help="model.base for every run (default: each config's, minilm)"
     )
@@ -252,8 +272,9 @@ def main() -> None:
     for name in args.sets:
         row: dict[str, Any] = result["sets"].get(name, {})
         for mode in args.modes:
-            if mode in row:
-                print(name, mode, "kept from", args.out, flush=True)
+            key = mode + (f"-seed{args.seed}" if args.seed != 42 else "")
+            if key in row:
+                print(name, key, "kept from", args.out, flush=True)
                 continue
             cfg = run_config(
                 name,
@@ -262,20 +283,22 @@ def main() -> None:
                 args.limit,
                 args.trials,
                 args.base,
+                args.seed,
+                row.get("tuned", {}).get("best_params"),
             )
             if args.fresh and mode != "floor":
                 shutil.rmtree(cfg.output_dir, ignore_errors=True)
             measure = {"floor": frozen_floor, "tuned": tuned}.get(mode, finetuned)
-            row[mode] = measure(cfg)
-            print(name, mode, json.dumps(row[mode]), flush=True)
+            row[key] = measure(cfg)
+            print(name, key, json.dumps(row[key]), flush=True)
             result["sets"][name] = row
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{'set':10} {'mode':6} {'test acc':>9} {'macro F1':>9} {'wall s':>8}")
+    print(f"\n{'set':10} {'mode':14} {'test acc':>9} {'macro F1':>9} {'wall s':>8}")
     for name, row in result["sets"].items():
         for mode, r in row.items():
-            print(f"{name:10} {mode:6} {r['test_accuracy']:9.4f} {r['test_macro_f1']:9.4f} "
+            print(f"{name:10} {mode:14} {r['test_accuracy']:9.4f} {r['test_macro_f1']:9.4f} "
                   f"{r['wall_s']:8.0f}")  # fmt: skip
 
 
