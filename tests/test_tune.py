@@ -61,6 +61,14 @@ def test_study_writes_trials_best_and_report_and_resumes(tmp_path: Path) -> None
             32,
         )
         assert (Path(t["run_dir"]) / "config.yaml").is_file()
+    import optuna
+
+    # Every trial reports at hundredths of an epoch, whatever its batch size (16: 6 steps an
+    # epoch, 32: 3), so the pruner compares trials after the same share of the data.
+    stored = optuna.load_study(study_name="study", storage=f"sqlite:///{study}/study.db").trials
+    assert {t.params["train.batch_size"] for t in stored} == {16, 32}  # seed 0 draws both
+    for t in stored:
+        assert set(t.intermediate_values) <= {100, 200, 300} and 100 in t.intermediate_values
     best = res["best"]
     assert best is not None and best["state"] == "complete"
     values = [t["value"] for t in res["trials"] if t["state"] == "complete"]
@@ -192,3 +200,37 @@ def test_an_interrupted_trial_continues_from_its_checkpoint(
     assert new["run_dir"] == str(tmp_path / "study" / f"trial-{new['number']:03d}")
     assert len(trials) == (4 if sig == signal.SIGINT else 3)
     assert "complete (continues 0)" in (tmp_path / "study" / "report.md").read_text()
+
+
+def test_median_pruner_waits_for_five_trials_and_two_and_a_half_epochs() -> None:
+    """A slow start is not judged: nothing is pruned before 5 trials finished, nor at a trial's
+    first two epochs (reports at 100 and 200); at 300, below the median, it is."""
+    import optuna
+
+    from tailorml.tune.study import _pruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=_pruner("median"))
+
+    def finished(value: float) -> None:
+        t = study.ask()
+        for at in (100, 200, 300):
+            t.report(value, at)
+        study.tell(t, value)
+
+    for i in range(4):
+        finished(0.8 + 0.01 * i)
+    early = study.ask()
+    early.report(0.1, 300)
+    assert not early.should_prune()  # 4 finished trials: too few to judge by
+    study.tell(early, 0.1)
+    finished(0.85)
+    slow = study.ask()
+    for at in (100, 200):
+        slow.report(0.1, at)
+        assert not slow.should_prune()  # under 2.5 epochs in
+    slow.report(0.1, 300)
+    assert slow.should_prune()
+    good = study.ask()
+    good.report(0.9, 300)
+    assert not good.should_prune()  # above the median

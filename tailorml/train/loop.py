@@ -154,8 +154,9 @@ def train_loop(
 ) -> LoopResult:
     """Train until `state["total_steps"]` (or early stopping). `lengths`: per head, the token
     length of every training example (planning); `weights`: per head, its loss weight.
-    `on_eval(step, eval scalars)` runs after each evaluation; True stops the run there (a
-    hyperparameter search prunes a trial that way: stopped_by "pruned"). `log_extra(train
+    `on_eval(step, eval scalars + "epoch": epochs done, a float)` runs after each evaluation;
+    True stops the run there (a hyperparameter search prunes a trial that way: stopped_by
+    "pruned"). `log_extra(train
     scalars)` adds scalars to each train log line (pretraining: perplexity, tokens/s)."""
     rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
     total_steps, metric = state["total_steps"], state["metric_for_best"]
@@ -246,7 +247,9 @@ def train_loop(
                     cooling = state.get("cooldown_start") is not None
                     if patience and not cooling and state["evals_without_improvement"] >= patience:
                         stopped_by = "early stopping"
-                    if on_eval is not None and on_eval(step, scal):
+                    if on_eval is not None and on_eval(
+                        step, scal | {"epoch": step / steps_per_epoch}
+                    ):
                         stopped_by = "pruned"
                     if stopped_by == "early stopping" and t.cooldown:
                         total_steps = start_cooldown(

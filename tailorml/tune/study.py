@@ -160,14 +160,20 @@ def _rerun_state(trial: Any, first: int) -> tuple[set[int], int | None]:
     return reported, min(twins, default=None)
 
 
+PRUNE_AFTER = 250  # hundredths of an epoch (the unit trials report in): no pruning before
+
+
 def _pruner(name: str) -> Any:
     import optuna
 
     if name == "median":
-        # No pruning until 3 trials finished and each trial has had one evaluation to show.
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+        # No pruning until 5 trials finished (Optuna's default) nor before a trial is 2.5 epochs
+        # in: a slow start (a low rate, a long warm-up) is no sign of a poor end. Pruning from
+        # the first evaluation on, a 20-trial study on financial sentiment cut 9 trials there;
+        # its best trial, one of the first 3, had the third-lowest first evaluation of the 20.
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=PRUNE_AFTER)
     if name == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner()
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=PRUNE_AFTER)
     return optuna.pruners.NopPruner()
 
 
@@ -274,8 +280,11 @@ def tune(
         tcfg = trial_config(cfg, values, folder, metric)
 
         def on_eval(step: int, scalars: dict[str, float]) -> bool:
-            if step not in reported:
-                trial.report(scalars[metric], step)
+            # Reported at hundredths of an epoch, not at the optimizer step: trials with another
+            # batch size evaluate at other steps, and the pruner compares trials at equal keys.
+            at = round(100 * scalars["epoch"])
+            if at not in reported:
+                trial.report(scalars[metric], at)
             return bool(trial.should_prune())
 
         try:
