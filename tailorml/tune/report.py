@@ -89,6 +89,8 @@ def _plots(study: Any, out: Path, optuna: Any) -> list[str]:
                 ax: Any = fn(study)
         except (ValueError, RuntimeError):  # too few finished trials or parameters for this plot
             continue
+        if name == "intermediate.png":  # trials report at hundredths of an epoch (study.py)
+            ax.set_xlabel("epoch × 100")
         fig: Any = ax.figure if hasattr(ax, "figure") else ax.flatten()[0].figure
         fig.set_size_inches(8, 4.5)
         fig.tight_layout()
