@@ -111,8 +111,8 @@ def finetune(
     """Run the recipe; returns eval.json's content. `resume` continues from the latest
     checkpoint (an error when there is none, unless `start_if_nothing`: then the run starts,
     which suits a scheduler that reruns the same command). `stop_after_steps` acts as a signal
-    there (used by tests to interrupt a run at an exact step). `on_eval(step, eval scalars)` runs
-    after every evaluation and may stop the run (`tailor tune` prunes trials with it)."""
+    there (used by tests to interrupt a run at an exact step). `on_eval(step, eval scalars and
+    "epoch")` runs after every evaluation and may stop the run (`tailor tune` prunes with it)."""
     env.setup()
     import torch
 
