@@ -70,6 +70,11 @@ MODES = [
 ]
 
 
+def seed_suffix(seed: int) -> str:
+    """Run folders and result keys of another seed than the usual 42 end in -seedN."""
+    return f"-seed{seed}" if seed != 42 else ""
+
+
 def run_config(
     name: str,
     mode: str,
@@ -84,7 +89,7 @@ def run_config(
 
     cfg_path, test = SETS[name]
     raw = read_yaml(REPO / cfg_path)
-    tag = f"{name}-{mode}" + (f"-{base}" if base else "") + (f"-seed{seed}" if seed != 42 else "")
+    tag = f"{name}-{mode}" + (f"-{base}" if base else "") + seed_suffix(seed)
     raw["name"] = tag
     raw["output_dir"] = str(out / tag)
     if base:
@@ -272,7 +277,7 @@ def main() -> None:
     for name in args.sets:
         row: dict[str, Any] = result["sets"].get(name, {})
         for mode in args.modes:
-            key = mode + (f"-seed{args.seed}" if args.seed != 42 else "")
+            key = mode + seed_suffix(args.seed)
             if key in row:
                 print(name, key, "kept from", args.out, flush=True)
                 continue

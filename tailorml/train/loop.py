@@ -156,8 +156,8 @@ def train_loop(
     length of every training example (planning); `weights`: per head, its loss weight.
     `on_eval(step, eval scalars + "epoch": epochs done, a float)` runs after each evaluation;
     True stops the run there (a hyperparameter search prunes a trial that way: stopped_by
-    "pruned"). `log_extra(train
-    scalars)` adds scalars to each train log line (pretraining: perplexity, tokens/s)."""
+    "pruned"). `log_extra(train scalars)` adds scalars to each train log line (pretraining:
+    perplexity, tokens/s)."""
     rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
     total_steps, metric = state["total_steps"], state["metric_for_best"]
     steps_per_epoch = sum(-(-len(n) // t.batch_size) for n in lengths.values())
