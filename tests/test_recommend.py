@@ -368,3 +368,55 @@ def test_user_tower_reads_padded_histories_the_same_in_training_and_scoring() ->
     trained = net.users(seq).detach()
     assert not torch.isnan(scored).any()
     torch.testing.assert_close(scored[:, 3:], trained[:, 3:])
+
+
+@pytest.mark.parametrize(("softmax", "limit", "full"), [("auto", 1000, True), ("auto", 50, False)])
+def test_text_model_learns_the_sequences_with_either_softmax(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, softmax: str, limit: int, full: bool
+) -> None:
+    from tailorml.apps.recommend import models
+    from tailorml.apps.recommend.config import ModelConfig
+
+    monkeypatch.setattr(models, "FULL_SOFTMAX_MAX_ITEMS", limit)  # 60 items: above 50
+    ev, it = make_data(tmp_path)
+    items, e = load(data_cfg(ev, it))
+    sp_ = split_leave_one_out(e, len(items))
+    text = np.random.default_rng(0).normal(size=(len(items), 8)).astype(np.float32)
+    cfg = ModelConfig(
+        dim=16, layers=1, max_history=10, epochs=30, eval_every=10, negatives=16, lr=0.005,
+        softmax=softmax,
+    )  # fmt: skip
+    m = models.TextRecommender(cfg).fit(
+        sp_.train_sequences(), text, sp_.train_counts(), log=lambda s: None
+    )
+    assert m.full_softmax is full
+    pop = evaluate(bl.Popularity().fit(sp_.train_matrix()), sp_, "test")["ndcg@10"]
+    got = evaluate(m, sp_, "test")["ndcg@10"]
+    assert got > pop + 0.2, (got, pop)
+
+
+def test_full_softmax_loss_is_cross_entropy_over_every_item_at_every_position() -> None:
+    import torch
+
+    from tailorml.apps.recommend.config import ModelConfig
+    from tailorml.apps.recommend.models import TextRecommender, TwoTower
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=16, heads=2, layers=1, max_history=4, dropout=0.0, softmax="full")
+    m = TextRecommender(cfg)
+    m.net_ = net = TwoTower(torch.randn(12, 8), torch.ones(12, dtype=torch.bool), cfg)
+    m.full_softmax = True
+    net.train()
+    got = m._loss([np.array([1, 2, 3]), np.array([4, 5, 6, 7, 8])], None)
+    # By hand: each history's states, the next item as target at every position, 12 classes.
+    v = torch.nn.functional.normalize(net.item_vectors(), dim=-1)
+    terms = []
+    for seq in ([12, 12, 1, 2], [4, 5, 6, 7]):
+        h = torch.nn.functional.normalize(net.users(torch.tensor([seq]))[0], dim=-1)
+        nxt = seq[1:] + [3 if seq[-1] == 2 else 8]
+        for pos in range(4):
+            if seq[pos] < 12:
+                logits = h[pos] @ v.T / cfg.temperature
+                terms.append(-torch.log_softmax(logits, -1)[nxt[pos]])
+    assert len(terms) == 6
+    torch.testing.assert_close(got, torch.stack(terms).mean())

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tailorml.errors import ConfigError
 
+FULL_SOFTMAX_MAX_ITEMS = 50_000  # softmax auto: a full softmax up to this many items
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -156,8 +158,18 @@ class ModelConfig(_Section):
     batch_size: int = Field(16, ge=1, description="Sequences per step.")
     lr: float = Field(2e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    softmax: Literal["auto", "full", "sampled"] = Field(
+        "auto",
+        description="Next-item loss: `full` scores every item at every position; `sampled` "
+        "scores the batch's targets plus `negatives` uniform draws, log-Q corrected; `auto`: "
+        f"full up to {FULL_SOFTMAX_MAX_ITEMS:,} items, sampled above. The encoder phase "
+        "(item_encoder lora/finetune) is always sampled.",
+    )
     negatives: int = Field(
-        256, ge=0, description="Uniformly sampled negatives a step (plus the in-batch ones)."
+        256,
+        ge=0,
+        description="Uniformly sampled negatives a step, plus the in-batch ones (softmax: "
+        "sampled).",
     )
     temperature: float = Field(0.1, gt=0, description="Softmax temperature on cosine scores.")
     patience: int = Field(

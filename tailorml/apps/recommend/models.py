@@ -4,9 +4,10 @@ Item tower: the packaged encoder's sentence embedding of the item's text (frozen
 through a trainable adapter (linear projection + residual MLP), plus a learned id vector for items
 that have training events; a cold item is scored through its text alone.
 User tower: a small causal transformer (SASRec-like) over the recent history of item vectors.
-Training: next-item prediction at every position, softmax over the batch's targets (in-batch
+Training: next-item prediction at every position, cosine scores over a temperature, softmax over
+every item (`softmax: full`, the default up to 50,000 items) or over the batch's targets (in-batch
 negatives) and uniformly sampled items, each logit corrected by log Q (the log of the expected
-count of that item in the candidate set), cosine scores over a temperature.
+count of that item in the candidate set).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from tailorml.apps.recommend.config import ModelConfig
+from tailorml.apps.recommend.config import FULL_SOFTMAX_MAX_ITEMS, ModelConfig
 from tailorml.errors import TailorError
 
 
@@ -139,6 +140,7 @@ class TextRecommender:
         self.net_: TwoTower | None = None
         self.item_vectors_: np.ndarray | None = None
         self.encoder_: Any = None  # the trained ItemTextEncoder (item_encoder lora/finetune)
+        self.full_softmax = cfg.softmax == "full"  # set by fit (softmax auto: by catalogue size)
 
     def _net(self) -> TwoTower:
         if self.net_ is None:
@@ -162,6 +164,9 @@ class TextRecommender:
         self._rng = np.random.default_rng(self.seed)
         has_id = torch.from_numpy(counts >= cfg.id_min_count)
         self.net_ = net = TwoTower(torch.from_numpy(text), has_id, cfg)
+        self.full_softmax = cfg.softmax == "full" or (
+            cfg.softmax == "auto" and net.n_items <= FULL_SOFTMAX_MAX_ITEMS
+        )
         self._wins = windows(seqs, cfg.max_history)
         self._pop = counts / max(1, counts.sum())
         self._validate, self._log = validate, log
@@ -259,8 +264,11 @@ class TextRecommender:
             text = net.text.index_copy(0, used, enc(used))
         inp, tgt = arr[:, :-1], arr[:, 1:]
         keep = (tgt < n) & (inp < n)
-        h = net.users(inp, text)[keep]  # (P, d)
+        h = nn.functional.normalize(net.users(inp, text)[keep], dim=-1)  # (P, d)
         t = tgt[keep]
+        if enc is None and self.full_softmax:  # every item is a candidate: no correction
+            v = nn.functional.normalize(net.item_vectors(), dim=-1)
+            return nn.functional.cross_entropy(h @ v.T / cfg.temperature, t)
         cand, pos_of = torch.unique(t, return_inverse=True)
         if cfg.negatives:
             extra = torch.from_numpy(self._rng.integers(0, n, cfg.negatives))
@@ -270,7 +278,7 @@ class TextRecommender:
         q = len(t) * self._pop[cand.numpy()] + cfg.negatives / n
         log_q = torch.from_numpy(np.log(np.clip(q, 1e-12, None))).float()
         v = nn.functional.normalize(net.item_vectors(cand, text), dim=-1)
-        logits = nn.functional.normalize(h, dim=-1) @ v.T / cfg.temperature - log_q
+        logits = h @ v.T / cfg.temperature - log_q
         return nn.functional.cross_entropy(logits, pos_of)
 
     def _snapshot(self) -> dict[str, Any]:
