@@ -13,7 +13,7 @@ minutes with the same product commands on a smaller budget:
 
 Resumable: a run folder that already holds a model is not trained again.
 
-    flock /work/heavy.lock python benchmarks/finwatch_detection.py --out runs/finwatch-small
+    python benchmarks/finwatch_detection.py --out runs/finwatch-small
 """
 
 from __future__ import annotations

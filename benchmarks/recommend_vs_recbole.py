@@ -1,7 +1,7 @@
 """tailorml's recommender against RecBole 1.2.1 on the same split, in the same run.
 
     make recbole-venv        # once: .venv-recbole (benchmarks/recbole-requirements.txt)
-    flock /work/heavy.lock python benchmarks/recommend_vs_recbole.py
+    python benchmarks/recommend_vs_recbole.py
 
 1. Reads the data of --config (configs/recommend-movielens.yaml) with tailorml's readers, splits
    it by the protocol (docs/recommend.md) and writes it as RecBole atomic files
@@ -386,7 +386,7 @@ def main() -> None:
         "machine": mach,
         "commit": git_commit(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "repeat_with": "make recbole-venv; flock /work/heavy.lock bash "
+        "repeat_with": "make recbole-venv; bash "
         "benchmarks/recommend_vs_recbole.sh (its parts: this script with --only recbole, "
         "tailorml, recbole, table)",
         "config": str(args.config),
