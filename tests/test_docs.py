@@ -632,7 +632,9 @@ def script_for(doc: str, cmds: list[Command], cap: Path) -> str:
 
 
 def copy_repo(dest: Path) -> Path:
-    """The repository without the package, the tests and anything built; `.venv` a link."""
+    """The repository without the package, the tests and anything built; `.venv` a link.
+    Other virtual environments (`.venv-recbole`, 1.6 GB) stay behind: no documented command
+    that runs here uses them, and a copy per doc once filled the disk."""
     skip = {
         ".git",
         ".venv",
@@ -646,7 +648,7 @@ def copy_repo(dest: Path) -> Path:
     }
     dest.mkdir(parents=True)
     for p in REPO.iterdir():
-        if p.name in skip or p.name.endswith(".egg-info"):
+        if p.name in skip or p.name.endswith(".egg-info") or p.name.startswith(".venv"):
             continue
         if p.is_dir():
             shutil.copytree(p, dest / p.name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -447,6 +447,7 @@ def compress_images(run_dir: str | Path, opts: CompressOptions) -> dict[str, Any
         "pareto": fronts,
         "machine": machine(),
         "cpu_flags": env.speed_flags(),
+        "int8_kernels": env.int8_kernels(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "tolerances": {
             "onnx-int8": f"agreement >= {INT8_MIN_AGREEMENT:g} with fp32 on eval to be eligible"
