@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import yaml
 
 from tailorml.apps.recommend import baselines as bl
@@ -420,3 +421,22 @@ def test_full_softmax_loss_is_cross_entropy_over_every_item_at_every_position() 
                 terms.append(-torch.log_softmax(logits, -1)[nxt[pos]])
     assert len(terms) == 6
     torch.testing.assert_close(got, torch.stack(terms).mean())
+
+
+def test_next_after_recent_reads_the_followers_of_the_latest_items() -> None:
+    from tailorml.apps.recommend.ranker import ItemStats, next_after_recent, next_matrix
+
+    seqs = [np.array([0, 1, 2]), np.array([0, 2])]
+    m = next_matrix(seqs, 4, window=2).toarray()
+    # Item 0 is followed by 1 (1 step), 2 (2 steps: counts 1/2) and 2 (1 step): 1 + 0.5 + 1.
+    np.testing.assert_allclose(m[0], [0, 1 / 2.5, 1.5 / 2.5, 0], rtol=1e-6)
+    np.testing.assert_allclose(m[1], [0, 0, 1, 0])
+    assert not m[2].any() and not m[3].any()
+    stats = ItemStats.build(
+        np.ones(4), np.zeros(4), [[]] * 4, np.zeros((4, 2)), None, sp.csr_matrix(m), recent=2
+    )
+    cands = np.array([[2, 1, 3], [1, 2, 3]])
+    got = next_after_recent(stats, cands, [np.array([3, 1, 0]), np.array([], dtype=np.int64)])
+    # User 0's latest item 0 weighs 1, the one before (1) 1/2, item 3 is past `recent`.
+    want = np.log(1e-4 + np.array([[0.6 + 0.5 * 1.0, 0.4, 0.0], [0.0, 0.0, 0.0]]))
+    np.testing.assert_allclose(got, want, rtol=1e-5)

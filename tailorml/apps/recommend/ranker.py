@@ -7,7 +7,10 @@ item's age at the user's time (years since its first training event), a no-histo
 match (cosine of the item's genres with the history's last 50), text match (cosine of the item's
 text embedding with the mean of the history's last 20), user activity (log history length), and
 a collaborative score: the history's sum of the tuned EASE baseline's weights towards the item,
-each item's CF_KEEP largest weights kept (a sparse matrix served with the run; 0 without EASE).
+each item's CF_KEEP largest weights kept (a sparse matrix served with the run; 0 without EASE),
+and a sequential one, `next_after_recent`: how often the item came within `next_window` events
+after each of the user's `next_recent` latest items in the training histories (each such item's
+share of followers, weighted 1, 1/2, 1/3, ... from the latest; the log of the sum).
 The weights are plain numbers (ranker.json), no pickle.
 """
 
@@ -34,6 +37,7 @@ FEATURES = (
     "log_activity",
     "popularity_x_activity",
     "cf_score",
+    "next_after_recent",
 )
 CF_KEEP = 200  # largest EASE weights kept per item for the cf_score feature
 YEAR = 365.25 * 86400
@@ -48,6 +52,8 @@ class ItemStats:
     genres: np.ndarray  # (n, g) float32 rows of unit length (zeros: no genre)
     text: np.ndarray  # (n, width) unit-length text embeddings
     cf: sp.csr_matrix | None = None  # (n, n) item-to-item weights (cf_score)
+    nxt: sp.csr_matrix | None = None  # (n, n) share of each item's followers (next_after_recent)
+    recent: int = 10  # the user's latest items next_after_recent reads
 
     @classmethod
     def build(
@@ -57,9 +63,11 @@ class ItemStats:
         genres: list[list[str]],
         text: np.ndarray,
         cf: sp.csr_matrix | None = None,
+        nxt: sp.csr_matrix | None = None,
+        recent: int = 10,
     ) -> ItemStats:
         vocab = sorted({g for gs in genres for g in gs})
-        return cls(counts, first_time, genre_matrix(genres, vocab), text, cf)
+        return cls(counts, first_time, genre_matrix(genres, vocab), text, cf, nxt, recent)
 
     def extend(self, genres: np.ndarray, text: np.ndarray) -> ItemStats:
         n = len(text)
@@ -69,6 +77,8 @@ class ItemStats:
             np.vstack([self.genres, genres]).astype(np.float32),
             np.vstack([self.text, text]).astype(np.float32),
             None if self.cf is None else _grow(self.cf, len(self.counts) + n),
+            None if self.nxt is None else _grow(self.nxt, len(self.counts) + n),
+            self.recent,
         )
 
 
@@ -87,6 +97,45 @@ def cf_weights(b: np.ndarray, active: np.ndarray, n: int, keep: int = CF_KEEP) -
     return sp.csr_matrix(
         (coo.data, (active[coo.row], active[coo.col])), shape=(n, n), dtype=np.float32
     )
+
+
+def next_matrix(seqs: list[np.ndarray], n: int, window: int) -> sp.csr_matrix:
+    """(n, n): row i, each item's share of the events that came 1..window steps after item i in
+    the sequences (a follower g steps later counts 1/g)."""
+    rows, cols, vals = [], [], []
+    for s in seqs:
+        for g in range(1, min(window, len(s) - 1) + 1):
+            rows.append(s[:-g])
+            cols.append(s[g:])
+            vals.append(np.full(len(s) - g, 1.0 / g, dtype=np.float32))
+    if not rows:
+        return sp.csr_matrix((n, n), dtype=np.float32)
+    m = sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n, n),
+        dtype=np.float32,
+    )
+    total = np.asarray(m.sum(axis=1)).ravel()
+    return sp.csr_matrix(sp.diags(1.0 / np.where(total > 0, total, 1.0)) @ m, dtype=np.float32)
+
+
+def next_after_recent(stats: ItemStats, cands: np.ndarray, seqs: list[np.ndarray]) -> np.ndarray:
+    """(users, candidates): log(1e-4 + sum over the latest items j, weighted 1/rank, of the
+    share of j's followers that were the candidate)."""
+    assert stats.nxt is not None
+    n = stats.nxt.shape[0]
+    rows, cols, vals = [], [], []
+    for r, s in enumerate(seqs):
+        last = np.asarray(s[-stats.recent :][::-1], dtype=np.int64)
+        rows.append(np.full(len(last), r))
+        cols.append(last)
+        vals.append(1.0 / np.arange(1, len(last) + 1, dtype=np.float32))
+    w = sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(len(seqs), n),
+    )
+    share = np.asarray((w @ stats.nxt).todense())
+    return np.log(1e-4 + np.take_along_axis(share, cands, 1))
 
 
 def genre_matrix(genres: list[list[str]], vocab: list[str]) -> np.ndarray:
@@ -132,6 +181,8 @@ def features(
 
         cf = np.asarray((history_matrix(seqs, stats.cf.shape[0]) @ stats.cf).todense())
         out[..., 9] = np.take_along_axis(cf, cands, 1)
+    if stats.nxt is not None and seqs:
+        out[..., 10] = next_after_recent(stats, cands, seqs)
     return out
 
 

@@ -94,16 +94,9 @@ class Recommender:
         self.model = model
         st = np.load(run / "item_stats.npz")
         self.genre_vocab = [str(g) for g in st["genre_vocab"]]
-        cf = None
-        if (run / "cf.npz").is_file():
-            import scipy.sparse as sp
-
-            from tailorml.apps.recommend.ranker import _grow
-
-            cf = sp.csr_matrix(sp.load_npz(run / "cf.npz"))
-            if cf.shape[0] < len(text):  # items added since training have no weights
-                cf = _grow(cf, len(text))
-        self.stats = ItemStats(st["counts"], st["first_time"], st["genres"], text, cf)
+        cf, nxt = _item_matrix(run / "cf.npz", len(text)), _item_matrix(run / "next.npz", len(text))
+        recent = int(self.meta["config"]["ranker"].get("next_recent", 10))
+        self.stats = ItemStats(st["counts"], st["first_time"], st["genres"], text, cf, nxt, recent)
         self.index = faiss.read_index(str(run / "index.faiss"))
         self.ranker = (
             FusionRanker.load(run / "ranker.json") if (run / "ranker.json").is_file() else None
@@ -181,6 +174,19 @@ class Recommender:
             "title": self.titles[i],
             "because": because,
         }
+
+
+def _item_matrix(path: Path, n: int) -> Any:
+    """A saved (items x items) sparse matrix grown to n (items added since training: no
+    entries); None if the run has none."""
+    if not path.is_file():
+        return None
+    import scipy.sparse as sp
+
+    from tailorml.apps.recommend.ranker import _grow
+
+    m = sp.csr_matrix(sp.load_npz(path))
+    return _grow(m, n) if m.shape[0] < n else m
 
 
 def add_items(run: Path | str, path: Path | str) -> int:

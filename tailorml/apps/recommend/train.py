@@ -10,6 +10,7 @@ model, the fusion ranker, all scored on one split; one run folder.
       model/            the text-aware model (model.safetensors, model.json)
       item_vectors.npy  index.faiss    the served item vectors and their inner-product index
       item_stats.npz    ranker.json    the ranker's item features and weights
+      cf.npz  next.npz  the ranker's item-to-item matrices (EASE weights, followers' shares)
       eval.json  report.md  plots/
 """
 
@@ -35,6 +36,7 @@ from tailorml.apps.recommend.ranker import (
     FusionRanker,
     ItemStats,
     cf_weights,
+    next_matrix,
     training_rows,
 )
 from tailorml.errors import ConfigError
@@ -137,7 +139,10 @@ def train_recommend(
     text = model.text_  # the trained encoder's embeddings (the frozen ones if it was frozen)
     variants: dict[str, Any] = {"text": _both(model, split, cfg, detail=True)}
     variants["text"]["seconds"] = round(model.train_seconds_, 2)
-    stats = ItemStats.build(counts, first_times(split), items.genres, text, cf)
+    nxt = next_matrix(split.train_sequences(), len(items), cfg.ranker.next_window)
+    stats = ItemStats.build(
+        counts, first_times(split), items.genres, text, cf, nxt, cfg.ranker.next_recent
+    )
     ranker = None
     if cfg.ranker.enabled:
         t0 = time.time()
@@ -256,6 +261,10 @@ def write_run(
             import scipy.sparse as sp
 
             sp.save_npz(tmp / "cf.npz", stats.cf)
+        if stats.nxt is not None:
+            import scipy.sparse as sp
+
+            sp.save_npz(tmp / "next.npz", stats.nxt)
         atomic_json(tmp / "eval.json", result)
         write_report(tmp, cfg, result, variants)
         if out.exists():
@@ -286,7 +295,11 @@ def evaluate_run(run: Path | str) -> dict[str, Any]:
     if rec.ranker is not None:
         n = len(items)
         cf = None if rec.stats.cf is None else rec.stats.cf[:n, :n]
-        stats = ItemStats.build(split.train_counts(), first_times(split), items.genres, text, cf)
+        nxt = None if rec.stats.nxt is None else rec.stats.nxt[:n, :n]
+        stats = ItemStats.build(
+            split.train_counts(), first_times(split), items.genres, text, cf, nxt,
+            rec.stats.recent,
+        )  # fmt: skip
         fused = Fused(model, rec.ranker, stats, cfg.ranker.candidates)
         variants["text+fusion"] = _both(fused, split, cfg)
     old = _json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else {}
