@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import yaml
 
 from tailorml.apps.recommend import baselines as bl
@@ -423,20 +422,30 @@ def test_full_softmax_loss_is_cross_entropy_over_every_item_at_every_position() 
     torch.testing.assert_close(got, torch.stack(terms).mean())
 
 
-def test_next_after_recent_reads_the_followers_of_the_latest_items() -> None:
-    from tailorml.apps.recommend.ranker import ItemStats, next_after_recent, next_matrix
+def test_order_features_read_the_followers_and_predecessors_of_the_latest_items() -> None:
+    from tailorml.apps.recommend.ranker import FEATURES, ItemStats, features, order_matrices
 
     seqs = [np.array([0, 1, 2]), np.array([0, 2])]
-    m = next_matrix(seqs, 4, window=2).toarray()
+    nxt, prv = order_matrices(seqs, 4, window=2)
+    m = nxt.toarray()
     # Item 0 is followed by 1 (1 step), 2 (2 steps: counts 1/2) and 2 (1 step): 1 + 0.5 + 1.
     np.testing.assert_allclose(m[0], [0, 1 / 2.5, 1.5 / 2.5, 0], rtol=1e-6)
     np.testing.assert_allclose(m[1], [0, 0, 1, 0])
     assert not m[2].any() and not m[3].any()
+    p = prv.toarray()  # item 2 is preceded by 1 (1 step), 0 (2 steps) and 0 (1 step)
+    np.testing.assert_allclose(p[2], [1.5 / 2.5, 1 / 2.5, 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(p[1], [1, 0, 0, 0])
+    assert not p[0].any() and not p[3].any()
     stats = ItemStats.build(
-        np.ones(4), np.zeros(4), [[]] * 4, np.zeros((4, 2)), None, sp.csr_matrix(m), recent=2
+        np.ones(4), np.zeros(4), [[]] * 4, np.zeros((4, 2)), None, nxt, prv, recent=2
     )
-    cands = np.array([[2, 1, 3], [1, 2, 3]])
-    got = next_after_recent(stats, cands, [np.array([3, 1, 0]), np.array([], dtype=np.int64)])
+    cands = np.array([[2, 1, 0, 3], [1, 2, 0, 3]])
+    hists = [np.array([3, 1, 0]), np.array([], dtype=np.int64)]
+    x = features(stats, cands, np.zeros((2, 4)), hists, np.zeros(2))
     # User 0's latest item 0 weighs 1, the one before (1) 1/2, item 3 is past `recent`.
-    want = np.log(1e-4 + np.array([[0.6 + 0.5 * 1.0, 0.4, 0.0], [0.0, 0.0, 0.0]]))
-    np.testing.assert_allclose(got, want, rtol=1e-5)
+    nxt_want = [[0.6 + 0.5 * 1.0, 0.4, 0.0, 0.0], [0.0] * 4]
+    prv_want = [[0.0, 0.0, 0.5 * 1.0, 0.0], [0.0] * 4]  # 0 precedes 1; nothing precedes 0
+    col = FEATURES.index("next_after_recent")
+    np.testing.assert_allclose(x[..., col], np.log(1e-4 + np.array(nxt_want)), rtol=1e-5)
+    col = FEATURES.index("prev_of_recent")
+    np.testing.assert_allclose(x[..., col], np.log(1e-4 + np.array(prv_want)), rtol=1e-5)

@@ -183,18 +183,19 @@ class RankerConfig(_Section):
     candidates: int = Field(
         100, ge=10, le=5000, description="Candidates per user (the model's top) the ranker orders."
     )
-    next_window: int = Field(
+    sequence_window: int = Field(
         3,
         ge=1,
         le=50,
-        description="The next_after_recent feature counts an event as following an item when it "
-        "comes within this many events after it in a training history.",
+        description="The order features (next_after_recent, prev_of_recent) count an event as "
+        "following (preceding) an item when it comes within this many events after (before) "
+        "it in a training history.",
     )
-    next_recent: int = Field(
+    sequence_recent: int = Field(
         10,
         ge=1,
         le=200,
-        description="The user's latest items the next_after_recent feature reads.",
+        description="The user's latest items the order features read.",
     )
 
 

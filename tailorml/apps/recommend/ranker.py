@@ -8,9 +8,10 @@ match (cosine of the item's genres with the history's last 50), text match (cosi
 text embedding with the mean of the history's last 20), user activity (log history length), and
 a collaborative score: the history's sum of the tuned EASE baseline's weights towards the item,
 each item's CF_KEEP largest weights kept (a sparse matrix served with the run; 0 without EASE),
-and a sequential one, `next_after_recent`: how often the item came within `next_window` events
-after each of the user's `next_recent` latest items in the training histories (each such item's
-share of followers, weighted 1, 1/2, 1/3, ... from the latest; the log of the sum).
+and two of order: `next_after_recent`, how often the item came within `sequence_window` events
+after each of the user's `sequence_recent` latest items in the training histories (each such
+item's share of followers, weighted 1, 1/2, 1/3, ... from the latest; the log of the sum), and
+`prev_of_recent`, the same for the events that came before those items.
 The weights are plain numbers (ranker.json), no pickle.
 """
 
@@ -38,6 +39,7 @@ FEATURES = (
     "popularity_x_activity",
     "cf_score",
     "next_after_recent",
+    "prev_of_recent",
 )
 CF_KEEP = 200  # largest EASE weights kept per item for the cf_score feature
 YEAR = 365.25 * 86400
@@ -53,7 +55,8 @@ class ItemStats:
     text: np.ndarray  # (n, width) unit-length text embeddings
     cf: sp.csr_matrix | None = None  # (n, n) item-to-item weights (cf_score)
     nxt: sp.csr_matrix | None = None  # (n, n) share of each item's followers (next_after_recent)
-    recent: int = 10  # the user's latest items next_after_recent reads
+    prv: sp.csr_matrix | None = None  # (n, n) share of each item's predecessors (prev_of_recent)
+    recent: int = 10  # the user's latest items the two order features read
 
     @classmethod
     def build(
@@ -64,10 +67,11 @@ class ItemStats:
         text: np.ndarray,
         cf: sp.csr_matrix | None = None,
         nxt: sp.csr_matrix | None = None,
+        prv: sp.csr_matrix | None = None,
         recent: int = 10,
     ) -> ItemStats:
         vocab = sorted({g for gs in genres for g in gs})
-        return cls(counts, first_time, genre_matrix(genres, vocab), text, cf, nxt, recent)
+        return cls(counts, first_time, genre_matrix(genres, vocab), text, cf, nxt, prv, recent)
 
     def extend(self, genres: np.ndarray, text: np.ndarray) -> ItemStats:
         n = len(text)
@@ -78,6 +82,7 @@ class ItemStats:
             np.vstack([self.text, text]).astype(np.float32),
             None if self.cf is None else _grow(self.cf, len(self.counts) + n),
             None if self.nxt is None else _grow(self.nxt, len(self.counts) + n),
+            None if self.prv is None else _grow(self.prv, len(self.counts) + n),
             self.recent,
         )
 
@@ -97,6 +102,14 @@ def cf_weights(b: np.ndarray, active: np.ndarray, n: int, keep: int = CF_KEEP) -
     return sp.csr_matrix(
         (coo.data, (active[coo.row], active[coo.col])), shape=(n, n), dtype=np.float32
     )
+
+
+def order_matrices(
+    seqs: list[np.ndarray], n: int, window: int
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """The followers' and the predecessors' shares (next_matrix of the sequences, and of the
+    sequences reversed)."""
+    return next_matrix(seqs, n, window), next_matrix([s[::-1] for s in seqs], n, window)
 
 
 def next_matrix(seqs: list[np.ndarray], n: int, window: int) -> sp.csr_matrix:
@@ -119,14 +132,15 @@ def next_matrix(seqs: list[np.ndarray], n: int, window: int) -> sp.csr_matrix:
     return sp.csr_matrix(sp.diags(1.0 / np.where(total > 0, total, 1.0)) @ m, dtype=np.float32)
 
 
-def next_after_recent(stats: ItemStats, cands: np.ndarray, seqs: list[np.ndarray]) -> np.ndarray:
-    """(users, candidates): log(1e-4 + sum over the latest items j, weighted 1/rank, of the
-    share of j's followers that were the candidate)."""
-    assert stats.nxt is not None
-    n = stats.nxt.shape[0]
+def recent_share(
+    m: sp.csr_matrix, recent: int, cands: np.ndarray, seqs: list[np.ndarray]
+) -> np.ndarray:
+    """(users, candidates): log(1e-4 + sum over the `recent` latest items j, weighted 1/rank,
+    of m[j, candidate]) (m: next_matrix, the share of j's followers that were the candidate)."""
+    n = m.shape[0]
     rows, cols, vals = [], [], []
     for r, s in enumerate(seqs):
-        last = np.asarray(s[-stats.recent :][::-1], dtype=np.int64)
+        last = np.asarray(s[-recent:][::-1], dtype=np.int64)
         rows.append(np.full(len(last), r))
         cols.append(last)
         vals.append(1.0 / np.arange(1, len(last) + 1, dtype=np.float32))
@@ -134,7 +148,7 @@ def next_after_recent(stats: ItemStats, cands: np.ndarray, seqs: list[np.ndarray
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
         shape=(len(seqs), n),
     )
-    share = np.asarray((w @ stats.nxt).todense())
+    share = np.asarray((w @ m).todense())
     return np.log(1e-4 + np.take_along_axis(share, cands, 1))
 
 
@@ -182,7 +196,9 @@ def features(
         cf = np.asarray((history_matrix(seqs, stats.cf.shape[0]) @ stats.cf).todense())
         out[..., 9] = np.take_along_axis(cf, cands, 1)
     if stats.nxt is not None and seqs:
-        out[..., 10] = next_after_recent(stats, cands, seqs)
+        out[..., 10] = recent_share(stats.nxt, stats.recent, cands, seqs)
+    if stats.prv is not None and seqs:
+        out[..., 11] = recent_share(stats.prv, stats.recent, cands, seqs)
     return out
 
 

@@ -94,9 +94,11 @@ class Recommender:
         self.model = model
         st = np.load(run / "item_stats.npz")
         self.genre_vocab = [str(g) for g in st["genre_vocab"]]
-        cf, nxt = _item_matrix(run / "cf.npz", len(text)), _item_matrix(run / "next.npz", len(text))
-        recent = int(self.meta["config"]["ranker"].get("next_recent", 10))
-        self.stats = ItemStats(st["counts"], st["first_time"], st["genres"], text, cf, nxt, recent)
+        cf, nxt, prv = (_item_matrix(run / f"{m}.npz", len(text)) for m in ("cf", "next", "prev"))
+        recent = int(self.meta["config"]["ranker"].get("sequence_recent", 10))
+        self.stats = ItemStats(
+            st["counts"], st["first_time"], st["genres"], text, cf, nxt, prv, recent
+        )
         self.index = faiss.read_index(str(run / "index.faiss"))
         self.ranker = (
             FusionRanker.load(run / "ranker.json") if (run / "ranker.json").is_file() else None

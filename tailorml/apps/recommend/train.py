@@ -10,7 +10,8 @@ model, the fusion ranker, all scored on one split; one run folder.
       model/            the text-aware model (model.safetensors, model.json)
       item_vectors.npy  index.faiss    the served item vectors and their inner-product index
       item_stats.npz    ranker.json    the ranker's item features and weights
-      cf.npz  next.npz  the ranker's item-to-item matrices (EASE weights, followers' shares)
+      cf.npz  next.npz  prev.npz   the ranker's item-to-item matrices (EASE weights, the
+                        followers' and the predecessors' shares)
       eval.json  report.md  plots/
 """
 
@@ -36,7 +37,7 @@ from tailorml.apps.recommend.ranker import (
     FusionRanker,
     ItemStats,
     cf_weights,
-    next_matrix,
+    order_matrices,
     training_rows,
 )
 from tailorml.errors import ConfigError
@@ -139,9 +140,9 @@ def train_recommend(
     text = model.text_  # the trained encoder's embeddings (the frozen ones if it was frozen)
     variants: dict[str, Any] = {"text": _both(model, split, cfg, detail=True)}
     variants["text"]["seconds"] = round(model.train_seconds_, 2)
-    nxt = next_matrix(split.train_sequences(), len(items), cfg.ranker.next_window)
+    nxt, prv = order_matrices(split.train_sequences(), len(items), cfg.ranker.sequence_window)
     stats = ItemStats.build(
-        counts, first_times(split), items.genres, text, cf, nxt, cfg.ranker.next_recent
+        counts, first_times(split), items.genres, text, cf, nxt, prv, cfg.ranker.sequence_recent
     )
     ranker = None
     if cfg.ranker.enabled:
@@ -261,10 +262,11 @@ def write_run(
             import scipy.sparse as sp
 
             sp.save_npz(tmp / "cf.npz", stats.cf)
-        if stats.nxt is not None:
-            import scipy.sparse as sp
+        for name, m in (("next", stats.nxt), ("prev", stats.prv)):
+            if m is not None:
+                import scipy.sparse as sp
 
-            sp.save_npz(tmp / "next.npz", stats.nxt)
+                sp.save_npz(tmp / f"{name}.npz", m)
         atomic_json(tmp / "eval.json", result)
         write_report(tmp, cfg, result, variants)
         if out.exists():
@@ -296,8 +298,9 @@ def evaluate_run(run: Path | str) -> dict[str, Any]:
         n = len(items)
         cf = None if rec.stats.cf is None else rec.stats.cf[:n, :n]
         nxt = None if rec.stats.nxt is None else rec.stats.nxt[:n, :n]
+        prv = None if rec.stats.prv is None else rec.stats.prv[:n, :n]
         stats = ItemStats.build(
-            split.train_counts(), first_times(split), items.genres, text, cf, nxt,
+            split.train_counts(), first_times(split), items.genres, text, cf, nxt, prv,
             rec.stats.recent,
         )  # fmt: skip
         fused = Fused(model, rec.ranker, stats, cfg.ranker.candidates)
