@@ -117,6 +117,10 @@ def write_report(
         "",
         format_table(result, k, "valid"),
         "",
+        "The text model's early stopping read these targets, and the fusion ranker was trained "
+        "on them: its valid row is in-sample (benchmarks/recommend_ranker_ablation.py gives a "
+        "cross-validated one).",
+        "",
         "Tuning: "
         + "; ".join(
             f"{n}: chose {r['chosen']} of {r['tried']}" for n, r in result["baselines"].items()
