@@ -242,7 +242,8 @@ def test_run_folder_and_eval(run: Path) -> None:
     from tailorml.cli import app
 
     plots = ["plots/metric_by_model.png", "plots/by_activity.png", "plots/cold_vs_warm.png"]
-    for name in ["model/model.safetensors", "index.faiss", "ranker.json", "report.md", *plots]:
+    saved = ["model/model.safetensors", "index.faiss", "ranker.json", "report.md", *plots]
+    for name in [*saved, "cf.npz", "next.npz", "prev.npz"]:
         assert (run / name).is_file(), name
     ev = json.loads((run / "eval.json").read_text())
     for key in ("ndcg@10", "recall@10", "mrr@10", "coverage@10", "cold_ndcg@10"):
@@ -251,12 +252,14 @@ def test_run_folder_and_eval(run: Path) -> None:
     assert "test" in ev["baselines"]["ease"]
     # The model learned the sequences (popularity scores 0 on this data).
     assert ev["models"]["text"]["test"]["ndcg@10"] > ev["baselines"]["pop"]["test"]["ndcg@10"]
-    before = ev["models"]["text"]["test"]
+    before = {m: ev["models"][m]["test"] for m in ("text", "text+fusion")}
     res = CliRunner().invoke(app, ["recommend", "evaluate", str(run)])
     assert res.exit_code == 0, res.output
     assert "| text+fusion |" in res.output
-    after = json.loads((run / "eval.json").read_text())["models"]["text"]["test"]
-    assert after == pytest.approx(before)  # the saved model scores as it did in training
+    after = json.loads((run / "eval.json").read_text())["models"]
+    # The saved model, ranker and item-to-item matrices score as they did in training.
+    for m in ("text", "text+fusion"):
+        assert after[m]["test"] == pytest.approx(before[m]), m
 
 
 def test_service_answers_known_and_new_users(run: Path, tmp_path: Path) -> None:

@@ -258,14 +258,10 @@ def write_run(
         )
         if ranker is not None:
             ranker.save(tmp / "ranker.json")
-        if stats.cf is not None:
-            import scipy.sparse as sp
+        import scipy.sparse as sp
 
-            sp.save_npz(tmp / "cf.npz", stats.cf)
-        for name, m in (("next", stats.nxt), ("prev", stats.prv)):
-            if m is not None:
-                import scipy.sparse as sp
-
+        for name, m in (("cf", stats.cf), ("next", stats.nxt), ("prev", stats.prv)):
+            if m is not None:  # the ranker's item-to-item matrices
                 sp.save_npz(tmp / f"{name}.npz", m)
         atomic_json(tmp / "eval.json", result)
         write_report(tmp, cfg, result, variants)
