@@ -262,6 +262,30 @@ def test_run_folder_and_eval(run: Path) -> None:
         assert after[m]["test"] == pytest.approx(before[m]), m
 
 
+def test_ranker_ablation_reproduces_the_runs_fusion_figure(run: Path, tmp_path: Path) -> None:
+    """benchmarks/recommend_ranker_ablation.py: its "every feature" test figure is the run's
+    own text+fusion one, and it leaves out each feature once."""
+    from tailorml.apps.recommend.ranker import FEATURES
+
+    out = tmp_path / "ablation.json"
+    script = REPO / "benchmarks" / "recommend_ranker_ablation.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(run), "--record", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["features"]: r for r in json.loads(out.read_text())["table"]}
+    assert set(rows) == {"text model alone (no ranker)", "every feature"} | {
+        f"without {f}" for f in FEATURES
+    }
+    ev = json.loads((run / "eval.json").read_text())["models"]
+    assert rows["every feature"]["test"] == pytest.approx(ev["text+fusion"]["test"]["ndcg@10"],
+                                                          abs=1e-4)  # fmt: skip
+    assert rows["text model alone (no ranker)"]["test"] == pytest.approx(
+        ev["text"]["test"]["ndcg@10"], abs=1e-4
+    )
+
+
 def test_service_answers_known_and_new_users(run: Path, tmp_path: Path) -> None:
     from tailorml.apps.recommend.server import create_app
     from tailorml.apps.recommend.service import Recommender
