@@ -439,6 +439,10 @@ def test_cli_sigterm_drains_under_load(cls_model: Path, tmp_path: Path) -> None:
                     outcome = "refused"
                 except httpx.RemoteProtocolError:
                     outcome = "closed_before_response"
+                except (httpx.ReadError, httpx.WriteError):
+                    # A keep-alive connection the closing server reset while this request was
+                    # on its way (seen with the cores busy): never accepted, so not dropped.
+                    outcome = "reset_before_response"
                 with lock:
                     outcomes.append((outcome, t0, time.monotonic()))
                 if outcome == "refused":
@@ -459,7 +463,7 @@ def test_cli_sigterm_drains_under_load(cls_model: Path, tmp_path: Path) -> None:
             t.join(30)
     log = srv.output()
     kinds = {o for o, _, _ in outcomes}
-    assert kinds <= {"200", "refused", "closed_before_response"}, kinds
+    assert kinds <= {"200", "refused", "closed_before_response", "reset_before_response"}, kinds
     ok = [o for o in outcomes if o[0] == "200"]
     # Requests that were in flight when SIGTERM arrived were answered, after it.
     assert any(s < t_term < e for _, s, e in ok), "no request spanned the SIGTERM"
