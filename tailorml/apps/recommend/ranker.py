@@ -132,22 +132,24 @@ def next_matrix(seqs: list[np.ndarray], n: int, window: int) -> sp.csr_matrix:
     return sp.csr_matrix(sp.diags(1.0 / np.where(total > 0, total, 1.0)) @ m, dtype=np.float32)
 
 
-def recent_share(
-    m: sp.csr_matrix, recent: int, cands: np.ndarray, seqs: list[np.ndarray]
-) -> np.ndarray:
-    """(users, candidates): log(1e-4 + sum over the `recent` latest items j, weighted 1/rank,
-    of m[j, candidate]) (m: next_matrix, the share of j's followers that were the candidate)."""
-    n = m.shape[0]
+def recent_weights(seqs: list[np.ndarray], recent: int, n: int) -> sp.csr_matrix:
+    """(users, n): each history's `recent` latest items, weighted 1, 1/2, 1/3, ... from the
+    latest (what the order features read)."""
     rows, cols, vals = [], [], []
     for r, s in enumerate(seqs):
         last = np.asarray(s[-recent:][::-1], dtype=np.int64)
         rows.append(np.full(len(last), r))
         cols.append(last)
         vals.append(1.0 / np.arange(1, len(last) + 1, dtype=np.float32))
-    w = sp.csr_matrix(
+    return sp.csr_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
         shape=(len(seqs), n),
     )
+
+
+def recent_share(w: sp.csr_matrix, m: sp.csr_matrix, cands: np.ndarray) -> np.ndarray:
+    """(users, candidates): log(1e-4 + the weighted sum over the latest items j (`w`:
+    recent_weights) of m[j, candidate]) (m: next_matrix, the share of j's followers)."""
     share = np.asarray((w @ m).todense())
     return np.log(1e-4 + np.take_along_axis(share, cands, 1))
 
@@ -195,10 +197,11 @@ def features(
 
         cf = np.asarray((history_matrix(seqs, stats.cf.shape[0]) @ stats.cf).todense())
         out[..., 9] = np.take_along_axis(cf, cands, 1)
-    if stats.nxt is not None and seqs:
-        out[..., 10] = recent_share(stats.nxt, stats.recent, cands, seqs)
-    if stats.prv is not None and seqs:
-        out[..., 11] = recent_share(stats.prv, stats.recent, cands, seqs)
+    if seqs and (stats.nxt is not None or stats.prv is not None):
+        w = recent_weights(seqs, stats.recent, len(stats.counts))  # once for both features
+        for col, m in ((10, stats.nxt), (11, stats.prv)):
+            if m is not None:
+                out[..., col] = recent_share(w, m, cands)
     return out
 
 
