@@ -137,27 +137,14 @@ def _relaunch(
 
 
 def _training_recipe(cfg: Any) -> Any:
-    """The recipe that trains this config's model family: the classifier recipe, or supervised
-    fine-tuning for a causal LM."""
-    from tailorml.tasks import find_task
-    from tailorml.tasks.base import CAUSAL_LM, IMAGE_CLASSIFIER
+    """The recipe that trains this config's model family (`recipes.training_recipe`)."""
+    from tailorml.recipes import training_recipe
 
     if cfg.pretrain is not None:
         raise TailorError(
             "This config has a `pretrain:` section: run it with `tailor pretrain CONFIG`."
         )
-
-    if cfg.heads is None and find_task(cfg.task.type).family == CAUSAL_LM:
-        from tailorml.recipes.sft import sft
-
-        return sft
-    if cfg.heads is None and find_task(cfg.task.type).family == IMAGE_CLASSIFIER:
-        from tailorml.recipes.images import train_images
-
-        return train_images
-    from tailorml.recipes.finetune import finetune as run
-
-    return run
+    return training_recipe(cfg)
 
 
 @app.command()

@@ -234,3 +234,74 @@ def test_median_pruner_waits_for_five_trials_and_two_and_a_half_epochs() -> None
     good = study.ask()
     good.report(0.9, 300)
     assert not good.should_prune()  # above the median
+
+
+def _family_config(tmp: Path, family: str) -> dict[str, Any]:
+    """A tiny run config of another model family than the classifier: a causal LM trained on
+    prompt/response rows, or a small CNN on generated images."""
+    from .conftest import write_jsonl
+
+    if family == "generation":
+        rows = [{"prompt": f"Say {w}.", "response": f"{w.capitalize()}!"} for w in ("yes", "no")]
+        train = write_jsonl(tmp / "train.jsonl", rows * 8)
+        data = {"prompt_column": "prompt", "response_column": "response", "max_length": 64}
+        data |= {"train": str(train), "eval": str(train), "test": str(train)}
+        raw = tiny_config(tmp, task={"type": "generation"}, model={"tiny_hidden_size": 32})
+        raw["data"] = data
+        raw["generate"] = {"samples": 2, "max_new_tokens": 4}
+    else:
+        from tailorml.data.images import write_npz
+        from tailorml.tasks.images import example_images
+
+        npz = write_npz(tmp / "t.npz", *example_images(64, 0))
+        raw = tiny_config(tmp, task={"type": "image-classification"})
+        raw["data"] = {"train": str(npz)}
+        raw["model"] = {"base": "cnn", "widths": [8, 16]}
+    raw["model"].pop("dropout", None)
+    raw["train"] |= {"max_steps": 6, "eval_every_steps": 3, "batch_size": 8}
+    raw["name"] = "study"
+    raw["output_dir"] = str(tmp / "study")
+    raw["tune"] = {"space": {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True}}, "trials": 2}
+    return raw
+
+
+@pytest.mark.parametrize("family", ["generation", "image-classification"])
+def test_a_study_trains_each_model_family_with_its_own_recipe(tmp_path: Path, family: str) -> None:
+    """Trials of a generation or an image config run the recipe of that family (sft, images),
+    and select on that task's own metric: eval loss (lower is better) for a causal LM,
+    accuracy for images."""
+    from tailorml.tune.study import tune
+
+    res = tune(load_config(write_config(tmp_path, _family_config(tmp_path, family))))
+    assert res["finished"] == 2 and res["failed"] == 0, res
+    assert res["metric"] == ("eval loss" if family == "generation" else "eval accuracy")
+    lrs = {t["params"]["train.lr"] for t in res["trials"]}
+    assert len(lrs) == 2 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
+    values = [t["value"] for t in res["trials"]]
+    pick = min if family == "generation" else max
+    assert res["best"]["value"] == pick(values)
+    for t in res["trials"]:
+        ran = yaml.safe_load((Path(t["run_dir"]) / "config.yaml").read_text())
+        assert ran["task"]["type"] == family and ran["train"]["lr"] == pytest.approx(
+            t["params"]["train.lr"]
+        )
+        assert (Path(t["run_dir"]) / "model").is_dir()
+
+
+def test_lora_rank_is_searched_from_a_config_without_lora(tmp_path: Path) -> None:
+    """`model.lora.r` in the space of a config that leaves `model.lora` out: each trial trains
+    LoRA adapters of the sampled rank (the override starts the section); a pretraining config
+    is refused with what to tune instead."""
+    from tailorml.tune.study import check_study, trial_config
+
+    raw = study_config(tmp_path)
+    raw["tune"]["space"] = {"model.lora.r": {"choices": [4, 8]}}
+    cfg = load_config(write_config(tmp_path, raw))
+    assert cfg.model.lora is None and check_study(cfg) == ("accuracy", "maximize")
+    trial = trial_config(cfg, {"model.lora.r": 4}, tmp_path / "study" / "trial-000", "accuracy")
+    assert trial.model.lora is not None and trial.model.lora.r == 4
+    from tailorml.config.schema import PretrainConfig
+
+    pretraining = cfg.model_copy(update={"pretrain": PretrainConfig(objective="mlm")})
+    with pytest.raises(ConfigError, match="`tailor tune` searches fine-tuning runs"):
+        check_study(pretraining)

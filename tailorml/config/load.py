@@ -73,6 +73,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         node = out
         for part in parts[:-1]:
             nxt = node.setdefault(part, {})
+            if nxt is None:  # an optional section left out (`model.lora`): the override starts it
+                nxt = node[part] = {}
             if not isinstance(nxt, dict):
                 problems.append(f"Override `{key}`: `{part}` is a value, not a section.")
                 break

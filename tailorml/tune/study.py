@@ -34,6 +34,12 @@ def check_study(cfg: RunConfig) -> tuple[str, str]:
     the metric and the direction, before any trial starts."""
     t = cfg.tune
     problems: list[str] = []
+    if cfg.pretrain is not None:
+        problems.append(
+            "This config has a `pretrain:` section; `tailor tune` searches fine-tuning runs. "
+            "Remove `pretrain:` (tune the fine-tuning config whose `model.base` is the "
+            "pretrained run's model/)."
+        )
     if not t.space:
         problems.append(
             "`tune.space` is empty. Give at least one key to search, e.g. "
@@ -253,8 +259,9 @@ def tune(
     env.setup()
     import optuna
 
-    from tailorml.recipes.finetune import finetune
+    from tailorml.recipes import training_recipe
 
+    finetune = training_recipe(cfg)  # the recipe of the config's model family
     metric, direction = check_study(cfg)
     study = open_study(cfg, direction, storage)
     out = Path(cfg.output_dir)
