@@ -168,9 +168,13 @@ def tune(
     from tailorml.config.load import load_config
     from tailorml.tune.study import tune as run
 
+    # The budget flags are overrides of their config keys, so they are checked as those are
+    # (`--trials 0` is refused, not read as "the config's count").
+    budget = [f"tune.trials={trials}"] if trials is not None else []
+    budget += [f"tune.timeout_s={timeout}"] if timeout is not None else []
     try:
-        cfg = load_config(config, overrides or [])
-        run(cfg, trials=trials, timeout_s=timeout, storage=storage)
+        cfg = load_config(config, [*(overrides or []), *budget])
+        run(cfg, storage=storage)
     except TailorError as exc:
         _fail(exc)
     except KeyboardInterrupt:

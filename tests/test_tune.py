@@ -108,7 +108,15 @@ def test_bad_studies_are_refused_before_any_trial(tmp_path: Path) -> None:
     raw = study_config(tmp_path, storage="postgresql+psycopg://nobody@127.0.0.1:9/none")
     with pytest.raises(ConfigError, match="cannot be opened"):
         tune(load_config(write_config(tmp_path, raw)))
-    assert not list((tmp_path / "study").glob("trial-*"))
+    assert not (tmp_path / "study").exists()  # nothing written: not even the study folder
+    # The budget flags are checked like the keys they override (`--trials 0` once ran the
+    # config's 20 trials).
+    path = write_config(tmp_path, study_config(tmp_path))
+    for flag, shown in (("--trials=0", "`tune.trials` = 0"), ("--timeout=-5", "`tune.timeout_s`")):
+        done = subprocess.run([*CLI, "tune", str(path), flag], capture_output=True, text=True)
+        assert done.returncode == 2 and shown in done.stderr, (flag, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "study").exists()
 
 
 def tune_child(path: Path, stderr: int = subprocess.PIPE) -> subprocess.Popen[str]:

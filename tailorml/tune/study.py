@@ -188,6 +188,7 @@ def open_study(cfg: RunConfig, direction: str, storage: str | None) -> Any:
 
     t = cfg.tune
     out = Path(cfg.output_dir)
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     url = storage or t.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -219,13 +220,16 @@ def open_study(cfg: RunConfig, direction: str, storage: str | None) -> Any:
     try:
         return call_with_retry(create, retry_on=racing, retries=5, policy=Backoff(0.2, 2.0))
     except ValueError as exc:  # e.g. a study of this name with another direction
-        raise ConfigError(f"`tune.storage` {_safe(url)}: {exc}") from None
+        problem = f"`tune.storage` {_safe(url)}: {exc}"
     except Exception as exc:  # the database cannot be reached or opened
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise ConfigError(
+        problem = (
             f"`tune.storage` {_safe(url)} cannot be opened ({type(exc).__name__}: {first}). "
             "Check the URL and that the database server is running."
-        ) from None
+        )
+    if made and not any(out.iterdir()):
+        out.rmdir()  # a study that never opened leaves no folder behind
+    raise ConfigError(problem)
 
 
 def _safe(url: str) -> str:
@@ -265,7 +269,9 @@ def tune(
     metric, direction = check_study(cfg)
     study = open_study(cfg, direction, storage)
     out = Path(cfg.output_dir)
-    total = trials or cfg.tune.trials
+    if trials is not None and trials < 1:
+        raise ConfigError(f"trials = {trials}: a study needs at least 1 trial.")
+    total = trials if trials is not None else cfg.tune.trials
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     console.print(
         f"[bold]Study[/] {cfg.name} in {out}: {total} trials of {', '.join(cfg.tune.space)}, "
