@@ -93,6 +93,9 @@ def test_bad_studies_are_refused_before_any_trial(tmp_path: Path) -> None:
         "train.epochs": {"low": 3, "high": 3},
         "model.dropout": {"choices": []},
         "train.warmup_ratio": {"low": 0.0, "high": 0.2, "log": True},
+        "train.batch_size": {"choices": [16, "big"]},  # the second choice is checked too
+        "output_dir": {"choices": ["a", "b"]},
+        "train.weight_decay": {"low": 0.0, "high": 0.1, "step": -0.01},
     }
     raw["tune"]["metric"] = "bleu"
     with pytest.raises(ConfigError) as err:
@@ -102,6 +105,9 @@ def test_bad_studies_are_refused_before_any_trial(tmp_path: Path) -> None:
     assert "low (3) must be below high (3)" in text
     assert "`choices` is empty" in text and "log range needs low > 0" in text
     assert "`tune.metric` = 'bleu' is not reported" in text
+    assert "`train.batch_size` = 'big': Input should be a valid integer" in text
+    assert "`tune.space.output_dir`: the study sets this itself" in text
+    assert "`step` must be above 0" in text
     raw = study_config(tmp_path, direction="minimize")
     with pytest.raises(ConfigError, match="better when higher"):
         tune(load_config(write_config(tmp_path, raw)))

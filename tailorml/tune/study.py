@@ -28,6 +28,9 @@ from tailorml.retry import Backoff, call_with_retry
 from tailorml.tasks.heads import choose_metric, config_heads
 from tailorml.train.progress import console
 
+# Keys the study sets for each trial, not searchable.
+STUDY_KEYS = {"tune", "output_dir", "name"}
+
 
 def check_study(cfg: RunConfig) -> tuple[str, str]:
     """The metric and direction of the study; ConfigError listing every problem of the space,
@@ -47,17 +50,23 @@ def check_study(cfg: RunConfig) -> tuple[str, str]:
         )
     base = cfg.model_dump(mode="json", exclude={"tune"})
     for key, rng in t.space.items():
+        if key.split(".")[0] in STUDY_KEYS or key == "train.metric_for_best":
+            problems.append(
+                f"`tune.space.{key}`: the study sets this itself (each trial's folder, name "
+                "and metric). Search training, model or data keys."
+            )
+            continue
         problems += _range_problems(key, rng)
-        sample = rng.choices[0] if rng.choices else rng.low
-        if sample is None:
-            continue
-        try:
-            raw = apply_overrides(base, [f"{key}={sample}"])
-        except ConfigError as exc:
-            problems += [f"`tune.space.{key}`: {p}" for p in exc.problems]
-            continue
-        _, found = validate_mapping(raw)
-        problems += [f"`tune.space.{key}`: {p}" for p in found if key.split(".")[0] in p]
+        # every choice, or both ends of the range, must make a valid config
+        for value in rng.choices or [v for v in (rng.low, rng.high) if v is not None]:
+            try:
+                raw = apply_overrides(base, [f"{key}={value}"])
+            except ConfigError as exc:
+                problems += [f"`tune.space.{key}`: {p}" for p in exc.problems]
+                break
+            _, found = validate_mapping(raw)
+            found = [f"`tune.space.{key}`: {p}" for p in found if key.split(".")[0] in p]
+            problems += [p for p in found if p not in problems]
     try:
         metric = choose_metric(t.metric, config_heads(cfg))
     except ConfigError as exc:
@@ -88,6 +97,8 @@ def _range_problems(key: str, r: ParamRange) -> list[str]:
         return [f"{where}: low ({r.low}) must be below high ({r.high}). Widen the range."]
     if r.log and r.low <= 0:
         return [f"{where}: a log range needs low > 0 (got {r.low})."]
+    if r.step is not None and r.step <= 0:
+        return [f"{where}: `step` must be above 0 (got {r.step})."]
     if r.log and r.step is not None:
         return [f"{where}: `log` and `step` cannot be combined. Choose one."]
     return []
