@@ -44,6 +44,9 @@ SETS = {
     # Not in view when the defaults were written (built afterwards: benchmarks/make_authors.py)
     "authors": ("configs/authors.yaml", "data/gutenberg_authors/test.csv"),
 }
+# A few hundred rows: K training rows per label drawn from a set above (one fixed draw, whatever
+# --seed), tested on that set's whole test file.
+FEW_SHOT = {"banking77-10shot": ("banking77", 10), "authors-50shot": ("authors", 50)}
 
 
 # Column (c): a `tailor tune` study per set, selected on the eval split like everything else.
@@ -87,7 +90,8 @@ def run_config(
 ) -> Any:
     from tailorml.config.load import apply_overrides, read_yaml, validate_mapping
 
-    cfg_path, test = SETS[name]
+    parent, shots = FEW_SHOT.get(name, (name, 0))
+    cfg_path, test = SETS[parent]
     raw = read_yaml(REPO / cfg_path)
     tag = f"{name}-{mode}" + (f"-{base}" if base else "") + seed_suffix(seed)
     raw["name"] = tag
@@ -97,6 +101,10 @@ def run_config(
     raw["data"]["eval"] = None
     raw["data"]["test"] = str(REPO / test)
     raw["data"]["train"] = str(REPO / raw["data"]["train"])
+    if shots:
+        train_file = out / f"{name}-train.csv"
+        few_shot(Path(raw["data"]["train"]), raw["data"]["label_column"], shots, train_file)
+        raw["data"]["train"] = str(train_file)
     if limit:
         raw["data"]["limit"] = limit
     # the seed also draws the eval split, so another seed repeats selection as well as training
@@ -125,6 +133,29 @@ def run_config(
     cfg, problems = validate_mapping(apply_overrides(raw, []))
     assert cfg is not None, problems
     return cfg
+
+
+def few_shot(source: Path, label: str, k: int, dest: Path) -> Path:
+    """`k` rows per label of `source` (seed 0), in file order, written to `dest`."""
+    import csv
+    import random
+
+    with source.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    by_label: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_label.setdefault(row[label], []).append(i)
+    rng = random.Random(0)
+    keep = sorted(i for idx in by_label.values() for i in rng.sample(idx, min(k, len(idx))))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields or []))
+        writer.writeheader()
+        writer.writerows(rows[i] for i in keep)
+    tmp.replace(dest)
+    return dest
 
 
 def finetuned(cfg: Any) -> dict[str, Any]:
@@ -235,7 +266,13 @@ def frozen_floor(cfg: Any) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    ap.add_argument(
+        "--sets",
+        nargs="+",
+        default=list(SETS),
+        choices=[*SETS, *FEW_SHOT],
+        help=f"few-shot sets (K training rows per label of a set above): {', '.join(FEW_SHOT)}",
+    )
     ap.add_argument(
         "--modes",
         nargs="+",

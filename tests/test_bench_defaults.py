@@ -1,0 +1,40 @@
+"""benchmarks/defaults.py's few-shot sets: K training rows per label of a bundled set, one fixed
+draw, the parent set's whole test file."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .conftest import REPO
+
+
+def _defaults() -> Any:
+    spec = importlib.util.spec_from_file_location("defaults", REPO / "benchmarks" / "defaults.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_few_shot_set_draws_k_rows_per_label_once_and_keeps_the_test_file(tmp_path: Path) -> None:
+    defaults = _defaults()
+    cfg = defaults.run_config("banking77-10shot", "new", tmp_path, None, seed=1)
+    rows = _rows(Path(cfg.data.train))
+    counts = Counter(r["category"] for r in rows)
+    assert len(counts) == 77 and set(counts.values()) == {10}
+    source = _rows(REPO / "data/banking77/train.csv")
+    assert all(r in source for r in rows[:20])  # rows of the set itself, unchanged
+    first = Path(cfg.data.train).read_bytes()
+    again = defaults.run_config("banking77-10shot", "tuned", tmp_path, None, seed=2)
+    assert Path(again.data.train).read_bytes() == first  # the draw does not follow --seed
+    assert Path(cfg.data.test) == REPO / "data/banking77/test.csv" and cfg.data.eval is None
+    assert Path(cfg.output_dir).name == "banking77-10shot-new-seed1"
