@@ -19,6 +19,8 @@ resumed run then counts only its last part; --fresh starts everything again).
     python benchmarks/defaults.py --sets finsent --modes tuned --out benchmarks/results/tuned.json
     python benchmarks/defaults.py --sets finsent --modes new tuned-best --seed 1 \
         --out benchmarks/results/tuned.json     # (b) and the study's best values on another seed
+    python benchmarks/defaults.py --sets banking77-10shot authors-50shot \
+        --modes floor old new tuned --out benchmarks/results/fewshot.json   # a few hundred rows
 """
 
 from __future__ import annotations
