@@ -79,7 +79,15 @@ def test_study_writes_trials_best_and_report_and_resumes(tmp_path: Path) -> None
     assert best_cfg["train"]["lr"] == pytest.approx(best["params"]["train.lr"])
     load_config(study / "best.yaml")  # trains as it is
     report = (study / "report.md").read_text()
-    assert "best: trial" in report and "| trial | state |" in report
+    assert "best: trial" in report and "| trial | state | value | seconds |" in report
+    for t in res["trials"]:  # values to 4 significant digits, as a person reads them
+        assert f" | {t['params']['train.lr']:.4g} |" in report
+    rows = [line.split(" | ")[4:] for line in report.splitlines() if line[2:3].isdigit()]
+    assert len(rows) == 4 and all(
+        len(cell.split("e")[0].replace(".", "").strip(" |").lstrip("0")) <= 4
+        for row in rows
+        for cell in row
+    ), rows
     assert (study / "plots" / "history.png").stat().st_size > 1000
     assert json.loads((study / "study.json").read_text())["metric"] == "eval accuracy"
 

@@ -117,15 +117,21 @@ def _markdown(out: Path, cfg: RunConfig, result: dict[str, Any], plots: list[str
             f"- best: trial {best['number']}, {result['metric']} {best['value']:.4f}; its test: "
             f"{shown or 'n/a'}; config: `best.yaml` (train it: `tailor finetune {out}/best.yaml`)",
         ]
-    lines += ["", "| trial | state | value | " + " | ".join(cfg.tune.space) + " |"]
-    lines += ["|---|---|---:|" + "---|" * len(cfg.tune.space)]
+    lines += ["", "| trial | state | value | seconds | " + " | ".join(cfg.tune.space) + " |"]
+    lines += ["|---|---|---:|---:|" + "---:|" * len(cfg.tune.space)]
     for t in result["trials"]:
         value = f"{t['value']:.4f}" if isinstance(t["value"], float) else ""
-        params = " | ".join(str(t["params"].get(k, "")) for k in cfg.tune.space)
+        seconds = f"{t['seconds']:.0f}" if t["seconds"] is not None else ""
+        # 4 significant digits here (study.json keeps every digit)
+        params = " | ".join(_short(t["params"].get(k, "")) for k in cfg.tune.space)
         state = t["state"] + (
             f" (continues {t['continues']})" if t["continues"] is not None else ""
         )
-        lines.append(f"| {t['number']} | {state} | {value} | {params} |")
+        lines.append(f"| {t['number']} | {state} | {value} | {seconds} | {params} |")
     if plots:
         lines += [""] + [f"![{p}](plots/{p})" for p in plots]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
