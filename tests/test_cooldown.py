@@ -42,12 +42,13 @@ def raw_config(tmp: Path, data: dict[str, Path], name: str, cooldown: bool) -> d
         model={"base": "tiny", "dropout": 0.1},  # dropout on: the RNG state matters on resume
     )
     # The keyword task reaches eval accuracy 1.0 early; a tie is no improvement, so patience 2
-    # always stops the run, long before its 10 epochs.
+    # on the metric alone always stops the run, long before its 10 epochs.
     raw["train"].update(
         epochs=10,
         eval_every_steps=15,
         save_every_steps=15,
         early_stopping_patience=2,
+        early_stopping_loss_drop=None,
         metric_for_best="accuracy",
         cooldown=cooldown,
     )
@@ -107,3 +108,27 @@ def test_resume_inside_the_cooldown_is_exact(tmp_path: Path, cls_data: dict[str,
     finetune(part, resume=True)
     assert_same_weights(full.output_dir, part.output_dir)
     assert drop_time(rows(full.output_dir, "eval")) == drop_time(rows(part.output_dir, "eval"))
+
+
+def test_a_falling_eval_loss_keeps_the_run_going(tmp_path: Path, cls_data: dict[str, Path]) -> None:
+    """Early stopping counts an evaluation as progress when the metric improves or the eval loss
+    falls 1% under its lowest (`early_stopping_loss_drop`); the best checkpoint is still the
+    metric's. The keyword task ties at accuracy 1.0 while its loss keeps falling."""
+    raw = raw_config(tmp_path, cls_data, "metric-only", cooldown=False)
+    metric_only = finetune(cfg_of(raw))
+    raw = raw_config(tmp_path, cls_data, "with-loss", cooldown=False)
+    raw["train"]["early_stopping_loss_drop"] = 0.01
+    cfg = cfg_of(raw)
+    res = finetune(cfg)
+    assert res["train"]["steps"] > metric_only["train"]["steps"]
+    assert res["train"]["best_step"] == metric_only["train"]["best_step"]  # the metric's choice
+    # the rule, read back from the logged evaluations: progress resets the count, patience 2
+    best_acc, best_loss, waited = -1.0, float("inf"), 0
+    for r in rows(cfg.output_dir, "eval"):
+        assert waited < 2, "the run went on past patience"
+        progress = r["accuracy"] > best_acc or r["loss"] < 0.99 * best_loss
+        best_acc = max(best_acc, r["accuracy"])
+        best_loss = r["loss"] if r["loss"] < 0.99 * best_loss else best_loss
+        waited = 0 if progress else waited + 1
+    assert waited == 2 or res["train"]["stopped_by"] == "max steps"
+    assert res["train"]["stopped_by"] == ("early stopping" if waited == 2 else "max steps")

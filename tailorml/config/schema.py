@@ -236,7 +236,18 @@ class TrainConfig(_Section):
         None, description="Eval metric that picks the best checkpoint; null = the task's default."
     )
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop after N evaluations without improvement; null = never."
+        None,
+        ge=1,
+        description="Stop after N evaluations without improvement (neither a better metric nor "
+        "an eval loss `early_stopping_loss_drop` under its lowest); null = never.",
+    )
+    early_stopping_loss_drop: float | None = Field(
+        0.01,
+        ge=0,
+        lt=1,
+        description="An eval loss this share under its lowest also counts as improvement for "
+        "early stopping (the model is still learning while the metric wobbles on a small eval "
+        "split); null = the metric alone. The best checkpoint is always chosen by the metric.",
     )
     cooldown: bool = Field(
         False,

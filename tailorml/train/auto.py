@@ -8,8 +8,9 @@ value comes with the reason, printed at the start of the run and kept in the run
     train.lr      by the encoder's width: small encoders (MiniLM, hidden 384) train well at
                   1e-4, BERT-base-sized ones (768) at 5e-5, larger ones at 2e-5; LoRA
                   (`model.lora`) 30 times that (3e-3 for MiniLM, measured: docs/benchmarks.md)
-    train.epochs  until the eval metric stops improving (early stopping, patience 2, the best
-                  checkpoint restored), within a budget of about 3,000 optimizer steps: many
+    train.epochs  until the eval metric and the eval loss stop improving (early stopping,
+                  patience 2, the loss counting when 1% under its lowest; the best checkpoint,
+                  by the metric, restored), within a budget of about 3,000 optimizer steps: many
                   epochs for a few hundred rows, 3 for a hundred thousand (at least 3, at most 40)
     warmup        6% of the steps
     evaluation    once per epoch, and at least every 500 steps on large sets (so that early
@@ -73,7 +74,8 @@ def resolve(
             update["early_stopping_patience"] = PATIENCE
             chosen["train.early_stopping_patience"] = {
                 "value": PATIENCE,
-                "why": "the epoch count is a budget: stop when eval stops improving",
+                "why": "the epoch count is a budget: stop when neither the eval metric nor the "
+                "eval loss improves",
             }
         if t.eval_every_steps is None and steps_per_epoch > EVAL_AT_LEAST_EVERY:
             every = math.ceil(steps_per_epoch / math.ceil(steps_per_epoch / EVAL_AT_LEAST_EVERY))
