@@ -70,6 +70,7 @@ MODES = [
     "new-cool",
     "new-llrd",
     "new-fp32",
+    "new-head10",
     "tuned",
     "tuned-best",
 ]
@@ -121,6 +122,8 @@ def run_config(
         train["cooldown"] = True
     if mode == "new-llrd":  # layer-wise lr decay: each layer down trains at 0.8x the one above
         train["layer_lr_decay"] = 0.8
+    if mode == "new-head10":  # the fresh output layer at 10x the chosen rate
+        train["head_lr_scale"] = 10.0
     if mode == "new-fp32":  # what `precision: auto` would do without native bf16 (AMX/AVX-512)
         train["precision"] = "fp32"
     raw["train"] = train  # "new": everything else left out, so the engine chooses
@@ -282,7 +285,8 @@ def main() -> None:
         choices=MODES,
         help="new-mean: the chosen defaults with model.pooling: mean; new-probe: with "
         "model.pooling: mean and model.head_init: probe; new-cool: with train.cooldown: true; "
-        "new-llrd: with train.layer_lr_decay: 0.8; new-fp32: with train.precision: fp32 (on a "
+        "new-llrd: with train.layer_lr_decay: 0.8; new-head10: with train.head_lr_scale: 10; "
+        "new-fp32: with train.precision: fp32 (on a "
         "CPU with native bf16, `new` trains in bf16); tuned: the best of a 20-trial `tailor tune` "
         "study (TUNE_SPACE); tuned-best: the best trial's values of the `tuned` entry in --out, "
         "trained again (with --seed to repeat (b) and (c) on other seeds and eval splits)",

@@ -53,6 +53,21 @@ def test_each_layer_trains_at_its_own_rate() -> None:
     assert rates["bert.embeddings.word_embeddings.weight"][0] == pytest.approx(1.25e-4)
 
 
+def test_the_fresh_head_trains_at_its_own_rate() -> None:
+    """`train.head_lr_scale`: the output layer (not the pretrained pooler) at lr x scale, alone
+    or on top of layer-wise decay; without it, the two groups of a plain run."""
+    model = tiny_bert()
+    rates = rate_of(build_optimizer(model, TrainConfig(lr=1e-3, head_lr_scale=10)), model)
+    assert rates["classifier.weight"] == (pytest.approx(1e-2), 0.01)
+    assert rates["classifier.bias"] == (pytest.approx(1e-2), 0.0)
+    assert rates["bert.pooler.dense.weight"][0] == pytest.approx(1e-3)
+    assert rates["bert.embeddings.word_embeddings.weight"][0] == pytest.approx(1e-3)
+    both = TrainConfig(lr=1e-3, head_lr_scale=10, layer_lr_decay=0.5)
+    rates = rate_of(build_optimizer(model, both), model)
+    assert rates["classifier.weight"][0] == pytest.approx(1e-2)
+    assert rates["bert.encoder.layer.1.output.dense.weight"][0] == pytest.approx(5e-4)
+
+
 def test_a_run_with_layer_decay_and_a_cooldown(tmp_path: Path, cls_data: dict[str, Path]) -> None:
     raw = raw_config(tmp_path, cls_data, "llrd", cooldown=True)
     raw["train"]["layer_lr_decay"] = 0.8

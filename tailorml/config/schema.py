@@ -200,6 +200,13 @@ class TrainConfig(_Section):
         "encoder layer at lr x d, the one below at lr x d^2, ..., the embeddings lowest; "
         "null = one rate for all.",
     )
+    head_lr_scale: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="The freshly initialised output layer (the task heads) trains at lr x this, "
+        "the pretrained body at lr; null = one rate (no effect under LoRA).",
+    )
     schedule: Literal["linear", "cosine", "constant", "onecycle"] = Field(
         "linear",
         description="Learning-rate decay after warmup; `onecycle`: cosine up over the warmup "

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from tailorml.config.schema import TrainConfig
+from tailorml.models.lora import head_modules
 
 # "...layer.3..." (BERT), "...layers.3..." (Llama, SmolLM), "...h.3..." (GPT-2)
 LAYER_RE = re.compile(r"\.(?:layers?|h)\.(\d+)\.")
@@ -22,27 +23,35 @@ def depth_of(name: str, n_layers: int) -> int:
     return 0 if "embed" in name.lower() else n_layers + 1
 
 
+HEAD = -1  # the depth key of the task head's groups under `head_lr_scale`
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     found = [int(m.group(1)) for n, _ in named if (m := LAYER_RE.search(n))]
     n_layers = max(found) + 1 if found else 0
     # (weight decay on, depth) -> parameters; one depth unless layer-wise decay is on. The two
     # groups of a plain run always exist, in this order, so that its checkpoints load.
+    # `head_lr_scale`: the task head's parameters (depth HEAD) get their own groups.
+    heads = set(head_modules(model)) if cfg.head_lr_scale is not None else set()
     by_key: dict[tuple[bool, int], list[torch.nn.Parameter]] = {(True, 0): [], (False, 0): []}
     for name, p in named:
         # Biases and LayerNorm weights are 1-D; decaying them hurts and buys nothing.
         decays = not (p.ndim < 2 or "norm" in name.lower())
         depth = depth_of(name, n_layers) if cfg.layer_lr_decay is not None else 0
+        depth = HEAD if name.split(".", 1)[0] in heads else depth
         by_key.setdefault((decays, depth), []).append(p)
     groups: list[dict[str, Any]] = []
     for (decays, depth), params in by_key.items():
-        if not params and cfg.layer_lr_decay is not None:
+        if not params and (cfg.layer_lr_decay is not None or depth == HEAD):
             continue
         group: dict[str, Any] = {
             "params": params,
             "weight_decay": cfg.weight_decay if decays else 0.0,
         }
-        if cfg.layer_lr_decay is not None and cfg.lr is not None:
+        if cfg.lr is not None and depth == HEAD:
+            group["lr"] = cfg.lr * float(cfg.head_lr_scale or 1.0)
+        elif cfg.layer_lr_decay is not None and cfg.lr is not None:
             group["lr"] = cfg.lr * cfg.layer_lr_decay ** (n_layers + 1 - depth)
         groups.append(group)
     kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (0.9, 0.999), "eps": 1e-8}
