@@ -10,8 +10,9 @@ value comes with the reason, printed at the start of the run and kept in the run
                   (`model.lora`) 30 times that (3e-3 for MiniLM, measured: docs/benchmarks.md)
     train.epochs  until the eval metric and the eval loss stop improving (early stopping,
                   patience 2, the loss counting when 1% under its lowest; the best checkpoint,
-                  by the metric, restored), within a budget of about 3,000 optimizer steps: many
-                  epochs for a few hundred rows, 3 for a hundred thousand (at least 3, at most 40)
+                  by the metric, ties to the lower loss, restored), within a budget of about
+                  3,000 optimizer steps: many epochs for a few hundred rows, 3 for a hundred
+                  thousand (at least 3, at most 40)
     warmup        6% of the steps
     evaluation    once per epoch, and at least every 500 steps on large sets (so that early
                   stopping can act within an epoch)
