@@ -4,6 +4,7 @@ adapter and loads (base + adapter, merged) wherever a model folder is read; `tai
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,9 @@ def test_lora_trains_adapters_and_head_only(lora_run: tuple[Path, dict[str, Any]
     run, results, _ = lora_run
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r["split"] == "train"]
-    assert losses[-1] < losses[0], losses
+    # Learned: well under the loss of a model that knows nothing (ln 3 for 3 classes). Not
+    # "last < first": at lr 1e-2 the fresh head learns within the first 5-step log window.
+    assert max(losses[-3:]) < 0.75 * math.log(3), losses
     assert results["test"]["accuracy"] > 0.6, results["test"]  # 3 classes: chance is 1/3
 
     # The model folder: the adapter with the head, config.json, tokenizer; the base is named.
