@@ -123,7 +123,7 @@ def _markdown(out: Path, cfg: RunConfig, result: dict[str, Any], plots: list[str
         value = f"{t['value']:.4f}" if isinstance(t["value"], float) else ""
         seconds = f"{t['seconds']:.0f}" if t["seconds"] is not None else ""
         # 4 significant digits here (study.json keeps every digit)
-        params = " | ".join(_short(t["params"].get(k, "")) for k in cfg.tune.space)
+        params = " | ".join(short(t["params"].get(k, "")) for k in cfg.tune.space)
         state = t["state"] + (
             f" (continues {t['continues']})" if t["continues"] is not None else ""
         )
@@ -133,5 +133,6 @@ def _markdown(out: Path, cfg: RunConfig, result: dict[str, Any], plots: list[str
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
 
 
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def short(value: Any, digits: int = 4) -> str:
+    """A sampled value as a person reads it: floats to `digits` significant digits."""
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)

@@ -27,6 +27,7 @@ from tailorml.evaluate.metrics import LOWER_IS_BETTER
 from tailorml.retry import Backoff, call_with_retry
 from tailorml.tasks.heads import choose_metric, config_heads
 from tailorml.train.progress import console
+from tailorml.tune.report import short, write_study
 
 # Keys the study sets for each trial, not searchable.
 STUDY_KEYS = {"tune", "output_dir", "name"}
@@ -276,7 +277,7 @@ def tune(
 
     from tailorml.recipes import training_recipe
 
-    finetune = training_recipe(cfg)  # the recipe of the config's model family
+    train = training_recipe(cfg)  # the recipe of the config's model family
     metric, direction = check_study(cfg)
     study = open_study(cfg, direction, storage)
     out = Path(cfg.output_dir)
@@ -313,10 +314,10 @@ def tune(
 
         try:
             if first is None:
-                res = finetune(tcfg, overwrite=True, on_eval=on_eval)
+                res = train(tcfg, overwrite=True, on_eval=on_eval)
             else:
                 console.print(f"trial {trial.number}: continues trial {first} ({folder.name})")
-                res = finetune(tcfg, resume=True, start_if_nothing=True, on_eval=on_eval)
+                res = train(tcfg, resume=True, start_if_nothing=True, on_eval=on_eval)
         except KeyboardInterrupt:  # Ctrl-C / SIGTERM: a checkpoint was saved; the rerun uses it
             trial.set_user_attr("interrupted", True)
             console.print(
@@ -332,7 +333,7 @@ def tune(
 
     def progress(study: Any, trial: Any) -> None:
         finished = len(study.get_trials(states=done_states))
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+        shown = ", ".join(f"{k}={short(v, 3)}" for k, v in trial.params.items())
         if trial.state == optuna.trial.TrialState.PRUNED:
             what = f"pruned after {len(trial.intermediate_values)} evaluation(s)"
         elif trial.state == optuna.trial.TrialState.COMPLETE:
@@ -359,8 +360,6 @@ def tune(
             catch=(DuplicateRerun,),
             gc_after_trial=True,
         )
-    from tailorml.tune.report import write_study
-
     return write_study(study, cfg, metric, direction, out)
 
 
@@ -373,7 +372,3 @@ def _best(study: Any) -> Any:
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "n"}
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
