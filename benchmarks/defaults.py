@@ -48,7 +48,13 @@ SETS = {
 }
 # A few hundred rows: K training rows per label drawn from a set above (one fixed draw, whatever
 # --seed), tested on that set's whole test file.
-FEW_SHOT = {"banking77-10shot": ("banking77", 10), "authors-50shot": ("authors", 50)}
+FEW_SHOT = {
+    "banking77-10shot": ("banking77", 10),
+    "authors-50shot": ("authors", 50),
+    # Added to judge `train.frozen_candidate` on draws no default was chosen with (2026-12-06)
+    "fintopic-20shot": ("fintopic", 20),
+    "finsent-100shot": ("finsent", 100),
+}
 
 
 # Column (c): a `tailor tune` study per set, selected on the eval split like everything else.
@@ -71,6 +77,8 @@ MODES = [
     "new-llrd",
     "new-fp32",
     "new-head10",
+    "new-frozen",
+    "new-metric-only",
     "tuned",
     "tuned-best",
 ]
@@ -106,7 +114,9 @@ def run_config(
     raw["data"]["train"] = str(REPO / raw["data"]["train"])
     if shots:
         train_file = out / f"{name}-train.csv"
-        few_shot(Path(raw["data"]["train"]), raw["data"]["label_column"], shots, train_file)
+        few_shot(
+            Path(raw["data"]["train"]), raw["data"].get("label_column", "label"), shots, train_file
+        )
         raw["data"]["train"] = str(train_file)
     if limit:
         raw["data"]["limit"] = limit
@@ -124,6 +134,10 @@ def run_config(
         train["layer_lr_decay"] = 0.8
     if mode == "new-head10":  # the fresh output layer at 10x the chosen rate
         train["head_lr_scale"] = 10.0
+    if mode == "new-metric-only":  # early stopping on the metric alone (as before 2026-12-06)
+        train["early_stopping_loss_drop"] = None
+    if mode == "new-frozen":  # the frozen encoder + a fitted output layer as a candidate
+        train["frozen_candidate"] = "auto"
     if mode == "new-fp32":  # what `precision: auto` would do without native bf16 (AMX/AVX-512)
         train["precision"] = "fp32"
     raw["train"] = train  # "new": everything else left out, so the engine chooses
@@ -173,6 +187,22 @@ def finetuned(cfg: Any) -> dict[str, Any]:
     else:
         res = finetune(cfg, resume=True, start_if_nothing=True)  # an unfinished run continues
     chosen = json.loads((Path(cfg.output_dir) / "auto.json").read_text())
+    cand = res.get("candidates")  # train.frozen_candidate: both candidates' figures
+    both = (
+        {
+            "kept": cand["kept"],
+            **{
+                f"{who}_{split}_{m}": cand[who][split].get(m)
+                for who in ("fine_tuned", "frozen")
+                for split in ("eval", "test")
+                for m in ("accuracy", "macro_f1")
+            },
+            "frozen_l2": {h: v.get("l2") for h, v in cand["frozen"]["fit"]["heads"].items()},
+            "frozen_fit_s": cand["frozen"]["fit"]["seconds"],
+        }
+        if cand
+        else None
+    )
     return {
         "test_accuracy": res["test"]["accuracy"],
         "test_macro_f1": res["test"]["macro_f1"],
@@ -183,6 +213,7 @@ def finetuned(cfg: Any) -> dict[str, Any]:
         "cooldown_start": res["train"].get("cooldown_start"),
         "eval_best_before_cooldown": res["train"].get("best_before_cooldown"),
         "chosen": {k: v["value"] for k, v in chosen.items()},
+        "candidates": both,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
 
@@ -286,6 +317,8 @@ def main() -> None:
         help="new-mean: the chosen defaults with model.pooling: mean; new-probe: with "
         "model.pooling: mean and model.head_init: probe; new-cool: with train.cooldown: true; "
         "new-llrd: with train.layer_lr_decay: 0.8; new-head10: with train.head_lr_scale: 10; "
+        "new-frozen: with train.frozen_candidate: auto; new-metric-only: with "
+        "train.early_stopping_loss_drop: null; "
         "new-fp32: with train.precision: fp32 (on a "
         "CPU with native bf16, `new` trains in bf16); tuned: the best of a 20-trial `tailor tune` "
         "study (TUNE_SPACE); tuned-best: the best trial's values of the `tuned` entry in --out, "

@@ -256,6 +256,13 @@ class TrainConfig(_Section):
         "early stopping (the model is still learning while the metric wobbles on a small eval "
         "split); null = the metric alone. The best checkpoint is always chosen by the metric.",
     )
+    frozen_candidate: bool | Literal["auto"] = Field(
+        False,
+        description="After fine-tuning, also fit the output layer on the frozen encoder's "
+        "mean-pooled features and keep that model instead when it scores strictly higher on "
+        "eval; `auto` = on where it applies (a pretrained BERT-family classifier, full "
+        "fine-tuning, no distillation). Off by default: measured, it won as often as it lost.",
+    )
     cooldown: bool = Field(
         False,
         description="When early stopping fires, go back to the best checkpoint and anneal the "

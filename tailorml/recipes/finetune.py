@@ -39,7 +39,7 @@ from tailorml.tasks.heads import (
     nest_heads,
     task_json,
 )
-from tailorml.train import auto, probe
+from tailorml.train import auto, frozen, probe
 from tailorml.train.distributed import distributed_logits, replica_max_diff, start_processes
 from tailorml.train.loop import EvalMemo, load_best, start_training, train_loop
 from tailorml.train.progress import console
@@ -139,6 +139,14 @@ def finetune(
         loss_fn.attach(model)  # intermediate-layer distillation hooks the student's layers
     if head_init == "probe":
         probe.output_layer(model)  # a model the probe cannot fit fails before the run folder
+    use_frozen, frozen_why = frozen.resolve(
+        cfg.train.frozen_candidate,
+        pretrained=resolve_base(cfg.model.base) is not None,
+        lora=cfg.model.lora is not None,
+        distill=loss_fn is not None,
+        model_type=getattr(getattr(model, "config", None), "model_type", None),
+        has_output_layer=isinstance(getattr(model, "classifier", None), torch.nn.Linear),
+    )
     size = model_size(model) if main else {}
     out = prepare_run_dir(Path(cfg.output_dir), resume, overwrite)
     ckpt_dir, has_checkpoint = resume_point(out, resume, start_if_nothing)
@@ -178,6 +186,10 @@ def finetune(
     chosen.update({f"model.{k}": {"value": v, "why": picks[k][1]} for k, v in used.items()})
     if used:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update=used)})
+    if cfg.train.frozen_candidate == "auto":
+        chosen["train.frozen_candidate"] = {"value": use_frozen, "why": frozen_why}
+        t = t.model_copy(update={"frozen_candidate": use_frozen})
+        cfg = cfg.model_copy(update={"train": t})
     if cfg.train.precision == "auto":  # config.yaml holds the precision used, auto.json why
         chosen["train.precision"] = {"value": procs.precision, "why": procs.precision_why}
         t = t.model_copy(update={"precision": procs.precision})
@@ -202,13 +214,15 @@ def finetune(
     by_name = {h.name: h for h in heads}
     weights = {n: (cfg.heads[n].loss_weight if cfg.heads else 1.0) for n in by_name}
 
-    def evaluate_split(split: str) -> dict[str, Any]:
+    def evaluate_split(split: str, net: Any = None) -> dict[str, Any]:
         # The unwrapped model: DDP would broadcast buffers on each forward, and ranks run
         # different numbers of eval batches, so a wrapped forward here would deadlock.
         per: dict[str, dict[str, Any]] = {}
         for h in heads:
             e = enc[h.name][split]
-            logits, loss = distributed_logits(raw_model, e, t.eval_batch_size, pad_id, acc, h)
+            logits, loss = distributed_logits(
+                net or raw_model, e, t.eval_batch_size, pad_id, acc, h
+            )
             per[h.name] = {**h.kind.compute_metrics(logits, e.labels, h.labels), "loss": loss}
         return combine_metrics(per)
 
@@ -247,6 +261,34 @@ def finetune(
     # ---- best model, final evaluation, report ------------------------------------------------
     load_best(raw_model, ckpt_dir)
     results: dict[str, Any] = {"eval": eval_memo.final(), "test": evaluate_split("test")}
+    kept_model = raw_model
+    if use_frozen:  # the frozen encoder + a fitted output layer, kept when it scores higher
+        if main:
+            console.print("  frozen candidate: fitting the output layer on the frozen encoder ...")
+        cand, fit = frozen.build(
+            cfg.model, heads, tokenizer, enc, pad_id, acc.device, t.eval_batch_size
+        )
+        scores = {split: evaluate_split(split, cand) for split in ("eval", "test")}
+        keep = frozen.choose(metric, results["eval"], scores["eval"])
+        results["candidates"] = frozen.summary(metric, results, scores, fit, keep)
+        if keep:
+            results.update(scores)
+            kept_model = cand
+            model_cfg = cfg.model.model_copy(update={"pooling": "mean"})
+            cfg = cfg.model_copy(update={"model": model_cfg})
+        chosen["train.frozen_candidate"] = {
+            "value": cfg.train.frozen_candidate,
+            "why": frozen_why,
+            "kept": results["candidates"]["kept"],
+        }
+        if keep:
+            chosen["model.pooling"] = {
+                "value": "mean",
+                "why": "the frozen candidate was kept, and it averages the token states",
+            }
+        if main:
+            record_plan(out, cfg, chosen, quiet=True)
+            console.print(f"  frozen candidate: {results['candidates']['why']}", highlight=False)
     replica_diff = replica_max_diff(raw_model, world)
     results["train"] = {
         "replicas_identical": replica_diff == 0.0,
@@ -271,7 +313,7 @@ def finetune(
         for split in ("eval", "test"):
             logger.log(state["global_step"], f"final_{split}", scalar_metrics(results[split]))
         info = task_json(heads, cfg.model.base, lora_task_fields(cfg.model))
-        save_model_folder(out, raw_model, tokenizer, info)
+        save_model_folder(out, kept_model, tokenizer, info)
         atomic_json(out / "eval.json", results)
         write_report(out, cfg.name, cfg.model.base, heads, results, splits)
         for h in heads:

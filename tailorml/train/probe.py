@@ -102,7 +102,7 @@ def fit_linear(
 
 def probe_heads(
     model: Any, heads: list[Any], enc: dict[str, dict[str, Encoded]], pad_id: int, device: Any,
-    batch_size: int = 128,
+    batch_size: int = 128, l2_grid: tuple[float, ...] = L2_GRID,
 ) -> dict[str, Any]:  # fmt: skip
     """Fit every head's columns of the output layer on the frozen features (in place). Returns
     what was chosen per head (L2, eval loss) and the seconds it took."""
@@ -117,7 +117,7 @@ def probe_heads(
             y_tr = h.kind.label_tensor(e["train"].labels, h.size)
             y_ev = h.kind.label_tensor(e["eval"].labels, h.size)
             best: tuple[float, float, Any] | None = None
-            for l2 in L2_GRID:
+            for l2 in l2_grid:
                 w, b = fit_linear(x_tr, y_tr, h.size, l2, h.kind.loss)
                 with torch.no_grad():
                     ev = float(h.kind.loss(x_ev @ w.T + b, y_ev).mean())

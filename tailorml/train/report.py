@@ -158,6 +158,8 @@ def write_report(
         f"- steps: {tr['steps']}, best step: {tr['best_step']} (by eval {tr['metric_for_best']}),"
         f" stopped by: {tr['stopped_by']}",
     ]
+    if results.get("candidates"):  # train/frozen.py: the frozen encoder as a candidate
+        lines.append(f"- {results['candidates']['why']}")
     lines += size_lines(tr)
     lines.append("")
     lines += [f"![{m}](plots/{m})" for m in made]

@@ -38,14 +38,17 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Path:
     return out
 
 
-def record_plan(out: Path, cfg: Any, chosen: dict[str, dict[str, Any]]) -> None:
-    """Print the values the run chose for keys the config left open (and why), and write the
-    config as run (config.yaml) with those reasons (auto.json). Main process only."""
+def record_plan(
+    out: Path, cfg: Any, chosen: dict[str, dict[str, Any]], quiet: bool = False
+) -> None:
+    """Print the values the run chose for keys the config left open (and why; not when
+    `quiet`), and write the config as run (config.yaml) with those reasons (auto.json). Main
+    process only."""
     from tailorml.config.load import dump_config
     from tailorml.files import atomic_json, atomic_write_text
     from tailorml.train.progress import console
 
-    for key, c in chosen.items():
+    for key, c in chosen.items() if not quiet else ():
         console.print(f"  {key} = {c['value']} (chosen: {c['why']})", highlight=False)
     atomic_write_text(out / "config.yaml", dump_config(cfg))  # the values used
     atomic_json(out / "auto.json", chosen)
