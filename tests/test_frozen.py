@@ -94,3 +94,19 @@ def test_a_good_fine_tune_is_kept_and_auto_skips_a_random_encoder(tmp_path: Path
     # left out: off (the default), nothing built, nothing recorded as chosen
     raw = tiny_config(tmp_path / "d", data={"train": str(tmp_path / "b" / "train.csv")})
     assert cfg_of(raw).train.frozen_candidate is False
+
+
+def test_a_multitask_run_compares_the_candidates_on_its_combined_metric(tmp_path: Path) -> None:
+    from .test_multitask import mt_config
+
+    raw = mt_config(tmp_path)
+    raw["model"].update(tiny_hidden_size=64)
+    raw["train"].update(max_steps=1, lr=1e-9, frozen_candidate=True)
+    raw["train"].pop("epochs")
+    res = finetune(cfg_of(raw))
+    cand = res["candidates"]
+    assert cand["metric"].startswith("mean_"), cand["metric"]
+    assert cand["kept"] == "frozen", cand["why"]
+    for head in ("sentiment", "topic"):  # each head's columns fitted on its own rows
+        assert res["eval"]["heads"][head]["accuracy"] >= 0.6, res["eval"]["heads"][head]
+    assert set(cand["frozen"]["fit"]["heads"]) == {"sentiment", "topic"}
