@@ -256,7 +256,7 @@ class TrainConfig(_Section):
         "early stopping (the model is still learning while the metric wobbles on a small eval "
         "split); null = the metric alone. The best checkpoint is always chosen by the metric.",
     )
-    frozen_candidate: bool | Literal["auto"] = Field(
+    frozen_candidate: Literal["auto", True, False] = Field(
         False,
         description="After fine-tuning, also fit the output layer on the frozen encoder's "
         "mean-pooled features and keep that model instead when it scores strictly higher on "
