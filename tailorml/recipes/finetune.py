@@ -271,17 +271,16 @@ def finetune(
         scores = {split: evaluate_split(split, cand) for split in ("eval", "test")}
         keep = frozen.choose(metric, results["eval"], scores["eval"])
         results["candidates"] = frozen.summary(metric, results, scores, fit, keep)
-        if keep:
-            results.update(scores)
-            kept_model = cand
-            model_cfg = cfg.model.model_copy(update={"pooling": "mean"})
-            cfg = cfg.model_copy(update={"model": model_cfg})
         chosen["train.frozen_candidate"] = {
             "value": cfg.train.frozen_candidate,
             "why": frozen_why,
             "kept": results["candidates"]["kept"],
         }
-        if keep:
+        if keep:  # the run folder holds the frozen model; config.yaml says how it pools
+            results.update(scores)
+            kept_model = cand
+            model_cfg = cfg.model.model_copy(update={"pooling": "mean"})
+            cfg = cfg.model_copy(update={"model": model_cfg})
             chosen["model.pooling"] = {
                 "value": "mean",
                 "why": "the frozen candidate was kept, and it averages the token states",
