@@ -38,3 +38,22 @@ def test_few_shot_set_draws_k_rows_per_label_once_and_keeps_the_test_file(tmp_pa
     assert Path(again.data.train).read_bytes() == first  # the draw does not follow --seed
     assert Path(cfg.data.test) == REPO / "data/banking77/test.csv" and cfg.data.eval is None
     assert Path(cfg.output_dir).name == "banking77-10shot-new-seed1"
+
+
+def test_every_few_shot_set_and_mode_makes_a_valid_config(tmp_path: Path) -> None:
+    # A set whose config leaves `data.label_column` at its default ("label") once failed here.
+    defaults = _defaults()
+    for name, (parent, k) in defaults.FEW_SHOT.items():
+        assert parent in defaults.SETS
+        cfg = defaults.run_config(name, "new", tmp_path, None)
+        counts = Counter(r[cfg.data.label_column] for r in _rows(Path(cfg.data.train)))
+        assert max(counts.values()) == k, (name, counts)
+    for mode in defaults.MODES:
+        cfg = defaults.run_config(
+            "finsent-100shot", mode, tmp_path, None, best_params={"train.lr": 1e-4}
+        )
+        assert Path(cfg.output_dir).name == f"finsent-100shot-{mode}"
+        if mode == "tuned-best":  # the study's values
+            assert cfg.train.lr == 1e-4
+        if mode == "new-frozen":
+            assert cfg.train.frozen_candidate == "auto"
