@@ -53,6 +53,9 @@ def test_study_writes_trials_best_and_report_and_resumes(tmp_path: Path) -> None
     assert res["finished"] + res["pruned"] == 4 and res["failed"] == 0
     assert (tmp_path / "study" / "trial-000" / "eval.json").stat().st_mtime_ns == stamp
     assert [t["number"] for t in res["trials"]] == [0, 1, 2, 3]
+    # the resumed half draws new values (one random stream per process used to repeat trial 0's)
+    drawn = [tuple(sorted(t["params"].items())) for t in res["trials"]]
+    assert len(set(drawn)) == 4, drawn
     study = tmp_path / "study"
     for t in res["trials"]:
         assert {"train.lr", "train.batch_size"} == set(t["params"])
@@ -163,6 +166,8 @@ def test_two_workers_share_one_study_on_postgresql(tmp_path: Path, postgres: Any
     ran = [err.count("trial ") for _, err in outs]
     assert all(n >= 1 for n in ran), ran  # both workers took trials
     assert len({t.number for t in study.trials}) == len(study.trials)
+    drawn = [t.params["train.lr"] for t in study.trials]
+    assert len(set(drawn)) == len(drawn), drawn  # two workers, one seed: no value drawn twice
 
 
 def _interrupt_first_trial(tmp_path: Path, sig: signal.Signals) -> tuple[Path, str]:

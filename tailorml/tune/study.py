@@ -195,6 +195,26 @@ def _pruner(name: str) -> Any:
     return optuna.pruners.NopPruner()
 
 
+def trial_seeded_sampler(seed: int) -> Any:
+    """TPE whose random draws for trial N come from (seed, N) alone.
+
+    A plain `TPESampler(seed=...)` starts one random stream per process: a study resumed in a
+    new process, or a second worker on the same study, draws the same values again (an
+    interrupted 20-trial study ran its first point three times). Reseeding before each trial
+    from the trial's number (unique across workers) keeps a study reproducible without that."""
+    import numpy as np
+    import optuna
+
+    class TrialSeededTPE(optuna.samplers.TPESampler):
+        def before_trial(self, study: Any, trial: Any) -> None:
+            super().before_trial(study, trial)
+            state = np.random.SeedSequence([seed, trial.number]).generate_state(2)
+            self._rng.rng.seed(int(state[0]))
+            self._random_sampler._rng.rng.seed(int(state[1]))
+
+    return TrialSeededTPE(seed=seed)
+
+
 def open_study(cfg: RunConfig, direction: str, storage: str | None) -> Any:
     import optuna
 
@@ -219,7 +239,7 @@ def open_study(cfg: RunConfig, direction: str, storage: str | None) -> Any:
             storage=storage,
             load_if_exists=True,
             direction=direction,  # type: ignore[arg-type]
-            sampler=optuna.samplers.TPESampler(seed=t.seed),
+            sampler=trial_seeded_sampler(t.seed),
             pruner=_pruner(t.pruner),
         )
 
