@@ -117,14 +117,15 @@ def finetune(
     import torch
 
     # ---- everything that can fail on bad input happens before anything is written ----------
-    resolve_base(cfg.model.base)
+    base_path = resolve_base(cfg.model.base)  # None for the random `tiny` model
     metric = choose_metric(cfg.train.metric_for_best, config_heads(cfg))
     heads, splits = read_heads(cfg)
     model_family(heads)
     loss_fn = distill_loss(cfg, heads)  # training only; evaluation keeps the task's loss
+    pretrained = base_path is not None
     head_init, why = probe.resolve_head_init(
         cfg.model.head_init,
-        pretrained=resolve_base(cfg.model.base) is not None,
+        pretrained=pretrained,
         lora=cfg.model.lora is not None,
         distill=loss_fn is not None,
     )
@@ -133,7 +134,7 @@ def finetune(
     acc, world, main = procs.acc, procs.world, procs.main
 
     # ---- model (LoRA: its layers checked against `model.lora`), then the run folder ------------
-    tokenizer = load_tokenizer(resolve_base(cfg.model.base))
+    tokenizer = load_tokenizer(base_path)
     model = build_model(cfg.model, heads, tokenizer)
     if loss_fn is not None and hasattr(loss_fn, "attach"):
         loss_fn.attach(model)  # intermediate-layer distillation hooks the student's layers
@@ -141,7 +142,7 @@ def finetune(
         probe.output_layer(model)  # a model the probe cannot fit fails before the run folder
     use_frozen, frozen_why = frozen.resolve(
         cfg.train.frozen_candidate,
-        pretrained=resolve_base(cfg.model.base) is not None,
+        pretrained=pretrained,
         lora=cfg.model.lora is not None,
         distill=loss_fn is not None,
         model_type=getattr(getattr(model, "config", None), "model_type", None),
@@ -269,8 +270,8 @@ def finetune(
             cfg.model, heads, tokenizer, enc, pad_id, acc.device, t.eval_batch_size
         )
         scores = {split: evaluate_split(split, cand) for split in ("eval", "test")}
-        keep = frozen.choose(metric, results["eval"], scores["eval"])
-        results["candidates"] = frozen.summary(metric, results, scores, fit, keep)
+        results["candidates"] = frozen.summary(metric, results, scores, fit)
+        keep = results["candidates"]["kept"] == "frozen"
         chosen["train.frozen_candidate"] = {
             "value": cfg.train.frozen_candidate,
             "why": frozen_why,

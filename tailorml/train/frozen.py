@@ -86,18 +86,17 @@ def choose(metric: str, fine_tuned: dict[str, Any], frozen: dict[str, Any]) -> b
     from tailorml.evaluate.metrics import is_better, scalar_metrics
 
     ft, fr = scalar_metrics(fine_tuned).get(metric), scalar_metrics(frozen).get(metric)
-    if fr is None or ft is None or fr == ft:
-        return False
-    return is_better(metric, fr, ft)
+    return fr is not None and ft is not None and is_better(metric, fr, ft)  # strict: a tie is no
 
 
 def summary(
-    metric: str, fine_tuned: dict[str, Any], frozen: dict[str, Any], fit: dict[str, Any],
-    keep: bool,
-) -> dict[str, Any]:  # fmt: skip
-    """eval.json's `candidates`: both candidates' eval and test scalars, the fit, the choice."""
+    metric: str, fine_tuned: dict[str, Any], frozen: dict[str, Any], fit: dict[str, Any]
+) -> dict[str, Any]:
+    """eval.json's `candidates`: both candidates' eval and test scalars, the fit, and the choice
+    (`choose` on the eval split)."""
     from tailorml.evaluate.metrics import scalar_metrics
 
+    keep = choose(metric, fine_tuned["eval"], frozen["eval"])
     ft_eval = scalar_metrics(fine_tuned["eval"]).get(metric)
     fr_eval = scalar_metrics(frozen["eval"]).get(metric)
     kept = "frozen" if keep else "fine_tuned"
