@@ -69,6 +69,7 @@ TUNE_SPACE = {
 TUNE_TRIALS = 20
 MODES = [
     "floor",
+    "contrastive",
     "old",
     "new",
     "new-mean",
@@ -247,12 +248,13 @@ def tuned(cfg: Any) -> dict[str, Any]:
     }
 
 
-def frozen_floor(cfg: Any) -> dict[str, Any]:
-    """Mean-pooled frozen encoder embeddings + logistic regression (C chosen on eval)."""
+def frozen_floor(cfg: Any, contrastive: bool = False) -> dict[str, Any]:
+    """Mean-pooled frozen encoder embeddings + logistic regression (C chosen on eval);
+    `contrastive`: the encoder trained first on the training rows (benchmarks/contrastive.py)."""
     import numpy as np
     import torch
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.metrics import accuracy_score, f1_score, log_loss
     from transformers import AutoModel
 
     from tailorml.data.prepare import prepare_splits
@@ -264,6 +266,14 @@ def frozen_floor(cfg: Any) -> dict[str, Any]:
     path = resolve_base(cfg.model.base)
     tok = load_tokenizer(path)
     enc = AutoModel.from_pretrained(str(path)).eval()
+    stage = None
+    if contrastive:
+        from contrastive import train_body
+
+        train, t1 = splits.train, time.perf_counter()
+        stage = train_body(enc, tok, train.texts, list(train.labels), cfg.data.max_length,
+                           cfg.train.seed)  # fmt: skip
+        stage["seconds"] = round(time.perf_counter() - t1, 1)
 
     @torch.inference_mode()
     def embed(texts: list[str]) -> np.ndarray:
@@ -283,12 +293,20 @@ def frozen_floor(cfg: Any) -> dict[str, Any]:
 
     x = {k: embed(getattr(splits, k).texts) for k in ("train", "eval", "test")}
     y = {k: np.asarray(getattr(splits, k).labels) for k in ("train", "eval", "test")}
-    best = None
+    best, by_c = None, []
     for c in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0):
         clf = LogisticRegression(C=c, max_iter=2000).fit(x["train"], y["train"])
         score = accuracy_score(y["eval"], clf.predict(x["eval"]))
         if best is None or score > best[0]:
             best = (score, c, clf)
+        # every C's figures, for the record; only the eval accuracy above chooses
+        by_c.append({
+            "C": c,
+            "eval_accuracy": round(float(score), 4),
+            "eval_log_loss": round(float(log_loss(y["eval"], clf.predict_proba(x["eval"]),
+                                                  labels=clf.classes_)), 4),
+            "test_accuracy": round(float(accuracy_score(y["test"], clf.predict(x["test"]))), 4),
+        })  # fmt: skip
     assert best is not None
     pred = best[2].predict(x["test"])
     return {
@@ -296,6 +314,8 @@ def frozen_floor(cfg: Any) -> dict[str, Any]:
         "test_macro_f1": float(f1_score(y["test"], pred, average="macro")),
         "eval_accuracy": float(best[0]),
         "C": best[1],
+        "by_C": by_c,
+        **({"contrastive": stage} if stage else {}),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
 
@@ -314,7 +334,9 @@ def main() -> None:
         nargs="+",
         default=["floor", "old", "new"],
         choices=MODES,
-        help="new-mean: the chosen defaults with model.pooling: mean; new-probe: with "
+        help="contrastive: the floor with its encoder trained first by a supervised "
+        "contrastive loss (benchmarks/contrastive.py); new-mean: the chosen defaults with "
+        "model.pooling: mean; new-probe: with "
         "model.pooling: mean and model.head_init: probe; new-cool: with train.cooldown: true; "
         "new-llrd: with train.layer_lr_decay: 0.8; new-head10: with train.head_lr_scale: 10; "
         "new-frozen: with train.frozen_candidate: auto; new-metric-only: with "
@@ -359,7 +381,7 @@ def main() -> None:
                 continue
             cfg = run_config(
                 name,
-                "new" if mode == "floor" else mode,
+                "new" if mode in ("floor", "contrastive") else mode,
                 args.runs,
                 args.limit,
                 args.trials,
@@ -367,9 +389,13 @@ def main() -> None:
                 args.seed,
                 row.get("tuned", {}).get("best_params"),
             )
-            if args.fresh and mode != "floor":
+            if args.fresh and mode not in ("floor", "contrastive"):  # these write no run folder
                 shutil.rmtree(cfg.output_dir, ignore_errors=True)
-            measure = {"floor": frozen_floor, "tuned": tuned}.get(mode, finetuned)
+            measure = {
+                "floor": frozen_floor,
+                "contrastive": lambda c: frozen_floor(c, contrastive=True),
+                "tuned": tuned,
+            }.get(mode, finetuned)
             row[key] = measure(cfg)
             print(name, key, json.dumps(row[key]), flush=True)
             result["sets"][name] = row
