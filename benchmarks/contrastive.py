@@ -26,13 +26,6 @@ BATCH = 64
 PER_LABEL = 4  # rows of each label in a batch (more when there are fewer than 16 labels)
 
 
-def mean_pool(enc: Any, batch: dict[str, Any]) -> Any:
-    """The attention-masked mean of the encoder's last token states, one row per text."""
-    states = enc(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
-    return (states * mask).sum(1) / mask.sum(1)
-
-
 def balanced_batch(by_label: dict[Any, list[int]], rng: random.Random) -> list[int]:
     """Row indices of one batch: `BATCH // k` labels drawn at random, `k` rows of each."""
     labels = list(by_label)
@@ -64,8 +57,8 @@ def train_body(
 ) -> dict[str, Any]:  # fmt: skip
     """Train `enc` in place with the supervised contrastive loss; the loss curve and settings."""
     import torch
-    import torch.nn.functional as F
 
+    from tailorml.models.sentence import embed
     from tailorml.train.auto import choose_precision
 
     precision, _ = choose_precision("auto", cuda=False)  # bf16 where the CPU has it natively
@@ -89,8 +82,7 @@ def train_body(
         batch = tok([texts[i] for i in idx], padding=True, truncation=True,
                     max_length=max_length, return_tensors="pt")  # fmt: skip
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            pooled = mean_pool(enc, batch)
-        z = F.normalize(pooled.float(), dim=-1)
+            z = embed(enc, batch).float()  # unit-length mean-pooled vectors
         y = torch.tensor([ids[labels[i]] for i in idx])
         loss = supcon_loss(z, y, TEMPERATURE)
         loss.backward()
