@@ -412,7 +412,14 @@ def test_left_out_settings_are_chosen_from_data_and_model(
     finetune(cfg_of(raw))
     out = tmp_path / "run"
     picked = json.loads((out / "auto.json").read_text())
-    assert set(picked) == {"train.lr", "train.warmup_ratio", "train.precision", "model.pooling"}
+    assert set(picked) == {
+        "train.lr",
+        "train.warmup_ratio",
+        "train.precision",
+        "model.pooling",
+        "train.contrastive",
+    }
+    assert picked["train.contrastive"]["value"] is False  # the config sets train.epochs
     assert picked["train.lr"]["value"] == 1e-4
     assert picked["model.pooling"]["value"] == "cls"  # the random tiny base is no sentence encoder
     native = bool(auto.env.cpu_flags() & {"amx_bf16", "avx512_bf16"})

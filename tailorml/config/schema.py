@@ -263,6 +263,15 @@ class TrainConfig(_Section):
         "eval; `auto` = on where it applies (a pretrained BERT-family classifier, full "
         "fine-tuning, no distillation). Off by default: measured, it won as often as it lost.",
     )
+    contrastive: Literal["auto", True, False] = Field(
+        "auto",
+        description="Train the encoder with a supervised contrastive loss on class-balanced "
+        "batches for a fixed 200 steps, then fit the output layer on its averaged token states, "
+        "instead of fine-tuning with the task's loss (SetFit's recipe). `auto` = on for a "
+        "pretrained BERT-family single-label classifier with at most 100 training rows per "
+        "label, where it measured better than fine-tuning; train.lr, epochs and batch size do "
+        "not apply to it.",
+    )
     cooldown: bool = Field(
         False,
         description="When early stopping fires, go back to the best checkpoint and anneal the "

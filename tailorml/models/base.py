@@ -68,6 +68,19 @@ def resolve_base(base: str) -> Path | None:
     )
 
 
+def base_model_type(base_path: Path | None) -> str | None:
+    """config.json's `model_type` of the base at `base_path` (`bert` for the random `tiny`),
+    None when it cannot be read."""
+    if base_path is None:
+        return "bert"
+    import json
+
+    try:
+        return json.loads((base_path / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def load_tokenizer(base_path: Path | None) -> Any:
     from transformers import AutoTokenizer
 

@@ -24,7 +24,7 @@ from tailorml.data.prepare import Splits, prepare_splits
 from tailorml.errors import ConfigError, DataError
 from tailorml.files import atomic_json
 from tailorml.models import build_model, model_family
-from tailorml.models.base import load_tokenizer, resolve_base
+from tailorml.models.base import base_model_type, load_tokenizer, resolve_base
 from tailorml.models.lora import task_fields as lora_task_fields
 from tailorml.models.pooling import POOLING_KEY
 from tailorml.tasks import get_task
@@ -39,9 +39,9 @@ from tailorml.tasks.heads import (
     nest_heads,
     task_json,
 )
-from tailorml.train import auto, frozen, probe
+from tailorml.train import auto, contrastive, frozen, probe
 from tailorml.train.distributed import distributed_logits, replica_max_diff, start_processes
-from tailorml.train.loop import EvalMemo, load_best, start_training, train_loop
+from tailorml.train.loop import EvalMemo, LoopResult, load_best, start_training, train_loop
 from tailorml.train.progress import console
 from tailorml.train.run_folder import prepare_run_dir, record_plan, resume_point, save_model_folder
 from tailorml.train.summary import data_summary, model_size, peak_memory, print_results
@@ -132,6 +132,23 @@ def finetune(
 
     procs = start_processes(cfg.train)
     acc, world, main = procs.acc, procs.world, procs.main
+    use_stage, stage_why = contrastive.resolve(
+        cfg.train.contrastive,
+        pretrained=pretrained,
+        lora=cfg.model.lora is not None,
+        distill=loss_fn is not None,
+        model_type=base_model_type(base_path),
+        heads=heads,
+        train_labels={h.name: splits[h.name].train.labels for h in heads},
+        processes=world,
+        pooling=cfg.model.pooling,
+        set_keys=tuple(
+            f"train.{k}" for k in ("lr", "epochs", "max_steps") if getattr(cfg.train, k) is not None
+        ),
+    )
+    if use_stage:  # it trains the averaged token states, and fits the output layer itself
+        head_init, why = "probe", "fitted after the contrastive stage (train/contrastive.py)"
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pooling": "mean"})})
 
     # ---- model (LoRA: its layers checked against `model.lora`), then the run folder ------------
     tokenizer = load_tokenizer(base_path)
@@ -141,7 +158,7 @@ def finetune(
     if head_init == "probe":
         probe.output_layer(model)  # a model the probe cannot fit fails before the run folder
     use_frozen, frozen_why = frozen.resolve(
-        cfg.train.frozen_candidate,
+        False if use_stage and cfg.train.frozen_candidate == "auto" else cfg.train.frozen_candidate,
         pretrained=pretrained,
         lora=cfg.model.lora is not None,
         distill=loss_fn is not None,
@@ -187,6 +204,15 @@ def finetune(
     chosen.update({f"model.{k}": {"value": v, "why": picks[k][1]} for k, v in used.items()})
     if used:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update=used)})
+    if cfg.train.contrastive == "auto":
+        chosen["train.contrastive"] = {"value": use_stage, "why": stage_why}
+        t = t.model_copy(update={"contrastive": use_stage})
+        cfg = cfg.model_copy(update={"train": t})
+    if use_stage:
+        chosen["model.pooling"] = {"value": "mean", "why": "the contrastive stage trains the "
+                                   "averaged token states"}  # fmt: skip
+        if cfg.train.frozen_candidate == "auto":
+            frozen_why = "the contrastive stage's model is built on the same averaged features"
     if cfg.train.frozen_candidate == "auto":
         chosen["train.frozen_candidate"] = {"value": use_frozen, "why": frozen_why}
         t = t.model_copy(update={"frozen_candidate": use_frozen})
@@ -197,7 +223,7 @@ def finetune(
         cfg = cfg.model_copy(update={"train": t})
     if main:
         record_plan(out, cfg, chosen)
-    if head_init == "probe" and not has_checkpoint:  # a checkpoint holds the head already
+    if head_init == "probe" and not has_checkpoint and not use_stage:  # a checkpoint holds it
         if main:
             rows = sum(len(enc[h.name]["train"]) + len(enc[h.name]["eval"]) for h in heads)
             console.print(f"  linear probe of the output layer: encoding {rows:,} rows once ...")
@@ -209,7 +235,9 @@ def finetune(
             )
     assert t.lr is not None and (t.epochs is not None or t.max_steps is not None)
     total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * steps_per_epoch))
-    run = start_training(model, t, total_steps, metric, acc, out, ckpt_dir, has_checkpoint, main)
+    # The contrastive stage writes no checkpoints (it takes minutes): it always starts afresh.
+    resumed = has_checkpoint and not use_stage
+    run = start_training(model, t, total_steps, metric, acc, out, ckpt_dir, resumed, main)
     model, raw_model, optimizer, scheduler = run.model, run.raw_model, run.optimizer, run.scheduler
     state, logger = run.state, run.logger
     by_name = {h.name: h for h in heads}
@@ -241,26 +269,33 @@ def finetune(
     # ---- the loop -----------------------------------------------------------------------------
     lengths = {h.name: enc[h.name]["train"].lengths for h in heads}
     eval_memo = EvalMemo(lambda: evaluate_split("eval"), state)
-    loop = train_loop(
-        model=model,
-        raw_model=raw_model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        acc=acc,
-        t=t,
-        lengths=lengths,
-        step_loss=step_loss,
-        evaluate=eval_memo,
-        weights=weights,
-        state=state,
-        ckpt_dir=ckpt_dir,
-        logger=logger,
-        stop_after_steps=stop_after_steps,
-        on_eval=on_eval,
-    )
+    loop: LoopResult
+    if use_stage:  # the stage and the fitted output layer are the model: no loop follows
+        loop = contrastive.stage(
+            raw_model, heads, enc, pad_id, acc, t.seed, t.eval_batch_size, state, logger, out, main
+        )
+    else:
+        loop = train_loop(
+            model=model,
+            raw_model=raw_model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            acc=acc,
+            t=t,
+            lengths=lengths,
+            step_loss=step_loss,
+            evaluate=eval_memo,
+            weights=weights,
+            state=state,
+            ckpt_dir=ckpt_dir,
+            logger=logger,
+            stop_after_steps=stop_after_steps,
+            on_eval=on_eval,
+        )
 
     # ---- best model, final evaluation, report ------------------------------------------------
-    load_best(raw_model, ckpt_dir)
+    if not use_stage:
+        load_best(raw_model, ckpt_dir)
     results: dict[str, Any] = {"eval": eval_memo.final(), "test": evaluate_split("test")}
     kept_model = raw_model
     if use_frozen:  # the frozen encoder + a fitted output layer, kept when it scores higher
@@ -303,6 +338,7 @@ def finetune(
         "train_seconds": round(loop.train_seconds, 3),
         "train_samples_per_s": round(loop.samples / loop.train_seconds, 2),
         "threads_per_process": procs.threads,
+        **({"contrastive": state["contrastive"]} if use_stage else {}),
         **size,
         **peak_memory(torch.cuda.is_available()),
     }

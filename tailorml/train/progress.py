@@ -21,8 +21,9 @@ console = Console(stderr=True, soft_wrap=True)
 
 
 class TrainProgress:
-    def __init__(self, total_steps: int, enabled: bool = True):
+    def __init__(self, total_steps: int, enabled: bool = True, label: str = "train"):
         self.total = total_steps
+        self.label = label
         self.enabled = enabled
         self._bar: Progress | None = None
         self._task: Any = None
@@ -39,7 +40,7 @@ class TrainProgress:
         if not self.enabled or self._plain:
             return
         self._bar = Progress(
-            TextColumn("[bold]train"),
+            TextColumn(f"[bold]{self.label}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"),
@@ -64,7 +65,7 @@ class TrainProgress:
             self._bar.update(self._task, completed=step, info=info)
         elif step >= self._next_plain or step == self.total:
             eta = (self.total - step) / max(rate, 1e-9)
-            console.print(f"train step {step}/{self.total} {info} eta {eta:.0f}s")
+            console.print(f"{self.label} step {step}/{self.total} {info} eta {eta:.0f}s")
             self._next_plain = step + max(1, self.total // 10)
 
     def extend(self, total_steps: int) -> None:

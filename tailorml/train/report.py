@@ -31,12 +31,15 @@ def plot_curves(run_dir: Path, plots: Path, metric_names: list[str]) -> list[str
     made: list[str] = []
     train = [r for r in rows if r["split"] == "train" and "loss" in r]
     ev = [r for r in rows if r["split"] == "eval"]
-    if not train and not ev:
+    stage = [r for r in rows if r["split"] == "contrastive"]  # train/contrastive.py
+    if not train and not ev and not stage:
         return made
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
         ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    if stage:
+        ax.plot([r["step"] for r in stage], [r["loss"] for r in stage], label="contrastive loss")
     if ev:
         ax.plot([r["step"] for r in ev], [r["loss"] for r in ev], "o-", label="eval loss")
     ax.set_xlabel("step")
@@ -158,6 +161,13 @@ def write_report(
         f"- steps: {tr['steps']}, best step: {tr['best_step']} (by eval {tr['metric_for_best']}),"
         f" stopped by: {tr['stopped_by']}",
     ]
+    if tr.get("contrastive"):  # train/contrastive.py: the stage in place of fine-tuning
+        c = tr["contrastive"]
+        first, last = c["loss_first_last"]
+        lines.append(
+            f"- contrastive stage: {c['steps']} steps of {c['batch']} rows at lr {c['lr']}, "
+            f"loss {first} -> {last}; then the output layer fitted on its features (probe.json)"
+        )
     if results.get("candidates"):  # train/frozen.py: the frozen encoder as a candidate
         lines.append(f"- {results['candidates']['why']}")
     lines += size_lines(tr)

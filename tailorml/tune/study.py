@@ -278,6 +278,10 @@ def trial_config(cfg: RunConfig, values: dict[str, Any], folder: Path, metric: s
     raw["name"] = f"{cfg.name}-{folder.name}"
     raw["output_dir"] = str(folder)
     raw["train"]["metric_for_best"] = metric
+    if raw["train"].get("contrastive") == "auto" and "train.contrastive" not in values:
+        # The contrastive stage ignores the learning rate, epochs and batch size that a study
+        # searches: trials fine-tune unless the space (or the config) asks for the stage.
+        raw["train"]["contrastive"] = False
     trial_cfg, problems = validate_mapping(raw)
     if trial_cfg is None:
         raise ConfigError([f"trial values {values}: {p}" for p in problems])
