@@ -132,6 +132,7 @@ def test_the_stage_trains_the_encoder_fits_the_layer_and_saves_a_mean_pooled_mod
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["pooling"] == "mean"
     auto = json.loads((run / "auto.json").read_text())
     assert auto["model.pooling"]["value"] == "mean"
+    assert "train.lr" not in auto and "train.warmup_ratio" not in auto  # not used: not shown
     assert not (run / "checkpoints" / "best").exists()
     report = (run / "report.md").read_text()
     assert "stopped by: a contrastive stage" in report and "- contrastive stage: 200" in report

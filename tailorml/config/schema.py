@@ -269,8 +269,8 @@ class TrainConfig(_Section):
         "batches for a fixed 200 steps, then fit the output layer on its averaged token states, "
         "instead of fine-tuning with the task's loss (SetFit's recipe). `auto` = on for a "
         "pretrained BERT-family single-label classifier with at most 100 training rows per "
-        "label, where it measured better than fine-tuning; train.lr, epochs and batch size do "
-        "not apply to it.",
+        "label and none of train.lr, epochs, max_steps set, where it measured better than "
+        "fine-tuning; train.lr, epochs and batch size do not apply to it.",
     )
     cooldown: bool = Field(
         False,

@@ -46,6 +46,11 @@ from tailorml.train.progress import console
 from tailorml.train.run_folder import prepare_run_dir, record_plan, resume_point, save_model_folder
 from tailorml.train.summary import data_summary, model_size, peak_memory, print_results
 
+# What train/auto.py chooses for the fine-tuning loop, which the contrastive stage replaces
+FINE_TUNING_KEYS = {
+    f"train.{k}" for k in ("lr", "epochs", "max_steps", "early_stopping_patience", "warmup_ratio")
+} | {"train.eval_every_steps"}
+
 # A training loss in place of the task's: (logits, targets, inputs, example indices into the
 # train split) -> per-example loss (batch,). Distillation (`distill.teacher`) is one.
 LossFn = Callable[[Any, Any, dict[str, Any], Any], Any]
@@ -211,6 +216,8 @@ def finetune(
     if use_stage:
         chosen["model.pooling"] = {"value": "mean", "why": "the contrastive stage trains the "
                                    "averaged token states"}  # fmt: skip
+        for key in [k for k in chosen if k in FINE_TUNING_KEYS]:
+            del chosen[key]  # chosen for a loop that does not run: not printed, not recorded
         if cfg.train.frozen_candidate == "auto":
             frozen_why = "the contrastive stage's model is built on the same averaged features"
     if cfg.train.frozen_candidate == "auto":
