@@ -162,3 +162,21 @@ def test_tune_trials_fine_tune_unless_the_space_asks_for_the_stage(tmp_path: Pat
     assert trial.train.contrastive is False
     trial = trial_config(cfg, {"train.contrastive": True}, tmp_path / "trial-1", "accuracy")
     assert trial.train.contrastive is True
+
+
+def test_an_interrupted_stage_starts_over_with_the_same_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = contrastive.train_encoder
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the stage
+
+    monkeypatch.setattr(contrastive, "train_encoder", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        stage_run(tmp_path, contrastive=True)
+    assert "run the same command again, without --resume" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "eval.json").exists()
+    monkeypatch.setattr(contrastive, "train_encoder", real)
+    res, run = stage_run(tmp_path, contrastive=True)  # no --resume, no --overwrite needed
+    assert res["train"]["steps"] == contrastive.STEPS and (run / "eval.json").exists()

@@ -232,7 +232,8 @@ def stage(
         if main:
             console.print(
                 "[yellow]Interrupted during the contrastive stage, which keeps no checkpoints "
-                "(it takes minutes). Start again with: tailor finetune CONFIG --overwrite[/]"
+                "(it takes minutes): run the same command again, without --resume, to start "
+                "it over.[/]"
             )
         raise
     progress.stop()
