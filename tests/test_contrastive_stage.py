@@ -180,3 +180,17 @@ def test_an_interrupted_stage_starts_over_with_the_same_command(
     monkeypatch.setattr(contrastive, "train_encoder", real)
     res, run = stage_run(tmp_path, contrastive=True)  # no --resume, no --overwrite needed
     assert res["train"]["steps"] == contrastive.STEPS and (run / "eval.json").exists()
+
+
+def test_true_on_a_family_without_the_stage_is_refused_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    from tailorml.recipes import training_recipe
+
+    data = {"train": "t.jsonl", "prompt_column": "p", "response_column": "r"}
+    raw = tiny_config(tmp_path, data=data, task={"type": "generation"})
+    raw["train"]["contrastive"] = True
+    with pytest.raises(ConfigError, match="train.contrastive: true trains text classifiers"):
+        training_recipe(cfg_of(raw))
+    raw["train"]["contrastive"] = "auto"  # the default is no problem anywhere
+    assert callable(training_recipe(cfg_of(raw)))

@@ -24,6 +24,13 @@ def training_recipe(cfg: Any) -> Callable[..., dict[str, Any]]:
     from tailorml.tasks.base import SEQUENCE_CLASSIFIER
 
     family = SEQUENCE_CLASSIFIER if cfg.heads is not None else find_task(cfg.task.type).family
+    if family != SEQUENCE_CLASSIFIER and cfg.train.contrastive is True:
+        from tailorml.errors import ConfigError
+
+        raise ConfigError(
+            f"train.contrastive: true trains text classifiers; this config's task "
+            f"({cfg.task.type}) trains a {family}. Remove `train.contrastive` (or set false)."
+        )
     module, name = TRAINERS[family]
     recipe: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
     return recipe

@@ -81,6 +81,11 @@ def pretrain(
         raise ConfigError(
             "The config has no `pretrain:` section. Add one (see configs/pretrain-*.yaml)."
         )
+    if cfg.train.contrastive is True:
+        raise ConfigError(
+            "train.contrastive: true trains text classifiers, not a pretraining run. Remove "
+            "`train.contrastive` (or set false)."
+        )
     objective = p.objective
     files = expand_corpus(p.corpus)
     if cfg.model.init is None:
