@@ -56,7 +56,7 @@ def resolve(
     if distill:
         reasons.append("a distilled student learns from its teacher's outputs")
     if model_type != "bert":
-        reasons.append(f"it trains BERT-family encoders' averaged states, not {model_type!r}'s")
+        reasons.append(f"it is built for BERT-family encoders, and this base is {model_type!r}")
     if len(heads) != 1:
         reasons.append("it trains one head, not a multi-task model")
     elif heads[0].kind.problem_type != "single_label_classification":
