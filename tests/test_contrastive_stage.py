@@ -194,3 +194,27 @@ def test_true_on_a_family_without_the_stage_is_refused_before_anything_runs(
         training_recipe(cfg_of(raw))
     raw["train"]["contrastive"] = "auto"  # the default is no problem anywhere
     assert callable(training_recipe(cfg_of(raw)))
+
+
+def test_validate_reports_a_contrastive_stage_that_cannot_apply(tmp_path: Path) -> None:
+    from tailorml.recipes.validate import validate_config
+
+    rows = [{"text": r["text"], "label": f"{r['label']},{r['label']}"} for r in make_rows(30)]
+    raw = tiny_config(tmp_path, data={"train": str(write_csv(tmp_path / "t.csv", rows))})
+    raw["task"] = {"type": "multilabel"}
+    raw["data"]["label_separator"] = ","
+    raw["train"]["contrastive"] = True
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    problems = validate_config(path)
+    assert any("train.contrastive: true cannot apply" in p and "multilabel" in p for p in problems)
+    raw["task"] = {"type": "classification"}
+    raw["data"].pop("label_separator")
+    raw["data"]["train"] = str(write_csv(tmp_path / "c.csv", make_rows(30)))
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert validate_config(path) == []  # a single-label classifier: the stage applies
+    raw["task"] = {"type": "generation"}
+    raw["data"].update(prompt_column="text", response_column="label")
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    problems = validate_config(path)
+    assert any("train.contrastive: true trains text classifiers" in p for p in problems)

@@ -26,11 +26,9 @@ def training_recipe(cfg: Any) -> Callable[..., dict[str, Any]]:
     family = SEQUENCE_CLASSIFIER if cfg.heads is not None else find_task(cfg.task.type).family
     if family != SEQUENCE_CLASSIFIER and cfg.train.contrastive is True:
         from tailorml.errors import ConfigError
+        from tailorml.train.contrastive import other_family
 
-        raise ConfigError(
-            f"train.contrastive: true trains text classifiers; this config's task "
-            f"({cfg.task.type}) trains a {family}. Remove `train.contrastive` (or set false)."
-        )
+        raise ConfigError(other_family(f"a {family} ({cfg.task.type})"))
     module, name = TRAINERS[family]
     recipe: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
     return recipe

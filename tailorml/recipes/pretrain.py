@@ -82,10 +82,9 @@ def pretrain(
             "The config has no `pretrain:` section. Add one (see configs/pretrain-*.yaml)."
         )
     if cfg.train.contrastive is True:
-        raise ConfigError(
-            "train.contrastive: true trains text classifiers, not a pretraining run. Remove "
-            "`train.contrastive` (or set false)."
-        )
+        from tailorml.train.contrastive import other_family
+
+        raise ConfigError(other_family("a pretraining run"))
     objective = p.objective
     files = expand_corpus(p.corpus)
     if cfg.model.init is None:

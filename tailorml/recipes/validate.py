@@ -34,8 +34,9 @@ def check_inputs(cfg: RunConfig) -> list[str]:
     from tailorml.data.prepare import prepare_splits
     from tailorml.models.base import resolve_base
     from tailorml.tasks import find_task, get_task, task_names
-    from tailorml.tasks.base import CAUSAL_LM, IMAGE_CLASSIFIER
+    from tailorml.tasks.base import CAUSAL_LM, IMAGE_CLASSIFIER, SEQUENCE_CLASSIFIER
     from tailorml.tasks.heads import choose_metric, config_heads
+    from tailorml.train.contrastive import check_config, other_family
 
     problems: list[str] = []
 
@@ -46,11 +47,15 @@ def check_inputs(cfg: RunConfig) -> list[str]:
             problems.extend(f"{prefix}{p}" for p in exc.problems)
 
     if cfg.pretrain is not None:
+        if cfg.train.contrastive is True:
+            problems.append(other_family("a pretraining run"))
         collect(lambda: check_pretrain_inputs(cfg))
         return problems
 
     if cfg.heads is None and cfg.task.type in task_names():
         task = find_task(cfg.task.type)
+        if task.family != SEQUENCE_CLASSIFIER and cfg.train.contrastive is True:
+            problems.append(other_family(f"a {task.family} ({task.name})"))
         if task.family == CAUSAL_LM:  # the generation data path (tailorml/data/sft.py)
             from tailorml.data.sft import prepare_chat_splits
             from tailorml.models.causal_lm import check_causal_base, check_causal_lora_targets
@@ -76,12 +81,19 @@ def check_inputs(cfg: RunConfig) -> list[str]:
 
         collect(lambda: check_lora_targets(cfg.model))
     collect(lambda: choose_metric(cfg.train.metric_for_best, config_heads(cfg)))
+    splits: dict[str, Any] = {}  # each head's checked splits
     for name, view in cfg.head_views().items():
         if view.data.train is None or view.task.type not in task_names():
             continue  # reported by the config check
         prefix = f"heads.{name}: " if name else ""
         key = f"heads.{name}.task.type" if name else "task.type"
-        collect(lambda v=view, k=key: prepare_splits(v, get_task(v.task.type, k)), prefix)
+
+        def read(v: Any = view, k: str = key, n: str = name) -> None:
+            splits[n] = prepare_splits(v, get_task(v.task.type, k))
+
+        collect(read, prefix)
+    if cfg.train.contrastive is True and not problems and len(splits) == len(cfg.head_views()):
+        collect(lambda: check_config(cfg, splits))  # would the stage apply to these heads?
     return problems
 
 

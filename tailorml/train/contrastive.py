@@ -102,6 +102,40 @@ def resolve(
     )
 
 
+def other_family(what: str) -> str:
+    """The problem of `train.contrastive: true` on a config that trains `what` (not a text
+    classifier)."""
+    return (
+        f"train.contrastive: true trains text classifiers; this config trains {what}. Remove "
+        "`train.contrastive` (or set false)."
+    )
+
+
+def check_config(cfg: Any, splits: dict[str, Any]) -> None:
+    """`tailor validate`: would `train.contrastive: true` apply to this classifier config, whose
+    heads' checked splits are `splits`? ConfigError naming the key when not."""
+    from dataclasses import replace
+
+    from tailorml.models.base import base_model_type, resolve_base
+    from tailorml.tasks.heads import DATA_KEYS, layout
+
+    views = cfg.head_views()
+    heads = layout([(n, v.task.type, splits[n].labels) for n, v in views.items()])
+    heads = [replace(h, data={k: getattr(views[h.name].data, k) for k in DATA_KEYS}) for h in heads]
+    path = resolve_base(cfg.model.base)
+    resolve(
+        cfg.train.contrastive,
+        pretrained=path is not None,
+        lora=cfg.model.lora is not None,
+        distill=cfg.distill.teacher is not None,
+        model_type=base_model_type(path),
+        heads=heads,
+        train_labels={h.name: splits[h.name].train.labels for h in heads},
+        processes=1,
+        pooling=cfg.model.pooling,
+    )
+
+
 def balanced_batch(by_label: dict[Any, list[int]], rng: random.Random) -> list[int]:
     """Row indices of one batch: up to `BATCH // PER_LABEL` labels drawn at random and
     `BATCH // labels` rows of each (all of a label's rows when it has fewer)."""
