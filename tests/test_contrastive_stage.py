@@ -64,6 +64,7 @@ def test_auto_turns_the_stage_on_for_few_rows_per_label_only() -> None:
         decide(True, heads=[multi])
     with pytest.raises(ConfigError, match="one label"):
         decide(True, train_labels={"": [0] * 10})
+    assert decide(train_labels={"": [0] * 10})[0] is False
 
 
 def test_supcon_loss_is_low_when_labels_cluster_and_high_when_they_do_not() -> None:

@@ -76,6 +76,8 @@ def resolve(
         return False, reasons[0]
     labels = next(iter(train_labels.values()))
     n_labels = len(set(labels))
+    if n_labels < 2 and setting == "auto":
+        return False, "the training rows have one label: nothing to contrast"
     if n_labels < 2:
         raise ConfigError(
             "train.contrastive: the training rows have one label; the stage contrasts labels. "
