@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,12 @@ from tailorml.models.lora import task_fields as lora_task_fields
 from tailorml.models.pooling import POOLING_KEY
 from tailorml.tasks import get_task
 from tailorml.tasks.heads import (
-    DATA_KEYS,
     HeadSpec,
     choose_metric,
     combine_metrics,
     config_heads,
+    data_heads,
     is_single,
-    layout,
     nest_heads,
     task_json,
 )
@@ -70,10 +68,7 @@ def read_heads(cfg: RunConfig) -> tuple[list[HeadSpec], dict[str, Splits]]:
             problems += [f"heads.{name}: {p}" if name else p for p in exc.problems]
     if problems:
         raise DataError(problems)
-    heads = layout([(n, v.task.type, splits[n].labels) for n, v in views.items()])
-    # Each head keeps its data columns (task.json): evaluate, predict and serve read with them.
-    heads = [replace(h, data={k: getattr(views[h.name].data, k) for k in DATA_KEYS}) for h in heads]
-    return heads, splits
+    return data_heads(cfg, {n: s.labels for n, s in splits.items()}), splits
 
 
 def distill_loss(cfg: RunConfig, heads: list[HeadSpec]) -> LossFn | None:

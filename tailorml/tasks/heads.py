@@ -13,7 +13,7 @@ module is the one place that knows the difference.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -242,6 +242,16 @@ def config_heads(cfg: RunConfig) -> list[HeadSpec]:
     """The heads a run config asks for, before any data is read (no labels, no columns yet):
     enough to check what depends only on the task types, such as `train.metric_for_best`."""
     return [HeadSpec(name, view.task.type, None, 0, 0) for name, view in cfg.head_views().items()]
+
+
+def data_heads(cfg: RunConfig, labels: dict[str, list[str] | None]) -> list[HeadSpec]:
+    """The heads of a run config once its data is read: laid out over the model's columns with
+    each head's labels (`labels`: head name -> the labels of its training data, None for a
+    regression), each keeping its data columns (task.json: evaluate, predict and serve read
+    with them)."""
+    views = cfg.head_views()
+    heads = layout([(n, v.task.type, labels[n]) for n, v in views.items()])
+    return [replace(h, data={k: getattr(views[h.name].data, k) for k in DATA_KEYS}) for h in heads]
 
 
 def choose_metric(chosen: str | None, heads: list[HeadSpec]) -> str:

@@ -116,14 +116,10 @@ def other_family(what: str) -> str:
 def check_config(cfg: Any, splits: dict[str, Any]) -> None:
     """`tailor validate`: would `train.contrastive: true` apply to this classifier config, whose
     heads' checked splits are `splits`? ConfigError naming the key when not."""
-    from dataclasses import replace
-
     from tailorml.models.base import base_model_type, resolve_base
-    from tailorml.tasks.heads import DATA_KEYS, layout
+    from tailorml.tasks.heads import data_heads
 
-    views = cfg.head_views()
-    heads = layout([(n, v.task.type, splits[n].labels) for n, v in views.items()])
-    heads = [replace(h, data={k: getattr(views[h.name].data, k) for k in DATA_KEYS}) for h in heads]
+    heads = data_heads(cfg, {n: s.labels for n, s in splits.items()})
     path = resolve_base(cfg.model.base)
     resolve(
         cfg.train.contrastive,
