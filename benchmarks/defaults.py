@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import time
 from datetime import UTC, datetime
@@ -368,7 +367,9 @@ def main() -> None:
         "--base", default=None, help="model.base for every run (default: each config's, minilm)"
     )
     args = ap.parse_args()
-    cpu = platform.processor() or platform.machine()
+    from tailorml.env import cpu_name
+
+    cpu = cpu_name()  # the model name: "x86_64" alone does not tell an EPYC from a Xeon
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     simd = sorted({f for f in flags.split() if f.startswith(("avx512", "amx", "avx2"))})
     result: dict[str, Any] = {

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -207,7 +206,7 @@ def main() -> None:
     flags = cpuinfo.read_text() if cpuinfo.exists() else ""
     out = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": f"{env.cpu_name()}, {os.cpu_count()} cores",
         "cpu_flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")},
         "args": vars(args),
         "table": table,

@@ -324,6 +324,7 @@ class Soak:
 
         from tailorml.apps.finwatch import store
         from tailorml.apps.finwatch.trends import window_counts
+        from tailorml.env import cpu_name
 
         engine = store.make_engine(self.db)
         with engine.connect() as conn:
@@ -349,7 +350,7 @@ class Soak:
         return {
             "target": "finwatch",
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
+            "machine": f"{platform.node()} {cpu_name()}, {os.cpu_count()} cores",
             "minutes": round(elapsed / 60, 2),
             "clients": self.clients,
             "requests": sum(self.status.values()),
