@@ -367,14 +367,11 @@ def main() -> None:
         "--base", default=None, help="model.base for every run (default: each config's, minilm)"
     )
     args = ap.parse_args()
-    from tailorml.env import cpu_name
+    from tailorml.env import cpu_name, speed_flags
 
-    cpu = cpu_name()  # the model name: "x86_64" alone does not tell an EPYC from a Xeon
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    simd = sorted({f for f in flags.split() if f.startswith(("avx512", "amx", "avx2"))})
     result: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{cpu}, {os.cpu_count()} cores, {' '.join(simd)}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {speed_flags()}",
         "base": args.base or "each config's model.base",
         "sets": {},
     }

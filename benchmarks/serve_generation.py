@@ -202,8 +202,7 @@ def main() -> None:
         line["ratio"] = line["tailorml"]["tokens_per_s"] / line["peer"]["tokens_per_s"]
         table.append(line)
     same = sum(texts["tailorml"][p] == texts["peer"].get(p) for p in texts["tailorml"])
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+    flags = env.cpu_flags()
     out = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{env.cpu_name()}, {os.cpu_count()} cores",
