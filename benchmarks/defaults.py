@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -415,4 +416,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the run or trial saved a checkpoint first
+        print(
+            "\nstopped: the same command continues (entries in --out are kept; an unfinished run "
+            "or study trial resumes from its checkpoint)",
+            file=sys.stderr,
+        )
+        sys.exit(130)
