@@ -84,6 +84,7 @@ MODES = [
     "new-head10",
     "new-frozen",
     "new-metric-only",
+    "new-patience3",
     "tuned",
     "tuned-best",
 ]
@@ -143,6 +144,8 @@ def run_config(
         train["head_lr_scale"] = 10.0
     if mode == "new-metric-only":  # early stopping on the metric alone (as before 2026-12-06)
         train["early_stopping_loss_drop"] = None
+    if mode == "new-patience3":  # early stopping waits 3 evaluations without progress, not 2
+        train["early_stopping_patience"] = 3
     if mode == "new-frozen":  # the frozen encoder + a fitted output layer as a candidate
         train["frozen_candidate"] = "auto"
     if mode == "new-fp32":  # what `precision: auto` would do without native bf16 (AMX/AVX-512)

@@ -57,3 +57,5 @@ def test_every_few_shot_set_and_mode_makes_a_valid_config(tmp_path: Path) -> Non
             assert cfg.train.lr == 1e-4
         if mode == "new-frozen":
             assert cfg.train.frozen_candidate == "auto"
+        if mode == "new-patience3":
+            assert cfg.train.early_stopping_patience == 3
