@@ -329,6 +329,14 @@ def frozen_floor(cfg: Any, contrastive: bool = False) -> dict[str, Any]:
     }
 
 
+def tuned_params(name: str, row: dict[str, Any], source: Path | None) -> dict[str, Any] | None:
+    """The best trial's values of set `name`'s study: from `source` if given, else from `row`."""
+    if source is not None:
+        row = json.loads(source.read_text())["sets"].get(name, {})
+    best: dict[str, Any] | None = row.get("tuned", {}).get("best_params")
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument(
@@ -350,7 +358,8 @@ def main() -> None:
         "model.pooling: mean and model.head_init: probe; new-cool: with train.cooldown: true; "
         "new-llrd: with train.layer_lr_decay: 0.8; new-head10: with train.head_lr_scale: 10; "
         "new-frozen: with train.frozen_candidate: auto; new-metric-only: with "
-        "train.early_stopping_loss_drop: null; "
+        "train.early_stopping_loss_drop: null; new-patience3: with "
+        "train.early_stopping_patience: 3; "
         "new-fp32: with train.precision: fp32 (on a "
         "CPU with native bf16, `new` trains in bf16); tuned: the best of a 20-trial `tailor tune` "
         "study (TUNE_SPACE); tuned-best: the best trial's values of the `tuned` entry in --out, "
@@ -361,6 +370,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--trials", type=int, default=TUNE_TRIALS, help="trials of a `tuned` study")
     ap.add_argument("--fresh", action="store_true", help="ignore --out's finished entries")
+    ap.add_argument(
+        "--tuned-from",
+        type=Path,
+        default=None,
+        help="take tuned-best's values from this results file's `tuned` entry (a study run "
+        "elsewhere: repeat its values on another machine) rather than from --out",
+    )
     ap.add_argument(
         "--seed",
         type=int,
@@ -396,7 +412,7 @@ def main() -> None:
                 args.trials,
                 args.base,
                 args.seed,
-                row.get("tuned", {}).get("best_params"),
+                tuned_params(name, row, args.tuned_from),
             )
             if args.fresh and mode not in ("floor", "contrastive"):  # these write no run folder
                 shutil.rmtree(cfg.output_dir, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,16 @@ def test_every_few_shot_set_and_mode_makes_a_valid_config(tmp_path: Path) -> Non
             assert cfg.train.frozen_candidate == "auto"
         if mode == "new-patience3":
             assert cfg.train.early_stopping_patience == 3
+
+
+def test_tuned_best_takes_the_study_values_from_another_results_file(tmp_path: Path) -> None:
+    defaults = _defaults()
+    other = tmp_path / "elsewhere.json"
+    params = {"train.lr": 2e-4, "train.batch_size": 16}
+    other.write_text(json.dumps({"sets": {"authors": {"tuned": {"best_params": params}}}}))
+    assert defaults.tuned_params("authors", {}, other) == params
+    assert defaults.tuned_params("finsent", {}, other) is None  # that set has no study there
+    here = {"tuned": {"best_params": {"train.lr": 1e-4}}}
+    assert defaults.tuned_params("authors", here, None) == {"train.lr": 1e-4}
+    cfg = defaults.run_config("authors", "tuned-best", tmp_path, None, best_params=params)
+    assert cfg.train.lr == 2e-4 and cfg.train.batch_size == 16
