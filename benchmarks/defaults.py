@@ -153,7 +153,9 @@ def run_config(
     raw["train"] = train  # "new": everything else left out, so the engine chooses
     if mode == "tuned-best":  # the study's best values, trained again (with --seed: another seed)
         if not best_params:
-            raise SystemExit(f"{name}: no finished `tuned` entry in --out to take the values from")
+            raise SystemExit(
+                f"{name}: no finished `tuned` entry in --out (or --tuned-from) to take values from"
+            )
         for key, value in best_params.items():
             section, field = key.split(".", 1)
             raw.setdefault(section, {})[field] = value
